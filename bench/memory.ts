@@ -1,0 +1,95 @@
+// The memory and scale scenario: thousands of idle logged-in clients held
+// open against each pooler, RSS before and with them, bytes per connection.
+
+import type { LoadGenerator } from './loadgen.ts'
+import { memoryBytes } from './proc-stats.ts'
+import { fmtNumber } from './report.ts'
+import { median } from './stats.ts'
+import type { Target } from './targets.ts'
+
+export interface MemorySample {
+  target: string
+  requested: number
+  opened: number
+  failed: number
+  openS: number
+  rssBeforeBytes: number
+  rssWithBytes: number
+  rssAfterReleaseBytes: number
+  bytesPerConnection: number
+  errors: string[]
+}
+
+export interface MemoryOptions {
+  count: number
+  /** Logins in flight at once. */
+  batch: number
+  /** Bound on the time spent opening connections, per target. */
+  deadlineMs: number
+}
+
+const settle = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** Median of a few RSS readings: a garbage-collected pooler's RSS moves between any two. */
+async function steadyRss(pid: number): Promise<number> {
+  const readings: number[] = []
+  for (let i = 0; i < 5; i++) {
+    if (i > 0) await settle(200)
+    readings.push(memoryBytes(pid).rss)
+  }
+  return median(readings)
+}
+
+export async function memoryScenario(
+  targets: readonly Target[],
+  loadgen: LoadGenerator,
+  o: MemoryOptions,
+  onTarget?: (t: Target) => void,
+): Promise<MemorySample[]> {
+  const out: MemorySample[] = []
+  for (const t of targets) {
+    if (t.pid === null || t.status !== 'ready') continue
+    onTarget?.(t)
+    const before = await steadyRss(t.pid)
+    const held = await loadgen.holdIdle(t.endpoint, o.count, o.batch, o.deadlineMs)
+    await settle(500)
+    const withConns = await steadyRss(t.pid)
+    await loadgen.releaseIdle()
+    await settle(500)
+    out.push({
+      target: t.id,
+      requested: o.count,
+      opened: held.opened,
+      failed: held.failed,
+      openS: held.ms / 1000,
+      rssBeforeBytes: before,
+      rssWithBytes: withConns,
+      rssAfterReleaseBytes: await steadyRss(t.pid),
+      bytesPerConnection: held.opened > 0 ? (withConns - before) / held.opened : Number.NaN,
+      errors: held.errors,
+    })
+  }
+  return out
+}
+
+export function memoryTable(samples: readonly MemorySample[], labels: Map<string, string>): string {
+  const mb = (b: number) => fmtNumber(b / (1024 * 1024))
+  const base = samples.find((s) => s.target === 'pgbouncer')
+  const lines = [
+    '| target | idle clients opened | open time s | RSS before MB | RSS with clients MB | RSS after close MB | bytes / connection | vs PgBouncer |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ]
+  for (const s of samples) {
+    // a collection inside the window can shrink RSS by more than the clients added
+    const perConn = s.bytesPerConnection < 0 ? '≈0 (GC noise)' : fmtNumber(s.bytesPerConnection)
+    const ratio =
+      base && s !== base && base.bytesPerConnection > 0 && s.bytesPerConnection >= 0
+        ? `${(s.bytesPerConnection / base.bytesPerConnection).toFixed(2)}×`
+        : '–'
+    const opened = `${s.opened}/${s.requested}${s.failed ? ` (${s.failed} failed: ${s.errors[0] ?? ''})` : ''}`
+    lines.push(
+      `| ${labels.get(s.target) ?? s.target} | ${opened.replaceAll('|', '\\|')} | ${s.openS.toFixed(1)} | ${mb(s.rssBeforeBytes)} | ${mb(s.rssWithBytes)} | ${mb(s.rssAfterReleaseBytes)} | ${perConn} | ${ratio} |`,
+    )
+  }
+  return lines.join('\n')
+}

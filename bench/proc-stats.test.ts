@@ -1,0 +1,41 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import {
+  cpuSeconds,
+  memoryBytes,
+  parseStatTicks,
+  parseStatusKb,
+  startWindow,
+} from './proc-stats.ts'
+
+test('parseStatTicks counts fields after the last parenthesis', () => {
+  // comm with spaces and a ')' in it must not shift the fields
+  const stat =
+    '1234 (node (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 11 0 500 1000 200'
+  assert.deepEqual(parseStatTicks(stat), { utime: 250, stime: 75 })
+})
+
+test('parseStatusKb reads kB fields as bytes', () => {
+  const status = 'Name:\tnode\nVmHWM:\t  20480 kB\nVmRSS:\t   10240 kB\n'
+  assert.equal(parseStatusKb(status, 'VmHWM'), 20480 * 1024)
+  assert.equal(parseStatusKb(status, 'VmRSS'), 10240 * 1024)
+  assert.ok(Number.isNaN(parseStatusKb(status, 'VmSwap')))
+})
+
+test('a window over this process sees the CPU it burns and its memory', () => {
+  const win = startWindow(process.pid)
+  const until = performance.now() + 150
+  let x = 0
+  while (performance.now() < until) x += Math.sqrt(x + 1)
+  const w = win.stop()
+  assert.ok(w.cpuS >= 0.05, `cpu ${w.cpuS}`)
+  assert.ok(w.peakRssBytes > 10 * 2 ** 20, `rss ${w.peakRssBytes}`)
+  assert.ok(x > 0)
+})
+
+test('a process that is gone reads as NaN, not a crash', () => {
+  assert.ok(Number.isNaN(cpuSeconds(2 ** 30)))
+  assert.ok(Number.isNaN(memoryBytes(2 ** 30).rss))
+  const w = startWindow(null).stop()
+  assert.ok(Number.isNaN(w.cpuS) && Number.isNaN(w.peakRssBytes))
+})

@@ -1,0 +1,327 @@
+// Starts and stops what the benchmark compares: direct PostgreSQL, PgBouncer
+// and pgbouncer-cluster, the poolers from one generated pgbouncer.ini.
+
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { existsSync, openSync, readFileSync } from 'node:fs'
+import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { connect, createServer } from 'node:net'
+import { availableParallelism, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { trackDir, trackPid } from './cleanup.ts'
+import type { Endpoint } from './endpoint.ts'
+import { withNofile } from './pgbench.ts'
+import { poolerIni, userlist } from './pooler-config.ts'
+
+export type TargetKind = 'direct' | 'pgbouncer' | 'cluster'
+
+export interface Target {
+  id: string
+  label: string
+  kind: TargetKind
+  endpoint: Endpoint
+  /** The process whose CPU and memory count as the pooler's; null for direct. */
+  pid: number | null
+  status: 'ready' | 'skipped' | 'failed'
+  reason?: string
+  /** null while the process runs (always for direct); else how it ended, with its log's tail. */
+  exitNote(): string | null
+  stop(): Promise<void>
+}
+
+export const PGBOUNCER_BIN = process.env.BENCH_PGBOUNCER ?? '/usr/sbin/pgbouncer'
+export const CLUSTER_CLI = fileURLToPath(
+  new URL('../packages/coordinator/bin/pgbouncer-cluster.js', import.meta.url),
+)
+export const POOL_SIZE = 20
+/** Enough for the 10,000 idle connections of the memory scenario. */
+export const MAX_CLIENT_CONN = 12000
+const NOFILE = 65536
+
+export function clusterWorkerCounts(): number[] {
+  const cpus = availableParallelism()
+  return cpus > 1 ? [1, cpus] : [1]
+}
+
+export function allTargetIds(): string[] {
+  return ['direct', 'pgbouncer', ...clusterWorkerCounts().map((n) => `cluster-${n}`)]
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number }
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect({ host: '127.0.0.1', port })
+    sock.once('connect', () => {
+      sock.destroy()
+      resolve(true)
+    })
+    sock.once('error', () => resolve(false))
+  })
+}
+
+function tail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
+  }
+}
+
+interface Spawned {
+  child: ChildProcess
+  logFile: string
+  exited: Promise<number | null>
+}
+
+function spawnLogged(cmd: string, args: string[], logFile: string): Spawned {
+  const fd = openSync(logFile, 'a')
+  const child = spawn(cmd, args, { stdio: ['ignore', fd, fd], detached: false })
+  const untrack = child.pid === undefined ? () => {} : trackPid(child.pid)
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code, signal) => {
+      untrack()
+      resolve(code ?? (signal ? -1 : null))
+    })
+    child.once('error', () => resolve(-1))
+  })
+  return { child, logFile, exited }
+}
+
+async function waitReady(
+  s: Spawned,
+  port: number,
+  readyLine: RegExp | null,
+  timeoutMs: number,
+): Promise<string | null> {
+  const deadline = Date.now() + timeoutMs
+  let exitCode: number | null | undefined
+  void s.exited.then((c) => {
+    exitCode = c
+  })
+  while (Date.now() < deadline) {
+    if (exitCode !== undefined) return `exited with code ${exitCode}`
+    const lineOk = readyLine === null || readyLine.test(tail(s.logFile, 200))
+    if (lineOk && (await canConnect(port))) return null
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return `not ready within ${timeoutMs / 1000}s`
+}
+
+function exitNote(s: Spawned): string | null {
+  const { exitCode, signalCode } = s.child
+  if (exitCode === null && signalCode === null) return null
+  return `exited (${signalCode ?? `code ${exitCode}`}) while the benchmark ran\n${tail(s.logFile)}`
+}
+
+async function stopSpawned(s: Spawned, graceMs: number): Promise<void> {
+  if (s.child.exitCode !== null || s.child.signalCode !== null) return
+  s.child.kill('SIGTERM')
+  const timer = setTimeout(() => s.child.kill('SIGKILL'), graceMs)
+  await s.exited
+  clearTimeout(timer)
+}
+
+function osUser(name: string): { uid: number; gid: number } | null {
+  try {
+    const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim())
+    const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8' }).trim())
+    return { uid, gid }
+  } catch {
+    return null
+  }
+}
+
+export interface PostgresInfo {
+  host: string
+  port: number
+  user: string
+  database: string
+}
+
+export interface StartTargetsOptions {
+  ids: readonly string[]
+  pg: PostgresInfo
+  log?: (line: string) => void
+}
+
+export interface TargetSet {
+  targets: Target[]
+  dir: string
+  /** The generated pgbouncer.ini, as every pooler got it but with listen_port = 0. */
+  ini: string
+  stopAll(): Promise<void>
+}
+
+export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
+  const log = o.log ?? (() => {})
+  const dir = await mkdtemp(join(tmpdir(), 'bench-poolers-'))
+  const untrackDir = trackDir(dir)
+  // PgBouncer drops root for the postgres user: it must read its config there
+  const pgUser = process.getuid?.() === 0 ? osUser('postgres') : null
+  await chmod(dir, 0o755)
+  if (pgUser) await chown(dir, pgUser.uid, pgUser.gid)
+  const authFile = join(dir, 'userlist.txt')
+  await writeFile(authFile, userlist([o.pg.user]), { mode: 0o644 })
+  const base = {
+    pgHost: o.pg.host,
+    pgPort: o.pg.port,
+    authFile,
+    maxClientConn: MAX_CLIENT_CONN,
+    poolSize: POOL_SIZE,
+  }
+  const endpoint = (port: number): Endpoint => ({ ...o.pg, host: '127.0.0.1', port })
+  const targets: Target[] = []
+
+  for (const id of o.ids) {
+    if (id === 'direct') {
+      targets.push({
+        id,
+        label: 'PostgreSQL (direct)',
+        kind: 'direct',
+        endpoint: { ...o.pg },
+        pid: null,
+        status: 'ready',
+        exitNote: () => null,
+        stop: async () => {},
+      })
+      continue
+    }
+    const port = await freePort()
+    const ini = join(dir, `${id}.ini`)
+    await writeFile(ini, poolerIni(base, port), { mode: 0o644 })
+    const logFile = join(dir, `${id}.log`)
+    if (id === 'pgbouncer') {
+      targets.push(await startPgbouncer(id, ini, port, logFile, pgUser !== null, endpoint(port)))
+    } else if (/^cluster-\d+$/.test(id)) {
+      const workers = Number(id.slice('cluster-'.length))
+      targets.push(await startCluster(id, workers, ini, port, logFile, endpoint(port)))
+    } else {
+      throw Object.assign(new Error(`unknown target ${id}; known: ${allTargetIds().join(', ')}`), {
+        code: 'BENCH_UNKNOWN_TARGET',
+      })
+    }
+    const t = targets[targets.length - 1]!
+    log(`${t.label}: ${t.status}${t.reason ? ` (${t.reason})` : ` on port ${port}`}`)
+  }
+
+  return {
+    targets,
+    dir,
+    ini: poolerIni(base, 0),
+    async stopAll() {
+      await Promise.all(targets.map((t) => t.stop()))
+      await rm(dir, { recursive: true, force: true })
+      untrackDir()
+    },
+  }
+}
+
+function notReady(
+  id: string,
+  label: string,
+  kind: TargetKind,
+  ep: Endpoint,
+  status: 'skipped' | 'failed',
+  reason: string,
+): Target {
+  return {
+    id,
+    label,
+    kind,
+    endpoint: ep,
+    pid: null,
+    status,
+    reason,
+    exitNote: () => null,
+    stop: async () => {},
+  }
+}
+
+async function startPgbouncer(
+  id: string,
+  ini: string,
+  port: number,
+  logFile: string,
+  asRoot: boolean,
+  ep: Endpoint,
+): Promise<Target> {
+  const label = 'PgBouncer'
+  if (!existsSync(PGBOUNCER_BIN)) {
+    return notReady(
+      id,
+      label,
+      'pgbouncer',
+      ep,
+      'skipped',
+      `${PGBOUNCER_BIN} not found: apt-get install -y pgbouncer`,
+    )
+  }
+  const args = asRoot ? ['-u', 'postgres', ini] : [ini]
+  const [cmd, argv] = withNofile(NOFILE, PGBOUNCER_BIN, args)
+  const s = spawnLogged(cmd, argv, logFile)
+  const err = await waitReady(s, port, null, 10_000)
+  if (err) {
+    await stopSpawned(s, 1000)
+    return notReady(id, label, 'pgbouncer', ep, 'failed', `${err}\n${tail(logFile)}`)
+  }
+  return {
+    id,
+    label,
+    kind: 'pgbouncer',
+    endpoint: ep,
+    pid: s.child.pid ?? null,
+    status: 'ready',
+    exitNote: () => exitNote(s),
+    // SIGINT is PgBouncer's safe shutdown; nothing is in flight by now anyway
+    stop: () => stopSpawned(s, 3000),
+  }
+}
+
+async function startCluster(
+  id: string,
+  workers: number,
+  ini: string,
+  port: number,
+  logFile: string,
+  ep: Endpoint,
+): Promise<Target> {
+  const label = `pgbouncer-cluster ×${workers}`
+  if (!existsSync(CLUSTER_CLI)) {
+    return notReady(
+      id,
+      label,
+      'cluster',
+      ep,
+      'failed',
+      `failed to start: ${CLUSTER_CLI} does not exist yet`,
+    )
+  }
+  const args = [CLUSTER_CLI, ini, '--workers', String(workers), '--log-level', 'info']
+  const [cmd, argv] = withNofile(NOFILE, process.execPath, args)
+  const s = spawnLogged(cmd, argv, logFile)
+  const err = await waitReady(s, port, /listening/i, 20_000)
+  if (err) {
+    await stopSpawned(s, 2000)
+    return notReady(id, label, 'cluster', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
+  }
+  return {
+    id,
+    label,
+    kind: 'cluster',
+    endpoint: ep,
+    pid: s.child.pid ?? null,
+    status: 'ready',
+    exitNote: () => exitNote(s),
+    stop: () => stopSpawned(s, 5000),
+  }
+}

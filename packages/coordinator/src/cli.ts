@@ -1,0 +1,145 @@
+import os from 'node:os'
+import { createLogger } from '@pgbouncer-cluster/worker/log'
+import yargs from 'yargs'
+import { Cluster } from './cluster.ts'
+import type { Settings } from './config/config.ts'
+import { type Config, ConfigError, defaultConfig, loadConfig } from './config/config.ts'
+
+const VERSION = '0.1.0'
+
+/** Exit status for configuration and usage errors, as the issue tracker's contract says. */
+export const EXIT_USAGE = 2
+
+export interface CliOptions {
+  config: string | null
+  workers: number
+  listen: { host: string; port: number } | null
+  poolMode: 'session' | 'transaction' | 'statement' | null
+  logLevel: string
+}
+
+/**
+ * `pgbouncer-cluster [CONFIG.ini] [--workers N] [--listen HOST:PORT]
+ *  [--pool-mode MODE] [--log-level LEVEL]` — returns the exit status.
+ */
+export async function main(argv: string[]): Promise<number> {
+  let options: CliOptions
+  let config: Config
+  try {
+    options = parseArgs(argv)
+    config = readConfig(options)
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof ConfigError) {
+      process.stderr.write(`pgbouncer-cluster: ${err.message}\n`)
+      return EXIT_USAGE
+    }
+    throw err
+  }
+  if (options === HELP_OR_VERSION) return 0
+  for (const warning of config.warnings)
+    process.stderr.write(`pgbouncer-cluster: warning: ${warning}\n`)
+  const pretty = Boolean(process.stdout.isTTY)
+  const log = createLogger({
+    level: options.logLevel,
+    worker: 'coordinator',
+    logfile: config.settings.logfile || null,
+    pretty,
+  })
+  const cluster = new Cluster({
+    config,
+    workers: options.workers,
+    logLevel: options.logLevel,
+    pretty,
+    log,
+  })
+  try {
+    await cluster.start()
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, 'could not start')
+    await cluster.stop('fast', 0)
+    return 1
+  }
+  return cluster.run()
+}
+
+class UsageError extends Error {
+  readonly code = 'ERR_USAGE'
+}
+
+const HELP_OR_VERSION = {} as CliOptions
+
+export function parseArgs(argv: string[]): CliOptions {
+  let helped = false
+  const parser = yargs(argv)
+    .scriptName('pgbouncer-cluster')
+    .usage(
+      '$0 [CONFIG.ini] [options]\n\nA PgBouncer-compatible PostgreSQL connection pooler on every core, behind one port.',
+    )
+    .option('workers', {
+      alias: 'w',
+      type: 'number',
+      describe: 'worker threads accepting clients (default: number of CPUs)',
+    })
+    .option('listen', {
+      alias: 'l',
+      type: 'string',
+      describe: 'HOST:PORT to listen on (overrides listen_addr/listen_port)',
+    })
+    .option('pool-mode', {
+      type: 'string',
+      choices: ['session', 'transaction', 'statement'],
+      describe: 'pool mode (overrides pool_mode)',
+    })
+    .option('log-level', {
+      type: 'string',
+      default: 'info',
+      choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      describe: 'log level',
+    })
+    .version(VERSION)
+    .help()
+    .strictOptions()
+    .exitProcess(false)
+    .fail((msg, err) => {
+      throw new UsageError(msg ?? err?.message ?? 'invalid arguments')
+    })
+  parser.showHelpOnFail(false)
+  const args = parser.parseSync()
+  if (args.help || args.version) helped = true
+  if (helped) return HELP_OR_VERSION
+  const positional = args._.map(String)
+  if (positional.length > 1)
+    throw new UsageError(`expected at most one config file, got: ${positional.join(' ')}`)
+  const workers = args.workers ?? os.availableParallelism()
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
+    throw new UsageError(`--workers must be an integer from 1 to 64, got ${args.workers}`)
+  }
+  return {
+    config: positional[0] ?? null,
+    workers,
+    listen: args.listen === undefined ? null : parseListen(args.listen),
+    poolMode: (args['pool-mode'] as CliOptions['poolMode']) ?? null,
+    logLevel: args['log-level'],
+  }
+}
+
+function parseListen(value: string): { host: string; port: number } {
+  const i = value.lastIndexOf(':')
+  const host = i < 0 ? '127.0.0.1' : value.slice(0, i).replace(/^\[(.*)\]$/, '$1') || '127.0.0.1'
+  const port = Number(i < 0 ? value : value.slice(i + 1))
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new UsageError(`--listen: bad port in "${value}"`)
+  }
+  return { host, port }
+}
+
+function readConfig(options: CliOptions): Config {
+  if (options === HELP_OR_VERSION) return defaultConfig()
+  const overrides: Partial<Settings> = {}
+  if (options.listen !== null) {
+    overrides.listenAddr = options.listen.host
+    overrides.listenPort = options.listen.port
+  }
+  if (options.poolMode !== null) overrides.poolMode = options.poolMode
+  return options.config === null ? defaultConfig(overrides) : loadConfig(options.config, overrides)
+}

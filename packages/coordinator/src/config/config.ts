@@ -1,0 +1,276 @@
+// Loads pgbouncer.ini (and the auth_file it names) into a validated Config.
+// This is the one place configuration is checked: every error names the file,
+// line and key; code that receives a Config trusts it.
+//
+// The goal is that a file PgBouncer starts with also starts us, meaning the
+// same thing. Where we are more lenient than PgBouncer (section and setting
+// names in any case, yes/no booleans, quoted names, repeated [pgbouncer]
+// sections) the Config carries a warning so the user knows PgBouncer differs.
+
+import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
+import {
+  ADMIN_DATABASE,
+  type DatabaseConfig,
+  parseConnString,
+  parseDatabase,
+  parseUser,
+  type UserConfig,
+} from './connstring.ts'
+import { ConfigError, errText, type IniItem, readIniFile, resolveConfigPath } from './ini.ts'
+import {
+  checkSettingValue,
+  defaultSettings,
+  parseSettingValue,
+  SETTINGS,
+  SETTINGS_BY_NAME,
+  type SettingSpec,
+  type Settings,
+} from './settings.ts'
+import { parseUserlist } from './userlist.ts'
+
+export type { DatabaseConfig, UserConfig } from './connstring.ts'
+export { ConfigError } from './ini.ts'
+export type { AuthType, PoolMode, Settings } from './settings.ts'
+export { implementedSettings } from './settings.ts'
+
+export interface Config {
+  file: string | null // absolute path of the main file
+  settings: Settings
+  databases: Record<string, DatabaseConfig>
+  fallbackDatabase: DatabaseConfig | null // the '*' entry
+  users: Record<string, UserConfig>
+  authUsers: Record<string, string> // auth_file: user -> plain text, md5 hash or SCRAM secret
+  warnings: string[]
+}
+
+// When the file has no listen_addr PgBouncer listens on its Unix socket only;
+// we listen on 127.0.0.1 instead, since TCP is what our workers share a port on.
+const DEFAULT_LISTEN_ADDR = '127.0.0.1'
+const SECTIONS = new Set(['pgbouncer', 'databases', 'users', 'peers'])
+const UNSUPPORTED_AUTH = new Set(['cert', 'hba', 'pam', 'ldap'])
+const PASSWORD_AUTH = new Set(['md5', 'scram-sha-256', 'plain'])
+const BOOL_WORDS = /^(?:yes|no|on|off|true|false)$/i
+const SPEC_BY_PROP = new Map(SETTINGS.map((s) => [s.prop as string, s]))
+
+interface Place {
+  file: string
+  line: number
+}
+
+export function loadConfig(file: string, overrides: Partial<Settings> = {}): Config {
+  const items = readIniFile(file)
+  const settings = defaultSettings()
+  const origins = new Map<string, Place>() // setting name -> where the file set it
+  const databases: Record<string, DatabaseConfig> = Object.create(null)
+  const users: Record<string, UserConfig> = Object.create(null)
+  let fallbackDatabase: DatabaseConfig | null = null
+  const unimplemented = new Set<string>()
+  const pgbouncerHeaders: Place[] = []
+  const pgbouncerRejects: string[] = []
+  let section: string | null = null
+
+  for (const item of items) {
+    const place = { file: item.file, line: item.line }
+    if (item.kind === 'section') {
+      const name = item.name.toLowerCase()
+      if (!SECTIONS.has(name)) {
+        throw new ConfigError(`unknown section [${item.name}]`, { ...place, key: item.name })
+      }
+      if (name !== item.name) pgbouncerRejects.push(`${at(place)} [${item.name}]`)
+      if (name === 'pgbouncer') pgbouncerHeaders.push(place)
+      if (name === 'peers') unimplemented.add('[peers]')
+      section = name
+      continue
+    }
+    if (section === null) {
+      throw new ConfigError('setting outside of any [section]', { ...place, key: item.key })
+    }
+    if (section === 'pgbouncer') {
+      const spec = setSetting(settings, item, pgbouncerRejects)
+      origins.set(spec.name, place)
+      if (!spec.implemented) unimplemented.add(spec.name)
+    } else if (section === 'databases') {
+      const { config, unimplemented: params } = parseDatabase(item.key, item.value, place)
+      // '*' is the fallback for any other name; its dbname stays '*' unless
+      // given, standing for the name the client asks for (resolveDatabase).
+      if (item.key === '*') {
+        fallbackDatabase = config
+      } else {
+        databases[item.key] = config
+      }
+      for (const p of params) unimplemented.add(`${p} (in [databases])`)
+    } else if (section === 'users') {
+      const { config, unimplemented: params } = parseUser(item.key, item.value, place)
+      users[item.key] = config
+      for (const p of params) unimplemented.add(`${p} (in [users])`)
+    } else {
+      checkPeer(item)
+    }
+  }
+
+  if (!origins.has('listen_addr')) settings.listenAddr = DEFAULT_LISTEN_ADDR
+  if (!origins.has('conffile')) settings.conffile = file
+
+  const warnings: string[] = []
+  if (unimplemented.size > 0) {
+    warnings.push(
+      `${file}: these settings are accepted but not implemented by this version, so they have no effect: ${[...unimplemented].join(', ')}`,
+    )
+  }
+  if (pgbouncerHeaders.length > 1) {
+    warnings.push(
+      `${pgbouncerHeaders.map(at).join(', ')}: [pgbouncer] appears more than once; PgBouncer resets every setting to its default at a repeated [pgbouncer] header, this version keeps the values set before it`,
+    )
+  }
+  if (pgbouncerRejects.length > 0) {
+    warnings.push(
+      `PgBouncer itself would refuse these lines, accepted here: ${pgbouncerRejects.join(', ')}`,
+    )
+  }
+
+  applyOverrides(settings, overrides, origins)
+  const authUsers = finish(settings, origins, warnings)
+  return {
+    file: resolve(file),
+    settings,
+    databases,
+    fallbackDatabase,
+    users,
+    authUsers,
+    warnings,
+  }
+}
+
+// Without a file: listen on 127.0.0.1:6432 and send every database name to
+// PostgreSQL on 127.0.0.1:5432. auth_type is trust because there is no
+// auth_file to check a password against; a quick start should just connect,
+// as PostgreSQL's own trust default on localhost does.
+export function defaultConfig(overrides: Partial<Settings> = {}): Config {
+  const settings = defaultSettings()
+  settings.listenAddr = DEFAULT_LISTEN_ADDR
+  settings.authType = 'trust'
+  const origins = new Map<string, Place>()
+  applyOverrides(settings, overrides, origins)
+  const warnings: string[] = []
+  const authUsers = finish(settings, origins, warnings)
+  return {
+    file: null,
+    settings,
+    databases: Object.create(null),
+    fallbackDatabase: { name: '*', host: '127.0.0.1', port: 5432, dbname: '*', line: 0 },
+    users: Object.create(null),
+    authUsers,
+    warnings,
+  }
+}
+
+// The entry for a database a client asks for: its own, else the '*' fallback
+// with dbname set to the requested name (unless the fallback names one).
+// The admin console's name never resolves to a server database.
+export function resolveDatabase(config: Config, name: string): DatabaseConfig | null {
+  if (name === ADMIN_DATABASE) return null
+  if (Object.hasOwn(config.databases, name)) return config.databases[name]!
+  const fb = config.fallbackDatabase
+  if (fb === null) return null
+  return { ...fb, name, dbname: fb.dbname === '*' ? name : fb.dbname }
+}
+
+function setSetting(settings: Settings, item: IniItem & { kind: 'entry' }, rejects: string[]) {
+  const place = { file: item.file, line: item.line, key: item.key }
+  const spec = SETTINGS_BY_NAME.get(item.key.toLowerCase())
+  if (!spec) throw new ConfigError('unknown setting', place)
+  if (spec.name !== item.key) rejects.push(`${at(item)} ${item.key}`)
+  let value: unknown
+  try {
+    value = parseSettingValue(spec, item.value)
+  } catch (err) {
+    throw new ConfigError((err as Error).message, place)
+  }
+  if (spec.type === 'bool' && BOOL_WORDS.test(item.value)) {
+    rejects.push(`${at(item)} ${item.key} = ${item.value}`)
+  }
+  set(settings, spec, value)
+  return spec
+}
+
+// [peers] (PgBouncer 1.19+): peer id = host=... port=... pool_size=...
+// Peering is how PgBouncer processes share cancel requests; our workers need
+// none, so the section is only checked and reported as not implemented.
+function checkPeer(item: IniItem & { kind: 'entry' }): void {
+  const place = { file: item.file, line: item.line, key: item.key }
+  if (!/^[0-9]+$/.test(item.key) || Number(item.key) < 1 || Number(item.key) > 16383) {
+    throw new ConfigError('peer ids must be numbers from 1 to 16383', place)
+  }
+  let pairs: { key: string; value: string }[]
+  try {
+    pairs = parseConnString(item.value)
+  } catch (err) {
+    throw new ConfigError(`syntax error in connection string: ${(err as Error).message}`, place)
+  }
+  for (const { key } of pairs) {
+    if (key !== 'host' && key !== 'port' && key !== 'pool_size') {
+      throw new ConfigError(`unrecognized connection parameter: ${key}`, place)
+    }
+  }
+  if (!pairs.some((p) => p.key === 'host')) throw new ConfigError('host was not provided', place)
+}
+
+// CLI flags win over the file. They are typed values, checked here all the same.
+function applyOverrides(
+  settings: Settings,
+  overrides: Partial<Settings>,
+  origins: Map<string, Place>,
+): void {
+  for (const [prop, value] of Object.entries(overrides)) {
+    if (value === undefined) continue
+    const spec = SPEC_BY_PROP.get(prop)
+    if (!spec) throw new ConfigError('unknown setting (command line)', { key: prop })
+    const problem = checkSettingValue(spec, value)
+    if (problem) throw new ConfigError(`${problem} (command line)`, { key: spec.name })
+    set(settings, spec, Array.isArray(value) ? [...value] : value)
+    origins.delete(spec.name)
+  }
+}
+
+// Checks that need the whole picture, then reads the auth_file.
+function finish(
+  settings: Settings,
+  origins: Map<string, Place>,
+  warnings: string[],
+): Record<string, string> {
+  const where = (name: string) => ({ ...origins.get(name), key: name })
+  if (UNSUPPORTED_AUTH.has(settings.authType)) {
+    throw new ConfigError(
+      `auth_type ${settings.authType} is not supported by this version`,
+      where('auth_type'),
+    )
+  }
+  let authUsers: Record<string, string> = Object.create(null)
+  if (settings.authFile !== null) {
+    const from = origins.get('auth_file')?.file ?? null
+    const path = resolveConfigPath(settings.authFile, from)
+    let text: string
+    try {
+      text = readFileSync(path, 'utf8')
+    } catch (err) {
+      throw new ConfigError(
+        `cannot read auth_file "${settings.authFile}": ${errText(err)}`,
+        where('auth_file'),
+      )
+    }
+    authUsers = parseUserlist(text, settings.authFile)
+    settings.authFile = path
+  } else if (PASSWORD_AUTH.has(settings.authType) && settings.authUser === null) {
+    warnings.push(
+      `auth_type ${settings.authType} without auth_file or auth_user: no user can log in`,
+    )
+  }
+  return authUsers
+}
+
+function set(settings: Settings, spec: SettingSpec, value: unknown): void {
+  ;(settings as unknown as Record<string, unknown>)[spec.prop] = value
+}
+
+const at = (p: Place) => `${p.file}:${p.line}`

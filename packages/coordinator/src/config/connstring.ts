@@ -1,0 +1,276 @@
+// The value syntax of [databases] and [users] entries: space-separated
+// `key=value` pairs, like a libpq connection string but read by PgBouncer's own
+// parser: spaces may surround '=', a value may be 'single quoted' with '' for a
+// quote (no backslash escapes), and an empty value is an error.
+
+import { ConfigError, type ErrorPlace } from './ini.ts'
+import { POOL_MODES, type PoolMode } from './settings.ts'
+
+export interface ConnParam {
+  key: string
+  value: string
+}
+
+export function parseConnString(text: string): ConnParam[] {
+  const params: ConnParam[] = []
+  const n = text.length
+  const isSpace = (c: string | undefined) => c === ' ' || c === '\t'
+  let i = 0
+  for (;;) {
+    while (isSpace(text[i])) i++
+    if (i >= n) return params
+    const keyStart = i
+    while (i < n && text[i] !== '=' && !isSpace(text[i])) i++
+    const key = text.slice(keyStart, i)
+    while (isSpace(text[i])) i++
+    if (text[i] !== '=') throw new Error(`expected "=" after "${key}"`)
+    if (key === '') throw new Error('"=" without a parameter name')
+    i++
+    while (isSpace(text[i])) i++
+    let value = ''
+    if (text[i] === "'") {
+      i++
+      for (;;) {
+        if (i >= n) throw new Error(`unterminated quoted value for ${key}`)
+        if (text[i] === "'") {
+          if (text[i + 1] !== "'") break
+          i++
+        }
+        value += text[i++]
+      }
+      i++
+      if (i < n && !isSpace(text[i])) throw new Error(`expected a space after the quoted ${key}`)
+    } else {
+      const start = i
+      while (i < n && !isSpace(text[i])) i++
+      value = text.slice(start, i)
+    }
+    if (value === '') throw new Error(`empty value for ${key}`)
+    params.push({ key, value })
+  }
+}
+
+export type LoadBalanceHosts = 'disable' | 'round-robin'
+export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby'
+
+// One [databases] entry (also the '*' fallback, whose name is '*').
+export interface DatabaseConfig {
+  name: string
+  // PgBouncer's default is a Unix socket in unix_socket_dir; without a host we
+  // connect over TCP to 127.0.0.1, which is where that socket's server
+  // listens in nearly every setup and works the same in containers.
+  host: string
+  port: number
+  // Defaults to name; '*' in the fallback entry stands for the client's name.
+  dbname: string
+  user?: string
+  password?: string
+  authUser?: string
+  poolSize?: number
+  minPoolSize?: number
+  reservePoolSize?: number
+  poolMode?: PoolMode
+  maxDbConnections?: number
+  connectQuery?: string
+  clientEncoding?: string
+  datestyle?: string
+  timezone?: string
+  applicationName?: string
+  // Accepted, not implemented yet (see DATABASE_PARAMS).
+  authDbname?: string
+  authQuery?: string
+  maxDbClientConnections?: number
+  serverLifetime?: number
+  loadBalanceHosts?: LoadBalanceHosts
+  targetSessionAttrs?: TargetSessionAttrs
+  queryWaitTimeout?: number
+  line: number // where it was defined, for messages
+  file?: string
+}
+
+export interface UserConfig {
+  name: string
+  poolMode?: PoolMode
+  maxUserConnections?: number
+  poolSize?: number
+  // Accepted, not implemented yet (see USER_PARAMS).
+  reservePoolSize?: number
+  maxUserClientConnections?: number
+  queryTimeout?: number
+  queryWaitTimeout?: number
+  idleTransactionTimeout?: number
+  transactionTimeout?: number
+  clientIdleTimeout?: number
+  line: number
+  file?: string
+}
+
+type ParamType = 'string' | 'count' | 'port' | 'seconds' | 'enum'
+
+export interface ParamSpec {
+  readonly name: string // PgBouncer's key
+  readonly prop: string
+  readonly type: ParamType
+  readonly values?: readonly string[]
+  readonly implemented: boolean
+  readonly unsetValue?: number // PgBouncer's "not set" marker, e.g. -1
+}
+
+const p = (
+  name: string,
+  prop: string,
+  type: ParamType,
+  implemented: boolean,
+  extra: Partial<ParamSpec> = {},
+): ParamSpec => ({ name, prop, type, implemented, ...extra })
+
+export const DATABASE_PARAMS: readonly ParamSpec[] = [
+  p('dbname', 'dbname', 'string', true),
+  p('host', 'host', 'string', true),
+  p('port', 'port', 'port', true),
+  p('user', 'user', 'string', true),
+  p('password', 'password', 'string', true),
+  p('auth_user', 'authUser', 'string', false),
+  p('auth_dbname', 'authDbname', 'string', false),
+  p('auth_query', 'authQuery', 'string', false),
+  p('client_encoding', 'clientEncoding', 'string', true),
+  p('datestyle', 'datestyle', 'string', true),
+  p('timezone', 'timezone', 'string', true),
+  p('application_name', 'applicationName', 'string', true),
+  p('connect_query', 'connectQuery', 'string', true),
+  p('pool_size', 'poolSize', 'count', true),
+  p('min_pool_size', 'minPoolSize', 'count', true),
+  // reserve_pool is the name every PgBouncer knows; newer ones also take reserve_pool_size.
+  p('reserve_pool', 'reservePoolSize', 'count', true),
+  p('reserve_pool_size', 'reservePoolSize', 'count', true),
+  p('pool_mode', 'poolMode', 'enum', true, { values: POOL_MODES }),
+  p('max_db_connections', 'maxDbConnections', 'count', true),
+  p('max_db_client_connections', 'maxDbClientConnections', 'count', false),
+  p('server_lifetime', 'serverLifetime', 'seconds', false),
+  p('load_balance_hosts', 'loadBalanceHosts', 'enum', false, {
+    values: ['disable', 'round-robin'],
+  }),
+  p('target_session_attrs', 'targetSessionAttrs', 'enum', false, {
+    values: ['any', 'read-write', 'read-only', 'primary', 'standby'],
+  }),
+  p('query_wait_timeout', 'queryWaitTimeout', 'seconds', false, { unsetValue: -1 }),
+]
+
+export const USER_PARAMS: readonly ParamSpec[] = [
+  p('pool_mode', 'poolMode', 'enum', true, { values: POOL_MODES }),
+  p('max_user_connections', 'maxUserConnections', 'count', true),
+  p('pool_size', 'poolSize', 'count', true),
+  p('reserve_pool_size', 'reservePoolSize', 'count', false),
+  p('max_user_client_connections', 'maxUserClientConnections', 'count', false),
+  p('query_timeout', 'queryTimeout', 'seconds', false),
+  p('query_wait_timeout', 'queryWaitTimeout', 'seconds', false, { unsetValue: -1 }),
+  p('idle_transaction_timeout', 'idleTransactionTimeout', 'seconds', false),
+  p('transaction_timeout', 'transactionTimeout', 'seconds', false),
+  p('client_idle_timeout', 'clientIdleTimeout', 'seconds', false),
+]
+
+const byName = (specs: readonly ParamSpec[]) => new Map(specs.map((s) => [s.name, s]))
+const DATABASE_BY_NAME = byName(DATABASE_PARAMS)
+const USER_BY_NAME = byName(USER_PARAMS)
+
+export interface Parsed<T> {
+  config: T
+  unimplemented: string[] // PgBouncer names of parameters used but not honoured
+}
+
+// The admin console's name; PgBouncer refuses it in [databases].
+export const ADMIN_DATABASE = 'pgbouncer'
+
+export function parseDatabase(
+  name: string,
+  connstr: string,
+  place: ErrorPlace & { line: number },
+): Parsed<DatabaseConfig> {
+  const fail = (what: string) => new ConfigError(what, { ...place, key: name })
+  if (name === ADMIN_DATABASE)
+    throw fail(`database name "${name}" is reserved for the admin console`)
+  const { values, unimplemented } = readParams(connstr, DATABASE_BY_NAME, 'connection', fail)
+  const config: DatabaseConfig = {
+    name,
+    host: '127.0.0.1',
+    port: 5432,
+    dbname: name,
+    ...values,
+    line: place.line,
+  }
+  if (place.file) config.file = place.file
+  return { config, unimplemented }
+}
+
+export function parseUser(
+  name: string,
+  text: string,
+  place: ErrorPlace & { line: number },
+): Parsed<UserConfig> {
+  const fail = (what: string) => new ConfigError(what, { ...place, key: name })
+  const { values, unimplemented } = readParams(text, USER_BY_NAME, 'user', fail)
+  const config: UserConfig = { name, ...values, line: place.line }
+  if (place.file) config.file = place.file
+  return { config, unimplemented }
+}
+
+function readParams(
+  text: string,
+  specs: ReadonlyMap<string, ParamSpec>,
+  kind: 'connection' | 'user',
+  fail: (what: string) => ConfigError,
+): { values: Record<string, string | number>; unimplemented: string[] } {
+  let pairs: ConnParam[]
+  try {
+    pairs = parseConnString(text)
+  } catch (err) {
+    throw fail(
+      `syntax error in ${kind === 'user' ? 'user settings' : 'connection string'}: ${(err as Error).message}`,
+    )
+  }
+  const values: Record<string, string | number> = {}
+  const unimplemented: string[] = []
+  for (const { key, value } of pairs) {
+    const spec = specs.get(key)
+    if (!spec) throw fail(`unrecognized ${kind} parameter: ${key}`)
+    if (!spec.implemented) unimplemented.push(key)
+    let v: string | number
+    try {
+      v = paramValue(spec, value)
+    } catch (err) {
+      throw fail(`${key}: ${(err as Error).message}`)
+    }
+    if (v === spec.unsetValue) delete values[spec.prop]
+    else values[spec.prop] = v
+  }
+  return { values, unimplemented }
+}
+
+function paramValue(spec: ParamSpec, raw: string): string | number {
+  switch (spec.type) {
+    case 'string':
+      return raw
+    case 'count':
+    case 'port': {
+      if (!/^[0-9]+$/.test(raw)) throw new Error(`expected a non-negative integer, got "${raw}"`)
+      const n = Number(raw)
+      if (spec.type === 'port' && (n < 1 || n > 65535)) throw new Error(`invalid port: ${raw}`)
+      if (n > 2147483647) throw new Error(`${raw} is too large`)
+      return n
+    }
+    case 'seconds': {
+      if (spec.unsetValue !== undefined && Number(raw) === spec.unsetValue) return spec.unsetValue
+      if (!/^(?:[0-9]+\.?[0-9]*|\.[0-9]+)$/.test(raw)) {
+        throw new Error(`expected a non-negative number of seconds, got "${raw}"`)
+      }
+      return Number(raw)
+    }
+    case 'enum': {
+      const v = raw.toLowerCase()
+      if (spec.values!.includes(v)) return v
+      throw new Error(
+        spec.name === 'pool_mode' ? `invalid pool mode: ${raw}` : `invalid value: ${raw}`,
+      )
+    }
+  }
+}

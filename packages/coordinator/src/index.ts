@@ -1,0 +1,2 @@
+export { main, parseArgs } from './cli.ts'
+export { Cluster } from './cluster.ts'

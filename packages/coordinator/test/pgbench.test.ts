@@ -1,0 +1,78 @@
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { after, before, describe, test } from 'node:test'
+import { promisify } from 'node:util'
+import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
+import { type Pooler, startPooler, writeIni } from './support.ts'
+
+const run = promisify(execFile)
+const PGBENCH = findPgTool('pgbench')
+
+// pgbench through the pooler in transaction mode: every transaction must succeed.
+describe('pgbench through pgbouncer-cluster', {
+  skip: PGBENCH === null && 'pgbench not installed',
+}, () => {
+  const db = usePostgres({ pgbenchInit: { scale: 1 } })
+  let pooler: Pooler
+  before(async () => {
+    const ini = writeIni({
+      databases: { postgres: `host=127.0.0.1 port=${db.server.port} dbname=postgres` },
+      pgbouncer: { pool_mode: 'transaction', default_pool_size: 4, max_client_conn: 200 },
+    })
+    pooler = await startPooler(ini, { workers: 2 })
+  })
+  after(() => pooler.stop())
+
+  for (const protocol of ['simple', 'extended'] as const) {
+    test(`pgbench -M ${protocol}: 16 clients on a pool of 4, no failed transaction`, async () => {
+      const { stdout } = await run(
+        PGBENCH!,
+        [
+          '-n',
+          '-M',
+          protocol,
+          '-c',
+          '16',
+          '-j',
+          '2',
+          '-T',
+          '3',
+          '-h',
+          pooler.host,
+          '-p',
+          String(pooler.port),
+          '-U',
+          'postgres',
+          'postgres',
+        ],
+        { env: { ...process.env, PGCONNECT_TIMEOUT: '10' } },
+      )
+      const processed = Number(/number of transactions actually processed: (\d+)/.exec(stdout)?.[1])
+      const failed = Number(/number of failed transactions: (\d+)/.exec(stdout)?.[1] ?? 0)
+      assert.ok(processed > 100, `only ${processed} transactions:\n${stdout}`)
+      assert.equal(failed, 0)
+    })
+  }
+
+  test('pgbench -S -C (a new connection per transaction) runs clean', async () => {
+    const { stdout } = await run(PGBENCH!, [
+      '-n',
+      '-S',
+      '-C',
+      '-c',
+      '8',
+      '-j',
+      '2',
+      '-t',
+      '50',
+      '-h',
+      pooler.host,
+      '-p',
+      String(pooler.port),
+      '-U',
+      'postgres',
+      'postgres',
+    ])
+    assert.match(stdout, /number of transactions actually processed: 400\/400/)
+  })
+})

@@ -1,0 +1,225 @@
+/**
+ * Control messages between the coordinator and worker threads, encoded with
+ * msgpackr. Plain objects tagged by `type` (no classes cross threads); every
+ * decoded message is checked against FIELDS below before anyone trusts it.
+ *
+ * Records: each message type's key list is a msgpackr shared structure, known
+ * to both sides because both load this module, so a message travels as a
+ * one-byte record id plus its values. New shapes (nested objects in `config`
+ * or `stats`) are never added to the shared set: they are defined inline in
+ * the message that uses them, so the two sides' tables cannot drift apart.
+ * Record ids follow FIELDS' order; coordinator and workers always run the
+ * same build, so adding a type anywhere is safe. Fields beyond the table are
+ * passed through unchecked.
+ */
+
+import { Packr } from 'msgpackr'
+
+export type ControlMessage =
+  /** worker → coordinator: listening, ready for clients. */
+  | { type: 'worker-ready'; worker: number; port: number }
+  /** worker → coordinator: first client of a (database, user) on this worker. */
+  | { type: 'pool-slot-request'; worker: number; database: string; user: string }
+  /** coordinator → worker: the shared-memory slots of that pool. */
+  | {
+      type: 'pool-slot'
+      database: string
+      user: string
+      pool: number
+      databaseSlot: number
+      userSlot: number
+    }
+  /** coordinator → worker: no such (database, user) to give a slot to. */
+  | { type: 'pool-slot-error'; database: string; user: string; sqlstate: string; message: string }
+  /** coordinator → worker: the (re)loaded configuration, a plain object. */
+  | { type: 'config'; config: unknown }
+  /** either way: a CancelRequest for a backend key owned by another worker. */
+  | { type: 'cancel'; pid: number; secret: number }
+  | { type: 'shutdown'; mode: 'fast' | 'graceful'; timeoutMs: number }
+  | { type: 'pause' }
+  | { type: 'resume' }
+  | { type: 'reconnect'; database?: string }
+  /** worker → coordinator: feeds the circuit breaker. */
+  | {
+      type: 'server-login-failed'
+      worker: number
+      database: string
+      user: string
+      sqlstate: string
+      message: string
+    }
+  /** coordinator → workers: SHOW CLIENTS / SERVERS; answered by 'stats' with the same id. */
+  | { type: 'stats-request'; id: number }
+  | { type: 'stats'; id: number; worker: number; clients: unknown[]; servers: unknown[] }
+  /** worker → coordinator: shut down cleanly, about to end. */
+  | { type: 'worker-stopped'; worker: number }
+
+export type ControlType = ControlMessage['type']
+export type ControlOf<T extends ControlType> = Extract<ControlMessage, { type: T }>
+
+export class ControlMessageError extends Error {
+  readonly code: 'ERR_CONTROL_MESSAGE'
+
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.name = 'ControlMessageError'
+    this.code = 'ERR_CONTROL_MESSAGE'
+  }
+}
+
+// uint: non-negative safe integer; int: safe integer; object: plain object;
+// a trailing '?' makes the field optional; an array lists the allowed strings.
+type FieldKind = 'uint' | 'int' | 'string' | 'object' | 'array'
+type FieldSpec = FieldKind | `${FieldKind}?` | readonly string[]
+type FieldTable<M> = { readonly [K in Exclude<keyof M, 'type'>]-?: FieldSpec }
+
+// Key order here is the wire order of each record.
+const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
+  'worker-ready': { worker: 'uint', port: 'uint' },
+  'pool-slot-request': { worker: 'uint', database: 'string', user: 'string' },
+  'pool-slot': {
+    database: 'string',
+    user: 'string',
+    pool: 'uint',
+    databaseSlot: 'uint',
+    userSlot: 'uint',
+  },
+  'pool-slot-error': { database: 'string', user: 'string', sqlstate: 'string', message: 'string' },
+  config: { config: 'object' },
+  cancel: { pid: 'int', secret: 'int' },
+  shutdown: { mode: ['fast', 'graceful'], timeoutMs: 'uint' },
+  pause: {},
+  resume: {},
+  reconnect: { database: 'string?' },
+  'server-login-failed': {
+    worker: 'uint',
+    database: 'string',
+    user: 'string',
+    sqlstate: 'string',
+    message: 'string',
+  },
+  'stats-request': { id: 'uint' },
+  stats: { id: 'uint', worker: 'uint', clients: 'array', servers: 'array' },
+  'worker-stopped': { worker: 'uint' },
+}
+
+type Field = {
+  readonly name: string
+  readonly kind: FieldKind | readonly string[]
+  readonly optional: boolean
+}
+
+const SCHEMA = new Map<string, readonly Field[]>(
+  Object.entries(FIELDS).map(([type, table]) => [
+    type,
+    Object.entries(table as Record<string, FieldSpec>).map(([name, spec]) =>
+      typeof spec === 'string' && spec.endsWith('?')
+        ? { name, kind: spec.slice(0, -1) as FieldKind, optional: true }
+        : { name, kind: spec as FieldKind | readonly string[], optional: false },
+    ),
+  ]),
+)
+
+// One record per type with all its fields, and one without its optional ones.
+function sharedStructures(): string[][] {
+  const out: string[][] = []
+  for (const fields of SCHEMA.values()) {
+    out.push(['type', ...fields.map((f) => f.name)])
+    if (fields.some((f) => f.optional)) {
+      out.push(['type', ...fields.filter((f) => !f.optional).map((f) => f.name)])
+    }
+  }
+  return out
+}
+const SHARED_STRUCTURE_COUNT = sharedStructures().length
+
+// getStructures (not `structures`) makes msgpackr mark them shared, so an
+// inline record definition in a hostile message cannot overwrite them for
+// the messages after it.
+const packr = new Packr({
+  getStructures: sharedStructures,
+  maxSharedStructures: SHARED_STRUCTURE_COUNT,
+  shouldShareStructure: () => false,
+  mapsAsObjects: true,
+  bundleStrings: false,
+  moreTypes: false,
+})
+
+/** Encode to a fresh, independent buffer: safe to keep or to transfer. */
+export function encodeControl(msg: ControlMessage): Uint8Array {
+  const fields = check(msg)
+  // Rebuild in table order so the keys match the shared record exactly.
+  const wire: Record<string, unknown> = { type: msg.type }
+  const source = msg as unknown as Record<string, unknown>
+  for (const f of fields) if (source[f.name] !== undefined) wire[f.name] = source[f.name]
+  const packed = packr.pack(wire) // a view into msgpackr's reusable buffer
+  return new Uint8Array(packed) // copy: own ArrayBuffer, nothing shared
+}
+
+/** Decode and validate; anything else throws ControlMessageError. */
+export function decodeControl(data: Uint8Array): ControlMessage {
+  let value: unknown
+  try {
+    value = packr.unpack(data)
+  } catch (cause) {
+    throw new ControlMessageError('control message is not valid msgpack', { cause })
+  }
+  check(value)
+  return value as ControlMessage
+}
+
+function check(value: unknown): readonly Field[] {
+  if (!isPlainObject(value)) throw new ControlMessageError('control message is not an object')
+  const type = value.type
+  const fields = typeof type === 'string' ? SCHEMA.get(type) : undefined
+  if (fields === undefined) {
+    throw new ControlMessageError(`unknown control message type ${describe(type)}`)
+  }
+  for (const f of fields) {
+    const v = Object.hasOwn(value, f.name) ? value[f.name] : undefined
+    if (v === undefined ? !f.optional : !fits(v, f.kind)) {
+      throw new ControlMessageError(
+        `control message '${type}': field ${f.name} ${v === undefined ? 'is missing' : `is not ${describeKind(f.kind)}`}`,
+      )
+    }
+  }
+  return fields
+}
+
+function fits(v: unknown, kind: FieldKind | readonly string[]): boolean {
+  switch (kind) {
+    case 'uint':
+      return Number.isSafeInteger(v) && (v as number) >= 0
+    case 'int':
+      return Number.isSafeInteger(v)
+    case 'string':
+      return typeof v === 'string'
+    case 'object':
+      return isPlainObject(v)
+    case 'array':
+      return Array.isArray(v)
+    default:
+      return typeof v === 'string' && kind.includes(v)
+  }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null) return false
+  const proto = Object.getPrototypeOf(v)
+  return proto === Object.prototype || proto === null
+}
+
+function describe(v: unknown): string {
+  return typeof v === 'string' ? `'${v.slice(0, 40)}'` : typeof v
+}
+
+function describeKind(kind: FieldKind | readonly string[]): string {
+  if (typeof kind !== 'string') return `one of ${kind.join(', ')}`
+  return {
+    uint: 'a non-negative integer',
+    int: 'an integer',
+    string: 'a string',
+    object: 'a plain object',
+    array: 'an array',
+  }[kind]
+}

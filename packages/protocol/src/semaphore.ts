@@ -1,0 +1,228 @@
+/**
+ * Counting semaphore in shared memory, with a per-holder ledger so the
+ * coordinator can take back every permit of a worker that died.
+ *
+ *   i32[base + 0]            used      permits taken, all holders together
+ *   i32[base + 1]            waiters   callers parked in acquire() plus clients
+ *                                      that workers advertise with addWaiters()
+ *   i32[base + 2 + holder]   ledger    permits held by that holder (worker id)
+ *
+ * `used` only moves by CAS (take) and Atomics.sub (give back); waiters park on
+ * the `used` word with Atomics.waitAsync and are woken by Atomics.notify on
+ * that same word. The limit is not stored: every caller passes its own, so a
+ * reload can change pool_size and a client that has waited past
+ * reserve_pool_timeout can ask for pool_size + reserve_pool_size.
+ *
+ * A pending Atomics.waitAsync does not keep the event loop alive. A thread
+ * whose only pending work is an acquire() may exit (or a test may end) with the
+ * promise unsettled; keeping the loop alive is the caller's business.
+ */
+
+export class SemaphoreError extends Error {
+  readonly code: 'ERR_SEMAPHORE'
+
+  constructor(message: string) {
+    super(message)
+    this.name = 'SemaphoreError'
+    this.code = 'ERR_SEMAPHORE'
+  }
+}
+
+export interface AcquireOptions {
+  /** Give up after this long and resolve false. Absent: wait forever. */
+  timeoutMs?: number
+  /** Abort the wait: the promise rejects with `signal.reason`. */
+  signal?: AbortSignal
+}
+
+const USED = 0
+const WAITERS = 1
+const LEDGER = 2
+const ABORTED: unique symbol = Symbol('aborted')
+
+export class Semaphore {
+  readonly #i32: Int32Array
+  readonly #used: number
+  readonly #waiters: number
+  readonly #ledger: number
+  readonly #maxHolders: number
+
+  /** Int32 words one semaphore occupies. */
+  static words(maxHolders: number): number {
+    return LEDGER + maxHolders
+  }
+
+  constructor(i32: Int32Array, base: number, maxHolders: number) {
+    if (!(i32.buffer instanceof SharedArrayBuffer)) {
+      throw new SemaphoreError('semaphore needs an Int32Array over a SharedArrayBuffer')
+    }
+    if (!Number.isInteger(maxHolders) || maxHolders < 1) {
+      throw new SemaphoreError(`maxHolders must be a positive integer, got ${maxHolders}`)
+    }
+    if (!Number.isInteger(base) || base < 0 || base + Semaphore.words(maxHolders) > i32.length) {
+      throw new SemaphoreError(`semaphore at word ${base} does not fit in ${i32.length} words`)
+    }
+    this.#i32 = i32
+    this.#used = base + USED
+    this.#waiters = base + WAITERS
+    this.#ledger = base + LEDGER
+    this.#maxHolders = maxHolders
+  }
+
+  /**
+   * Take one permit if fewer than `limit` are in use. Lock-free; never waits.
+   *
+   * The ledger increment sits right after the successful CAS with no call or
+   * loop back-edge between them, so `worker.terminate()` (which only lands on
+   * V8 interrupt checks) cannot split the pair. If that ever changed, the
+   * order chosen here would leak a permit rather than over-admit.
+   */
+  tryAcquire(limit: number, holder: number): boolean {
+    const ledger = this.#ledgerIndex(holder)
+    const i32 = this.#i32
+    const used = this.#used
+    for (;;) {
+      const current = Atomics.load(i32, used)
+      if (!(current < limit)) return false // also refuses a NaN limit
+      if (Atomics.compareExchange(i32, used, current, current + 1) === current) {
+        Atomics.add(i32, ledger, 1)
+        return true
+      }
+    }
+  }
+
+  /** Give back `n` permits of `holder` and wake up to `n` waiters. */
+  release(holder: number, n = 1): void {
+    const ledger = this.#ledgerIndex(holder)
+    if (!Number.isInteger(n) || n < 1) {
+      throw new SemaphoreError(`release count must be a positive integer, got ${n}`)
+    }
+    const held = Atomics.load(this.#i32, ledger)
+    if (held < n) {
+      throw new SemaphoreError(`holder ${holder} releases ${n} permit(s) but holds ${held}`)
+    }
+    // Ledger first, then `used`: same leak-rather-than-over-admit order as tryAcquire.
+    Atomics.sub(this.#i32, ledger, n)
+    Atomics.sub(this.#i32, this.#used, n)
+    // Skipping notify is safe: a waiter bumps `waiters` before it re-reads
+    // `used`, and Atomics are sequentially consistent, so if we read 0 here
+    // that waiter is bound to see the permits we just returned.
+    if (Atomics.load(this.#i32, this.#waiters) > 0) Atomics.notify(this.#i32, this.#used, n)
+  }
+
+  /**
+   * Take one permit, waiting until one is free, `timeoutMs` passes (false) or
+   * `signal` aborts (rejects with its reason). See the file comment about the
+   * event loop.
+   */
+  async acquire(limit: number, holder: number, opts?: AcquireOptions): Promise<boolean> {
+    const signal = opts?.signal
+    signal?.throwIfAborted()
+    if (this.tryAcquire(limit, holder)) return true
+    const timeoutMs = opts?.timeoutMs
+    const deadline = timeoutMs === undefined ? Infinity : performance.now() + timeoutMs
+    if (timeoutMs !== undefined && !(timeoutMs > 0)) return false
+
+    let onAbort: (() => void) | undefined
+    const aborted =
+      signal === undefined
+        ? undefined
+        : new Promise<typeof ABORTED>((resolve) => {
+            onAbort = () => resolve(ABORTED)
+            signal.addEventListener('abort', onAbort, { once: true })
+          })
+    Atomics.add(this.#i32, this.#waiters, 1)
+    try {
+      return await this.#waitLoop(limit, holder, deadline, aborted, signal)
+    } finally {
+      Atomics.sub(this.#i32, this.#waiters, 1)
+      if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  async #waitLoop(
+    limit: number,
+    holder: number,
+    deadline: number,
+    aborted: Promise<typeof ABORTED> | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<boolean> {
+    const i32 = this.#i32
+    const used = this.#used
+    for (;;) {
+      if (this.tryAcquire(limit, holder)) return true
+      const observed = Atomics.load(i32, used)
+      if (observed < limit) continue // a permit came back between the CAS and the load
+      const remaining = deadline - performance.now()
+      if (remaining <= 0) return false
+      const wait = Atomics.waitAsync(i32, used, observed, remaining)
+      if (!wait.async) {
+        if (wait.value === 'timed-out') return false
+        continue // 'not-equal': `used` moved, look again
+      }
+      const outcome =
+        aborted === undefined ? await wait.value : await Promise.race([wait.value, aborted])
+      if (outcome === ABORTED) {
+        // The waitAsync cannot be withdrawn: it stays queued on `used` until
+        // notified or its timeout. If a release wakes it, hand the wake-up on
+        // so that permit is not left with nobody told about it.
+        wait.value.then((late) => {
+          if (late === 'ok') Atomics.notify(i32, used, 1)
+        })
+        throw signal!.reason
+      }
+      if (signal?.aborted) {
+        if (outcome === 'ok') Atomics.notify(i32, used, 1)
+        throw signal.reason
+      }
+      if (this.tryAcquire(limit, holder)) return true
+      if (outcome === 'timed-out') return false
+      // Woken for a permit we could not take. If `used` did drop, it is above
+      // our limit but maybe not above a waiter with a larger one (reserve
+      // pool): pass the wake-up on. Bounded, as each waiter passes at most
+      // once per drop of `used`.
+      if (Atomics.load(i32, used) < observed) Atomics.notify(i32, used, 1)
+    }
+  }
+
+  used(): number {
+    return Atomics.load(this.#i32, this.#used)
+  }
+
+  waiters(): number {
+    return Atomics.load(this.#i32, this.#waiters)
+  }
+
+  held(holder: number): number {
+    return Atomics.load(this.#i32, this.#ledgerIndex(holder))
+  }
+
+  /**
+   * Advertise (n > 0) or withdraw (n < 0) clients a worker has queued locally
+   * without each calling acquire(). Holders of idle permits read waiters() to
+   * decide to give one back (the rebalance rule).
+   */
+  addWaiters(n: number): void {
+    Atomics.add(this.#i32, this.#waiters, n)
+  }
+
+  /**
+   * Coordinator only, once `holder` is dead: return all its permits and wake
+   * as many waiters. Returns how many permits came back.
+   */
+  reclaim(holder: number): number {
+    const n = Atomics.exchange(this.#i32, this.#ledgerIndex(holder), 0)
+    if (n > 0) {
+      Atomics.sub(this.#i32, this.#used, n)
+      Atomics.notify(this.#i32, this.#used, n)
+    }
+    return n
+  }
+
+  #ledgerIndex(holder: number): number {
+    if (!(holder >= 0 && holder < this.#maxHolders) || !Number.isInteger(holder)) {
+      throw new SemaphoreError(`holder ${holder} out of range 0..${this.#maxHolders - 1}`)
+    }
+    return this.#ledger + holder
+  }
+}

@@ -1,0 +1,102 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { Counter } from './counters.ts'
+import {
+  BreakerState,
+  createSharedMemory,
+  type SharedLayout,
+  SharedMemory,
+  sharedMemoryByteLength,
+} from './shared-memory.ts'
+
+const layout: SharedLayout = { maxWorkers: 4, maxPools: 5, maxDatabases: 3, maxUsers: 2 }
+
+describe('SharedMemory', () => {
+  it('attaches from the buffer alone and reads the layout back', () => {
+    const sab = createSharedMemory(layout)
+    assert.equal(sab.byteLength, sharedMemoryByteLength(layout))
+    assert.equal(sab.byteLength % 64, 0)
+    const shm = new SharedMemory(sab)
+    assert.deepEqual(shm.layout, layout)
+    assert.ok(Object.isFrozen(shm.layout))
+  })
+
+  it('gives every semaphore its own words, seen alike by every attachment', () => {
+    const sab = createSharedMemory(layout)
+    const a = new SharedMemory(sab)
+    const b = new SharedMemory(sab)
+    const all = (m: SharedMemory) => [
+      ...Array.from({ length: layout.maxPools }, (_, i) => m.pool(i)),
+      ...Array.from({ length: layout.maxDatabases }, (_, i) => m.database(i)),
+      ...Array.from({ length: layout.maxUsers }, (_, i) => m.user(i)),
+    ]
+    const semsA = all(a)
+    semsA.forEach((sem, i) => {
+      for (let k = 0; k <= i; k++) assert.equal(sem.tryAcquire(100, i % layout.maxWorkers), true)
+      sem.addWaiters(i + 1)
+    })
+    all(b).forEach((sem, i) => {
+      assert.equal(sem.used(), i + 1, `semaphore ${i}`)
+      assert.equal(sem.waiters(), i + 1)
+      assert.equal(sem.held(i % layout.maxWorkers), i + 1)
+    })
+    assert.equal(a.pool(2), a.pool(2), 'cached, no allocation per call')
+    // Nothing spilled into the flags, breakers or counters.
+    assert.equal(a.flag('paused'), 0)
+    assert.equal(a.breaker(layout.maxDatabases - 1).state(), 0)
+    assert.equal(a.counters.get(0, Counter.cl_active), 0n)
+  })
+
+  it('holds flags and breaker words', () => {
+    const sab = createSharedMemory(layout)
+    const coordinator = new SharedMemory(sab)
+    const worker = new SharedMemory(sab)
+    coordinator.setFlag('paused', 1)
+    assert.equal(worker.flag('paused'), 1)
+    assert.equal(worker.flag('shutdown'), 0)
+    coordinator.breaker(1).setState(BreakerState.open)
+    assert.equal(coordinator.breaker(1).bumpErrorSeq(), 1)
+    assert.equal(coordinator.breaker(1).bumpErrorSeq(), 2)
+    assert.equal(worker.breaker(1).state(), BreakerState.open)
+    assert.equal(worker.breaker(1).lastErrorSeq(), 2)
+    assert.equal(worker.breaker(0).state(), BreakerState.closed)
+    assert.equal(worker.breaker(2).lastErrorSeq(), 0)
+  })
+
+  it('reclaimWorker returns a dead worker’s permits everywhere and zeroes its gauges', () => {
+    const shm = new SharedMemory(createSharedMemory(layout))
+    shm.pool(4).tryAcquire(10, 2)
+    shm.pool(4).tryAcquire(10, 1)
+    shm.database(2).tryAcquire(10, 2)
+    shm.user(1).tryAcquire(10, 2)
+    shm.counters.add(4, 2, Counter.sv_active, 1)
+    shm.counters.add(4, 2, Counter.server_connects, 1)
+    assert.equal(shm.reclaimWorker(2), 3)
+    assert.equal(shm.pool(4).used(), 1)
+    assert.equal(shm.database(2).used(), 0)
+    assert.equal(shm.user(1).used(), 0)
+    assert.equal(shm.counters.get(4, Counter.sv_active), 0n)
+    assert.equal(shm.counters.get(4, Counter.server_connects), 1n)
+  })
+
+  it('rejects bad layouts, foreign buffers and out-of-range slots', () => {
+    assert.throws(() => createSharedMemory({ ...layout, maxWorkers: 65 }), {
+      code: 'ERR_SHARED_MEMORY',
+    })
+    assert.throws(() => createSharedMemory({ ...layout, maxPools: 0 }), {
+      code: 'ERR_SHARED_MEMORY',
+    })
+    assert.throws(() => createSharedMemory({ ...layout, maxUsers: 1.5 }), {
+      code: 'ERR_SHARED_MEMORY',
+    })
+    assert.throws(() => new SharedMemory(new SharedArrayBuffer(4096)), /bad magic/)
+    const truncated = new SharedArrayBuffer(createSharedMemory(layout).byteLength - 64)
+    new Int32Array(truncated).set(new Int32Array(createSharedMemory(layout), 0, 16))
+    assert.throws(() => new SharedMemory(truncated), { code: 'ERR_SHARED_MEMORY' })
+    const shm = new SharedMemory(createSharedMemory(layout))
+    assert.throws(() => shm.pool(layout.maxPools), { code: 'ERR_SHARED_MEMORY' })
+    assert.throws(() => shm.database(-1), { code: 'ERR_SHARED_MEMORY' })
+    assert.throws(() => shm.user(0.5), { code: 'ERR_SHARED_MEMORY' })
+    assert.throws(() => shm.breaker(layout.maxDatabases), { code: 'ERR_SHARED_MEMORY' })
+  })
+})

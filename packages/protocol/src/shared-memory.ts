@@ -1,0 +1,268 @@
+/**
+ * The one SharedArrayBuffer the coordinator creates and hands to every worker.
+ * Capacities are fixed at creation and recorded in the header, so attaching
+ * needs only the buffer. `W` = maxWorkers, `S` = semaphore stride =
+ * 2 + W words rounded up to 16 (64 bytes), so no two semaphores share a cache
+ * line.
+ *
+ *  Int32 word                     holds              written by         waited on by
+ *  ─────────────────────────────  ─────────────────  ─────────────────  ────────────
+ *  0                              magic 'PGBC'       createSharedMemory
+ *  1                              layout version     createSharedMemory
+ *  2..5                           maxWorkers, maxPools, maxDatabases, maxUsers
+ *  6                              paused (PAUSE)     coordinator        (workers may)
+ *  7                              shutdown           coordinator        (workers may)
+ *  8..15                          spare
+ *  ─── breakers, 4 words per database ────────────────────────────────────────────
+ *  16 + 4d + 0                    state 0/1/2        coordinator        (workers may)
+ *  16 + 4d + 1                    login-error seq    coordinator
+ *  16 + 4d + 2..3                 spare (breaker logic comes later)
+ *  ─── semaphores, S words each (see semaphore.ts) ───────────────────────────────
+ *  pools     + S*p + 0            used               workers (CAS)      acquire()
+ *            + S*p + 1            waiters            workers
+ *            + S*p + 2 + w        ledger of worker w worker w; coordinator on reclaim
+ *  databases + S*d ...            same, limit max_db_connections
+ *  users     + S*u ...            same, limit max_user_connections
+ *  clients   + 0 ...              same, one semaphore: client connections
+ *                                 of the whole cluster, limit max_client_conn
+ *  ─── counters (byte offset, Float64 rows, see counters.ts) ──────────────────────
+ *  counters                       row per (worker, pool), written by that worker only
+ *
+ * A server connection of pool p (database d, user u) holds one permit of each
+ * of pool(p), database(d) and user(u) whose limit is set. The permits are
+ * ledgered to the worker that opened the connection; when it dies the
+ * coordinator calls reclaim(w) on every semaphore and counters.resetWorker(w).
+ */
+
+import { PoolCounters } from './counters.ts'
+import { Semaphore } from './semaphore.ts'
+
+export interface SharedLayout {
+  maxWorkers: number
+  maxPools: number
+  maxDatabases: number
+  maxUsers: number
+}
+
+export const BreakerState = { closed: 0, open: 1, halfOpen: 2 } as const
+export type BreakerStateValue = (typeof BreakerState)[keyof typeof BreakerState]
+
+export type SharedFlag = 'paused' | 'shutdown'
+
+export class SharedMemoryError extends Error {
+  readonly code: 'ERR_SHARED_MEMORY'
+
+  constructor(message: string) {
+    super(message)
+    this.name = 'SharedMemoryError'
+    this.code = 'ERR_SHARED_MEMORY'
+  }
+}
+
+/** Circuit-breaker words of one database. Only the coordinator writes. */
+export interface BreakerWords {
+  state(): number
+  setState(s: number): void
+  lastErrorSeq(): number
+  /** Returns the new sequence number. */
+  bumpErrorSeq(): number
+}
+
+const MAGIC = 0x50474243 // 'PGBC'
+const VERSION = 1
+const HEADER_WORDS = 16
+const BREAKER_WORDS = 4
+const FLAG_WORD = { paused: 6, shutdown: 7 } as const
+export const MAX_WORKERS = 64
+const MAX_SLOTS = 1 << 20
+const MAX_BYTES = 1 << 30
+
+interface Offsets {
+  breakers: number // Int32 word
+  pools: number // Int32 word
+  databases: number // Int32 word
+  users: number // Int32 word
+  clients: number // Int32 word
+  stride: number // Int32 words per semaphore
+  counters: number // byte offset
+  byteLength: number
+}
+
+function offsets(layout: SharedLayout): Offsets {
+  const stride = Math.ceil(Semaphore.words(layout.maxWorkers) / 16) * 16
+  const breakers = HEADER_WORDS
+  const pools = breakers + Math.ceil((layout.maxDatabases * BREAKER_WORDS) / 16) * 16
+  const databases = pools + layout.maxPools * stride
+  const users = databases + layout.maxDatabases * stride
+  const clients = users + layout.maxUsers * stride
+  const counters = (clients + stride) * 4
+  const byteLength = counters + PoolCounters.byteLength(layout.maxPools, layout.maxWorkers)
+  return { breakers, pools, databases, users, clients, stride, counters, byteLength }
+}
+
+function checkLayout(layout: SharedLayout): void {
+  const { maxWorkers, maxPools, maxDatabases, maxUsers } = layout
+  if (!Number.isInteger(maxWorkers) || maxWorkers < 1 || maxWorkers > MAX_WORKERS) {
+    throw new SharedMemoryError(
+      `maxWorkers must be an integer 1..${MAX_WORKERS}, got ${maxWorkers}`,
+    )
+  }
+  for (const [name, n] of [
+    ['maxPools', maxPools],
+    ['maxDatabases', maxDatabases],
+    ['maxUsers', maxUsers],
+  ] as const) {
+    if (!Number.isInteger(n) || n < 1 || n > MAX_SLOTS) {
+      throw new SharedMemoryError(`${name} must be an integer 1..${MAX_SLOTS}, got ${n}`)
+    }
+  }
+}
+
+/** Bytes createSharedMemory(layout) allocates. */
+export function sharedMemoryByteLength(layout: SharedLayout): number {
+  checkLayout(layout)
+  return offsets(layout).byteLength
+}
+
+export function createSharedMemory(layout: SharedLayout): SharedArrayBuffer {
+  const byteLength = sharedMemoryByteLength(layout)
+  if (byteLength > MAX_BYTES) {
+    throw new SharedMemoryError(`shared memory of ${byteLength} bytes exceeds ${MAX_BYTES}`)
+  }
+  const sab = new SharedArrayBuffer(byteLength)
+  const i32 = new Int32Array(sab, 0, HEADER_WORDS)
+  i32[2] = layout.maxWorkers
+  i32[3] = layout.maxPools
+  i32[4] = layout.maxDatabases
+  i32[5] = layout.maxUsers
+  i32[1] = VERSION
+  Atomics.store(i32, 0, MAGIC) // last: publishes the header
+  return sab
+}
+
+export class SharedMemory {
+  readonly sab: SharedArrayBuffer
+  readonly layout: Readonly<SharedLayout>
+  readonly counters: PoolCounters
+  readonly #i32: Int32Array
+  readonly #offsets: Offsets
+  readonly #pools: (Semaphore | undefined)[]
+  readonly #databases: (Semaphore | undefined)[]
+  readonly #users: (Semaphore | undefined)[]
+  readonly #breakers: (BreakerWords | undefined)[]
+  #clients: Semaphore | undefined
+
+  constructor(sab: SharedArrayBuffer) {
+    if (!(sab instanceof SharedArrayBuffer) || sab.byteLength < HEADER_WORDS * 4) {
+      throw new SharedMemoryError('not a pgbouncer-cluster shared memory buffer')
+    }
+    const i32 = new Int32Array(sab)
+    if (Atomics.load(i32, 0) !== MAGIC) {
+      throw new SharedMemoryError('not a pgbouncer-cluster shared memory buffer (bad magic)')
+    }
+    if (i32[1] !== VERSION) {
+      throw new SharedMemoryError(`shared memory layout version ${i32[1]}, expected ${VERSION}`)
+    }
+    const layout = Object.freeze({
+      maxWorkers: i32[2]!,
+      maxPools: i32[3]!,
+      maxDatabases: i32[4]!,
+      maxUsers: i32[5]!,
+    })
+    checkLayout(layout)
+    const o = offsets(layout)
+    if (o.byteLength !== sab.byteLength) {
+      throw new SharedMemoryError(
+        `shared memory is ${sab.byteLength} bytes, layout needs ${o.byteLength}`,
+      )
+    }
+    this.sab = sab
+    this.layout = layout
+    this.#i32 = i32
+    this.#offsets = o
+    this.#pools = new Array(layout.maxPools)
+    this.#databases = new Array(layout.maxDatabases)
+    this.#users = new Array(layout.maxUsers)
+    this.#breakers = new Array(layout.maxDatabases)
+    this.counters = new PoolCounters(sab, o.counters, layout.maxPools, layout.maxWorkers)
+  }
+
+  /** Server connections of one (database, user) pool: pool_size (+ reserve_pool_size). */
+  pool(slot: number): Semaphore {
+    return (this.#pools[this.#slot(slot, this.layout.maxPools, 'pool')] ??= this.#semaphore(
+      this.#offsets.pools,
+      slot,
+    ))
+  }
+
+  /** Server connections of one database over all its pools: max_db_connections. */
+  database(slot: number): Semaphore {
+    return (this.#databases[this.#slot(slot, this.layout.maxDatabases, 'database')] ??=
+      this.#semaphore(this.#offsets.databases, slot))
+  }
+
+  /** Server connections of one user over all its pools: max_user_connections. */
+  user(slot: number): Semaphore {
+    return (this.#users[this.#slot(slot, this.layout.maxUsers, 'user')] ??= this.#semaphore(
+      this.#offsets.users,
+      slot,
+    ))
+  }
+
+  /** Client connections of the whole cluster: max_client_conn. */
+  clients(): Semaphore {
+    return (this.#clients ??= this.#semaphore(this.#offsets.clients, 0))
+  }
+
+  breaker(dbSlot: number): BreakerWords {
+    const slot = this.#slot(dbSlot, this.layout.maxDatabases, 'database')
+    let words = this.#breakers[slot]
+    if (words === undefined) {
+      const i32 = this.#i32
+      const state = this.#offsets.breakers + slot * BREAKER_WORDS
+      const seq = state + 1
+      words = {
+        state: () => Atomics.load(i32, state),
+        setState: (s: number) => {
+          Atomics.store(i32, state, s)
+          Atomics.notify(i32, state)
+        },
+        lastErrorSeq: () => Atomics.load(i32, seq),
+        bumpErrorSeq: () => Atomics.add(i32, seq, 1) + 1,
+      }
+      this.#breakers[slot] = words
+    }
+    return words
+  }
+
+  flag(name: SharedFlag): number {
+    return Atomics.load(this.#i32, FLAG_WORD[name])
+  }
+
+  setFlag(name: SharedFlag, v: number): void {
+    Atomics.store(this.#i32, FLAG_WORD[name], v)
+    Atomics.notify(this.#i32, FLAG_WORD[name])
+  }
+
+  /** Coordinator only, once worker `w` is dead: every permit back, its gauges zeroed. */
+  reclaimWorker(worker: number): number {
+    let n = 0
+    for (let p = 0; p < this.layout.maxPools; p++) n += this.pool(p).reclaim(worker)
+    for (let d = 0; d < this.layout.maxDatabases; d++) n += this.database(d).reclaim(worker)
+    for (let u = 0; u < this.layout.maxUsers; u++) n += this.user(u).reclaim(worker)
+    n += this.clients().reclaim(worker)
+    this.counters.resetWorker(worker)
+    return n
+  }
+
+  #semaphore(region: number, slot: number): Semaphore {
+    return new Semaphore(this.#i32, region + slot * this.#offsets.stride, this.layout.maxWorkers)
+  }
+
+  #slot(slot: number, max: number, what: string): number {
+    if (!(slot >= 0 && slot < max) || !Number.isInteger(slot)) {
+      throw new SharedMemoryError(`${what} slot ${slot} out of range 0..${max - 1}`)
+    }
+    return slot
+  }
+}

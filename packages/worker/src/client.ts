@@ -1,0 +1,540 @@
+import { randomInt } from 'node:crypto'
+import type net from 'node:net'
+import { FrameReader, FrameScanner } from '@pgbouncer-cluster/protocol/frame-reader'
+import {
+  FrontendCode,
+  MAX_STARTUP_PACKET_SIZE,
+  TxStatus,
+} from '@pgbouncer-cluster/protocol/messages'
+import {
+  authenticationOk,
+  backendKeyData,
+  negotiateProtocolVersion,
+  parameterStatus,
+  query,
+  readyForQuery,
+} from '@pgbouncer-cluster/protocol/serializer'
+import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
+import { ClientAuth } from './auth.ts'
+import type { DatabaseConfig, PoolMode } from './config-types.ts'
+import { fatal, SqlState, Texts } from './errors.ts'
+import {
+  parseOptions,
+  REPORTED_NAME,
+  syncStatement,
+  TRACKED,
+  trackedName,
+  type Vars,
+} from './params.ts'
+import type { Pool } from './pool.ts'
+import type { Server } from './server.ts'
+import type { PoolerWorker } from './worker.ts'
+
+export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'closed'
+
+// What the pass-through path must see of a client's stream: the messages that
+// earn a ReadyForQuery (Query, Sync, FunctionCall), the extended-protocol
+// messages that leave state on the server until the next Sync, and Terminate.
+// Bodies are never needed, so nothing of the client's is ever copied.
+const CLIENT_FLAGS = new Uint8Array(256)
+for (const code of [
+  FrontendCode.Query,
+  FrontendCode.Sync,
+  FrontendCode.FunctionCall,
+  FrontendCode.Terminate,
+  FrontendCode.Parse,
+  FrontendCode.Bind,
+  FrontendCode.Execute,
+  FrontendCode.Describe,
+  FrontendCode.Close,
+  FrontendCode.Flush,
+]) {
+  CLIENT_FLAGS[code] = 1
+}
+
+const ACTION_TERMINATE = 1
+
+/**
+ * One client connection: startup, authentication, then the pass-through loop
+ * that links it to a server for as long as the pool mode says.
+ */
+export class ClientSession {
+  readonly worker: PoolerWorker
+  readonly socket: net.Socket
+  state: ClientState = 'startup'
+  /** Our BackendKeyData: the worker's id sits in the top bits so any worker can route a cancel. */
+  readonly pid: number
+  readonly secret = randomInt(0x7fffffff)
+  user = ''
+  database = ''
+  pool: Pool | null = null
+  mode: PoolMode = 'session'
+  server: Server | null = null
+  /** Session parameters as the client wants them (startup values, then its own SETs). */
+  readonly vars: Vars = {}
+  waitingSince = 0
+  readonly connectedAt = Date.now()
+  bytesSent = 0
+  bytesReceived = 0
+  queryCount = 0
+  xactCount = 0
+
+  /** Requests sent to the server that still owe a ReadyForQuery. */
+  private outstanding = 0
+  /** Extended-protocol messages sent since the last Sync: the server holds state for them. */
+  private extended = false
+  private readonly queued: Buffer[] = []
+  private requested = false
+  private action = 0
+  private readonly scanner: FrameScanner
+  /** Frames the startup packets, then the authentication messages. */
+  private loginReader: FrameReader | null = new FrameReader({
+    startup: true,
+    maxLength: MAX_STARTUP_PACKET_SIZE,
+  })
+  /** Bytes a pipelining client sent before our welcome: replayed once it is out. */
+  private early: Buffer[] | null = null
+  private auth: ClientAuth | null = null
+  private loginTimer: NodeJS.Timeout | null = null
+  private pausedServer: Server | null = null
+  private readPaused = false
+
+  constructor(worker: PoolerWorker, socket: net.Socket, pid: number) {
+    this.worker = worker
+    this.socket = socket
+    this.pid = pid
+    this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
+    socket.setNoDelay(true)
+    socket.on('data', this.onData)
+    socket.on('error', this.onSocketError)
+    socket.on('close', this.onSocketClose)
+    const timeout = worker.settings.clientLoginTimeout
+    if (timeout > 0) {
+      this.loginTimer = setTimeout(() => {
+        this.fail(
+          fatal(this.state === 'welcome' ? Texts.clientLoginTimeout : 'client_login_timeout'),
+        )
+      }, timeout * 1000)
+    }
+  }
+
+  /** Linked to a server with a transaction open or a request unanswered. */
+  get busy(): boolean {
+    const server = this.server
+    if (server === null) return false
+    return this.outstanding > 0 || this.extended || server.txStatus !== TxStatus.Idle
+  }
+
+  get remote(): string {
+    return `${this.socket.remoteAddress}:${this.socket.remotePort}`
+  }
+
+  // ---- the pass-through loop ------------------------------------------------
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.state !== 'active') {
+      this.onLoginData(chunk)
+      return
+    }
+    this.bytesReceived += chunk.length
+    this.action = 0
+    let end: number
+    try {
+      end = this.scanner.scan(chunk, 0, this.onClientMessage)
+    } catch (err) {
+      this.fail(fatal((err as Error).message))
+      return
+    }
+    if (this.action === ACTION_TERMINATE) {
+      // Terminate is ours to act on; the server stays for the next client.
+      if (end > 5) this.toServer(chunk.subarray(0, end - 5))
+      this.close('client close request')
+      return
+    }
+    this.toServer(chunk)
+  }
+
+  private readonly onClientMessage = (type: number): boolean => {
+    switch (type) {
+      case FrontendCode.Query:
+      case FrontendCode.FunctionCall:
+        this.outstanding++
+        return false
+      case FrontendCode.Sync:
+        this.outstanding++
+        this.extended = false
+        return false
+      case FrontendCode.Terminate:
+        this.action = ACTION_TERMINATE
+        return true
+      default:
+        this.extended = true
+        return false
+    }
+  }
+
+  private toServer(buf: Buffer): void {
+    const server = this.server
+    if (server !== null) {
+      this.writeServer(server, buf)
+      return
+    }
+    this.queued.push(buf)
+    if (!this.requested) {
+      this.requested = true
+      this.pool!.request(this)
+    }
+  }
+
+  private writeServer(server: Server, buf: Buffer): void {
+    if (!server.write(buf) && !this.readPaused) {
+      // Stop reading a client whose server is not draining.
+      this.readPaused = true
+      this.socket.pause()
+      server.socket.once('drain', this.onServerDrain)
+    }
+  }
+
+  private readonly onServerDrain = (): void => {
+    this.readPaused = false
+    if (this.state !== 'closed') this.socket.resume()
+  }
+
+  /** Server bytes for this client, with backpressure toward the server. */
+  forwardFromServer(buf: Buffer, server: Server): void {
+    if (!this.socket.write(buf) && this.pausedServer === null) {
+      this.pausedServer = server
+      server.socket.pause()
+      this.socket.once('drain', this.onClientDrain)
+    }
+  }
+
+  private readonly onClientDrain = (): void => {
+    const server = this.pausedServer
+    this.pausedServer = null
+    server?.socket.resume()
+  }
+
+  write(buf: Buffer): void {
+    if (this.state !== 'closed') this.socket.write(buf)
+  }
+
+  /**
+   * The server finished a request. True when the server may go back to the
+   * pool now: the transaction is over and nothing the client sent is still
+   * unanswered or half-sent (invariant 4).
+   */
+  onReadyForQuery(status: number): boolean {
+    if (this.outstanding > 0) this.outstanding--
+    this.queryCount++
+    if (status === TxStatus.Idle) this.xactCount++
+    if (this.mode === 'session') return false
+    if (this.outstanding > 0 || this.extended || !this.scanner.atBoundary) return false
+    if (status === TxStatus.Idle) return true
+    if (this.mode === 'statement') {
+      queueMicrotask(() => this.fail(fatal(Texts.statementModeTransaction)))
+    }
+    return false
+  }
+
+  /** Called by the server right after the ReadyForQuery reached this client. */
+  releaseServer(): void {
+    const server = this.server!
+    this.server = null
+    if (this.pausedServer === server) {
+      this.pausedServer = null
+      server.socket.resume()
+    }
+    this.pool!.release(server)
+  }
+
+  /** The pool links a server to this client. */
+  attachServer(server: Server): void {
+    this.server = server
+    this.requested = false
+    this.waitingSince = 0
+    if (this.state === 'closed') {
+      this.detachOnClose(server)
+      return
+    }
+    const sync = syncStatement(this.vars, server.vars)
+    if (sync !== null) {
+      server.swallow++
+      server.write(query(sync))
+    }
+    if (this.state === 'welcome') {
+      this.sendWelcome()
+      if (this.mode !== 'session' && this.queued.length === 0) {
+        // The server was only needed for its parameters.
+        this.server = null
+        const pool = this.pool!
+        queueMicrotask(() => pool.release(server))
+        return
+      }
+    }
+    for (let i = 0; i < this.queued.length; i++) this.writeServer(server, this.queued[i])
+    this.queued.length = 0
+  }
+
+  /** The server reported a tracked parameter (the client ran SET): remember it. */
+  serverReportedVar(name: keyof Vars, value: string): void {
+    this.vars[name] = value
+  }
+
+  /** The server died under us. */
+  serverLost(server: Server): void {
+    if (this.server !== server) return
+    this.server = null
+    this.fail(fatal(Texts.serverConnCrashed))
+  }
+
+  // ---- login --------------------------------------------------------------
+
+  private onLoginData(chunk: Buffer): void {
+    if (this.state === 'closed') return
+    const reader = this.loginReader
+    if (reader === null) {
+      this.early ??= []
+      this.early.push(chunk)
+      return
+    }
+    try {
+      reader.push(chunk, this.onLoginMessage)
+    } catch (err) {
+      const e = err as Error & { sqlstate?: string }
+      this.fail(fatal(e.message, e.sqlstate ?? SqlState.ProtocolViolation))
+      return
+    }
+    if (this.state === 'welcome' || this.state === 'active') {
+      // Authenticated: what follows is for a server, not for the login reader.
+      this.loginReader = null
+      const rest = reader.takeRemainder()
+      if (rest.length > 0) this.onLoginData(rest)
+    }
+  }
+
+  private readonly onLoginMessage = (type: number, msg: Buffer): boolean => {
+    if (this.state === 'closed') return true
+    if (type === 0) {
+      this.onStartupPacket(msg)
+    } else if (this.auth !== null) {
+      if (type === FrontendCode.Terminate) {
+        this.close('client close request')
+        return true
+      }
+      this.authStep(this.auth.next(msg))
+    } else {
+      this.fail(fatal(`unexpected message '${String.fromCharCode(type)}' during login`))
+    }
+    return this.state !== 'startup' && this.state !== 'auth'
+  }
+
+  private onStartupPacket(packet: Buffer): void {
+    const startup = parseStartupPacket(packet)
+    switch (startup.kind) {
+      case 'ssl':
+      case 'gssenc':
+        // TLS and GSSAPI encryption are not offered: the client goes on in plain text.
+        this.socket.write(NO_ENCRYPTION)
+        return
+      case 'cancel':
+        this.worker.cancel(startup.pid, startup.secret)
+        this.close(null)
+        return
+      case 'startup':
+        this.loginReader!.startup = false
+        this.onStartup(startup.params, startup.minor, startup.protocolOptions)
+        return
+    }
+  }
+
+  private onStartup(
+    params: Record<string, string>,
+    minor: number,
+    protocolOptions: string[],
+  ): void {
+    const ignored = this.worker.settings.ignoreStartupParameters
+    for (const [key, value] of Object.entries(params)) {
+      if (key === 'user') this.user = value
+      else if (key === 'database') this.database = value
+      else if (key === 'options') {
+        const parsed = parseOptions(value)
+        if ('unsupported' in parsed) {
+          if (ignored.includes('options')) continue
+          this.fail(fatal(Texts.unsupportedOption(parsed.unsupported)))
+          return
+        }
+        Object.assign(this.vars, parsed.vars)
+      } else {
+        const tracked = trackedName(key)
+        if (tracked !== null) this.vars[tracked] = value
+        else if (!ignored.includes(key) && !ignored.includes(key.toLowerCase())) {
+          this.fail(fatal(Texts.unsupportedParameter(key)))
+          return
+        }
+      }
+    }
+    if (this.database === '') this.database = this.user
+    if (minor > 0 || protocolOptions.length > 0) {
+      this.socket.write(negotiateProtocolVersion(0, protocolOptions))
+    }
+    if (!this.worker.admitClient()) {
+      this.fail(fatal(Texts.maxClientConn, SqlState.ProtocolViolation))
+      return
+    }
+    this.admitted = true
+    const db = this.worker.resolveDatabase(this.database)
+    if (db === null) {
+      this.fail(fatal(Texts.noSuchDatabase(this.database)))
+      return
+    }
+    this.state = 'auth'
+    const settings = this.worker.settings
+    this.auth = new ClientAuth(
+      settings.authType,
+      this.user,
+      this.worker.authUsers[this.user],
+      this.worker.hasAuthFile,
+    )
+    this.db = db
+    this.authStep(this.auth.start())
+  }
+
+  private db: DatabaseConfig | null = null
+  private admitted = false
+
+  private authStep(step: ReturnType<ClientAuth['start']>): void {
+    if (step.kind === 'send') {
+      this.socket.write(step.message)
+      return
+    }
+    if (step.kind === 'fail') {
+      this.fail(fatal(Texts.passwordFailed(this.user), SqlState.InvalidPassword))
+      return
+    }
+    this.auth = null
+    this.state = 'welcome'
+    if (step.final !== null) this.socket.write(step.final)
+    void this.enterPool(step.scramKeys)
+  }
+
+  private async enterPool(
+    scramKeys: { clientKey: Buffer; serverKey: Buffer } | null,
+  ): Promise<void> {
+    const db = this.db!
+    const poolUser = db.user ?? this.user
+    let pool: Pool
+    try {
+      pool = await this.worker.getPool(db, poolUser)
+    } catch (err) {
+      this.fail(fatal((err as Error).message))
+      return
+    }
+    if (this.state === 'closed') return
+    this.pool = pool
+    this.mode = pool.mode
+    if (scramKeys !== null && pool.user === this.user) pool.scramKeys = scramKeys
+    this.worker.log.info(
+      { client: this.pid, remote: this.remote, db: this.database, user: this.user },
+      'login',
+    )
+    if (pool.welcomeParams !== null) {
+      this.sendWelcome()
+      return
+    }
+    // The pool has never seen a server: its parameters come from the first one.
+    this.requested = true
+    pool.request(this)
+  }
+
+  private sendWelcome(): void {
+    const pool = this.pool!
+    const params = pool.welcomeParams!
+    // The client's own wishes show in the welcome; the server is brought in line on link.
+    for (const name of TRACKED) {
+      if (this.vars[name] === undefined) {
+        const value = params.get(REPORTED_NAME[name])
+        if (value !== undefined) this.vars[name] = value
+      }
+    }
+    const parts: Buffer[] = [authenticationOk()]
+    for (const [name, value] of params) {
+      const tracked = trackedName(name)
+      parts.push(parameterStatus(name, tracked !== null ? (this.vars[tracked] ?? value) : value))
+    }
+    parts.push(backendKeyData(this.pid, this.secret), readyForQuery(TxStatus.Idle))
+    this.socket.write(Buffer.concat(parts))
+    if (this.loginTimer !== null) {
+      clearTimeout(this.loginTimer)
+      this.loginTimer = null
+    }
+    this.state = 'active'
+    const early = this.early
+    this.early = null
+    if (early !== null) for (const chunk of early) this.onData(chunk)
+  }
+
+  // ---- the end ----------------------------------------------------------
+
+  /** Send a FATAL error and close. */
+  fail(error: Buffer): void {
+    if (this.state === 'closed') return
+    this.socket.write(error)
+    this.close(null)
+  }
+
+  private readonly onSocketError = (err: Error): void => {
+    this.worker.log.debug({ client: this.pid, err: err.message }, 'client socket error')
+  }
+
+  private readonly onSocketClose = (): void => {
+    this.close('client close request')
+  }
+
+  close(reason: string | null): void {
+    if (this.state === 'closed') return
+    const wasActive = this.state === 'active' || this.state === 'welcome'
+    this.state = 'closed'
+    if (this.loginTimer !== null) clearTimeout(this.loginTimer)
+    this.socket.end()
+    if (this.requested && this.server === null) this.pool?.cancelWait(this)
+    const server = this.server
+    if (server !== null) this.detachOnClose(server)
+    if (this.admitted) this.worker.clientClosed(this)
+    if (wasActive && reason !== null) {
+      this.worker.log.info({ client: this.pid, remote: this.remote, reason }, 'closing client')
+    }
+  }
+
+  /**
+   * The client is gone while linked. A clean server goes back (after the reset
+   * query in session mode); one with a transaction open or a request in
+   * flight is closed, so no later client inherits it (invariant 5).
+   */
+  private detachOnClose(server: Server): void {
+    this.server = null
+    if (this.pausedServer === server) {
+      this.pausedServer = null
+      server.socket.resume()
+    }
+    const clean =
+      this.outstanding === 0 &&
+      !this.extended &&
+      this.scanner.atBoundary &&
+      server.swallow === 0 &&
+      server.txStatus === TxStatus.Idle
+    if (!clean) {
+      server.close()
+      return
+    }
+    const settings = this.worker.settings
+    const reset = settings.serverResetQuery
+    if (reset !== '' && (this.mode === 'session' || settings.serverResetQueryAlways)) {
+      server.swallow++
+      server.write(query(reset))
+    }
+    this.pool!.release(server)
+  }
+}
+
+const NO_ENCRYPTION = Buffer.from('N')

@@ -1,0 +1,39 @@
+import { errorResponse } from '@pgbouncer-cluster/protocol/serializer'
+
+/**
+ * Errors the pooler itself raises toward clients, with PgBouncer's texts and
+ * SQLSTATEs so that client code and runbooks matching on them keep working.
+ */
+export const SqlState = {
+  ProtocolViolation: '08P01',
+  InvalidPassword: '28P01',
+  InvalidAuthorization: '28000',
+  TooManyConnections: '53300',
+  AdminShutdown: '57P01',
+  CannotConnectNow: '57P03',
+  FeatureNotSupported: '0A000',
+} as const
+
+export function fatal(message: string, code: string = SqlState.ProtocolViolation): Buffer {
+  return errorResponse({ severity: 'FATAL', code, message })
+}
+
+export function error(message: string, code: string = SqlState.ProtocolViolation): Buffer {
+  return errorResponse({ severity: 'ERROR', code, message })
+}
+
+export const Texts = {
+  noSuchDatabase: (db: string) => `no such database: ${db}`,
+  noSuchUser: (user: string) => `no such user: ${user}`,
+  passwordFailed: (user: string) => `password authentication failed for user "${user}"`,
+  maxClientConn: 'no more connections allowed (max_client_conn)',
+  unsupportedParameter: (key: string) => `unsupported startup parameter: ${key}`,
+  unsupportedOption: (opt: string) => `unsupported options startup parameter: ${opt}`,
+  queryWaitTimeout: 'query_wait_timeout',
+  clientLoginTimeout: 'client_login_timeout (server down)',
+  serverConnCrashed: 'server conn crashed?',
+  serverLoginRetry: 'server login has been failing, try again later (server_login_retry)',
+  cannotConnect: 'pgbouncer cannot connect to server',
+  statementModeTransaction: 'transaction blocks not allowed in statement pooling mode',
+  shuttingDown: 'pooler is shutting down',
+} as const

@@ -1,0 +1,393 @@
+import { isMd5Hash } from '@pgbouncer-cluster/protocol/auth/md5'
+import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
+import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
+import type { ClientSession } from './client.ts'
+import type { DatabaseConfig, PoolMode } from './config-types.ts'
+import { fatal, SqlState, Texts } from './errors.ts'
+import { type LoginFailure, Server } from './server.ts'
+import type { PoolerWorker } from './worker.ts'
+
+export interface PoolSlots {
+  pool: number
+  databaseSlot: number
+  userSlot: number
+}
+
+export interface ServerSecret {
+  password: string | null
+  md5: string | null
+  scramKeys: { clientKey: Buffer; serverKey: Buffer } | null
+}
+
+/**
+ * The servers of one (database, user) pair in this worker, and the clients of
+ * this worker waiting for one. Its size is not its own: every server holds a
+ * permit of the pool's semaphore in shared memory, so the limit holds across
+ * all workers (invariant 1).
+ */
+export class Pool {
+  readonly key: string
+  readonly worker: PoolerWorker
+  readonly database: DatabaseConfig
+  /** The user servers log in as: the database entry's forced user, or the client's. */
+  readonly user: string
+  mode: PoolMode
+  /** ParameterStatus of a logged-in server: served to clients in the welcome. */
+  welcomeParams: Map<string, string> | null = null
+  /** Recovered from a client's SCRAM exchange when auth_file holds only a secret. */
+  scramKeys: { clientKey: Buffer; serverKey: Buffer } | null = null
+  lastLoginFailure: { at: number; failure: LoginFailure } | null = null
+
+  readonly idle: Server[] = []
+  readonly servers = new Set<Server>()
+  private readonly waiting: ClientSession[] = []
+  private waitingHead = 0
+  private connecting = 0
+  private permitLoop = false
+  private readonly sem: Semaphore
+  private readonly dbSem: Semaphore
+  private readonly userSem: Semaphore
+
+  constructor(
+    worker: PoolerWorker,
+    database: DatabaseConfig,
+    user: string,
+    mode: PoolMode,
+    slots: PoolSlots,
+  ) {
+    this.worker = worker
+    this.database = database
+    this.user = user
+    this.mode = mode
+    this.key = poolKey(database.name, user)
+    this.sem = worker.shared.pool(slots.pool)
+    this.dbSem = worker.shared.database(slots.databaseSlot)
+    this.userSem = worker.shared.user(slots.userSlot)
+  }
+
+  // ---- limits (read from the current config at each use: reload changes them) ----
+
+  get poolSize(): number {
+    return (
+      this.worker.userConfig(this.user)?.poolSize ??
+      this.database.poolSize ??
+      this.worker.settings.defaultPoolSize
+    )
+  }
+
+  get reserveSize(): number {
+    return this.database.reservePoolSize ?? this.worker.settings.reservePoolSize
+  }
+
+  get minPoolSize(): number {
+    return this.database.minPoolSize ?? this.worker.settings.minPoolSize
+  }
+
+  private get maxDb(): number {
+    return this.database.maxDbConnections ?? this.worker.settings.maxDbConnections
+  }
+
+  private get maxUser(): number {
+    return (
+      this.worker.userConfig(this.user)?.maxUserConnections ??
+      this.worker.settings.maxUserConnections
+    )
+  }
+
+  get waitingCount(): number {
+    return this.waiting.length - this.waitingHead
+  }
+
+  /** The password, md5 hash or SCRAM keys to log in to PostgreSQL with. */
+  serverSecret(): ServerSecret {
+    const stored =
+      this.database.user !== undefined && this.database.password !== undefined
+        ? this.database.password
+        : this.worker.authUsers[this.user]
+    if (stored === undefined || stored === '')
+      return { password: null, md5: null, scramKeys: this.scramKeys }
+    if (isMd5Hash(stored)) return { password: null, md5: stored, scramKeys: null }
+    if (isScramSecret(stored)) return { password: null, md5: null, scramKeys: this.scramKeys }
+    return { password: stored, md5: null, scramKeys: null }
+  }
+
+  // ---- permits ----------------------------------------------------------------
+
+  /**
+   * Takes one permit of the pool, and of its database and user where those are
+   * limited, or none at all. Returns which it took (the server keeps the mask
+   * and gives back exactly those, whatever a reload changes meanwhile), 0 if
+   * the limits are reached.
+   */
+  private tryPermit(poolLimit: number): number {
+    const holder = this.worker.id
+    if (!this.sem.tryAcquire(poolLimit, holder)) return 0
+    let mask = PERMIT_POOL
+    const maxDb = this.maxDb
+    if (maxDb > 0) {
+      if (!this.dbSem.tryAcquire(maxDb, holder)) {
+        this.releasePermit(mask)
+        return 0
+      }
+      mask |= PERMIT_DATABASE
+    }
+    const maxUser = this.maxUser
+    if (maxUser > 0) {
+      if (!this.userSem.tryAcquire(maxUser, holder)) {
+        this.releasePermit(mask)
+        return 0
+      }
+      mask |= PERMIT_USER
+    }
+    return mask
+  }
+
+  private releasePermit(mask: number): void {
+    const holder = this.worker.id
+    if (mask & PERMIT_USER) this.userSem.release(holder)
+    if (mask & PERMIT_DATABASE) this.dbSem.release(holder)
+    if (mask & PERMIT_POOL) this.sem.release(holder)
+  }
+
+  // ---- clients ----------------------------------------------------------------
+
+  /**
+   * A client needs a server. Our own idle servers first (newest first, as
+   * PgBouncer does by default); otherwise the client queues in arrival order and
+   * the pool grows if the shared limits allow, or waits for a permit.
+   */
+  request(client: ClientSession): void {
+    const now = Date.now()
+    while (this.idle.length > 0) {
+      const server = this.idle.pop()!
+      if (server.isReusable(now)) {
+        this.link(server, client)
+        return
+      }
+      server.close()
+    }
+    client.waitingSince = now
+    this.waiting.push(client)
+    this.sem.addWaiters(1)
+    this.grow()
+  }
+
+  /** A waiting client left (disconnect, timeout): forget it. */
+  cancelWait(client: ClientSession): void {
+    const i = this.waiting.indexOf(client, this.waitingHead)
+    if (i < 0) return
+    this.waiting.splice(i, 1)
+    this.sem.addWaiters(-1)
+  }
+
+  private nextWaiting(): ClientSession | null {
+    if (this.waitingHead >= this.waiting.length) return null
+    const client = this.waiting[this.waitingHead++]
+    if (this.waitingHead > 64 && this.waitingHead * 2 > this.waiting.length) {
+      this.waiting.splice(0, this.waitingHead)
+      this.waitingHead = 0
+    }
+    this.sem.addWaiters(-1)
+    return client
+  }
+
+  private link(server: Server, client: ClientSession): void {
+    server.state = 'active'
+    server.client = client
+    server.lastUsed = Date.now()
+    client.attachServer(server)
+  }
+
+  /** Opens servers while clients wait that no server being opened will serve. */
+  private grow(): void {
+    while (this.waitingCount > this.connecting) {
+      const permits = this.tryPermit(this.poolSize + (this.reserveDue() ? this.reserveSize : 0))
+      if (permits === 0) {
+        this.waitForPermit()
+        return
+      }
+      this.open(permits)
+    }
+  }
+
+  private reserveDue(): boolean {
+    if (this.reserveSize <= 0 || this.waitingCount === 0) return false
+    const oldest = this.waiting[this.waitingHead]
+    return Date.now() - oldest.waitingSince >= this.worker.settings.reservePoolTimeout * 1000
+  }
+
+  /**
+   * Out of permits: wait on the semaphore's shared word until another worker
+   * (or we) give one back. One waiter per pool, not per client.
+   */
+  private waitForPermit(): void {
+    if (this.permitLoop) return
+    this.permitLoop = true
+    void this.permitWaitLoop().finally(() => {
+      this.permitLoop = false
+    })
+  }
+
+  private async permitWaitLoop(): Promise<void> {
+    while (this.waitingCount > this.connecting && !this.worker.closing) {
+      const limit = this.poolSize + (this.reserveDue() ? this.reserveSize : 0)
+      const got = await this.sem.acquire(limit, this.worker.id, { timeoutMs: 50 })
+      if (!got) {
+        // Timed out: limits may have changed (reserve, reload); try the full set.
+        this.grow()
+        if (this.waitingCount <= this.connecting) return
+        continue
+      }
+      this.sem.release(this.worker.id)
+      this.grow()
+    }
+  }
+
+  /** Clients of other workers waiting for this pool (estimate: each waiting loop counts one too). */
+  private othersWaiting(): number {
+    return this.sem.waiters() - this.waitingCount - (this.permitLoop ? 1 : 0)
+  }
+
+  /**
+   * Invariant 3 and fairness between workers: a server just freed goes back
+   * to the shared pool (closed, its permit released) when other workers have
+   * clients waiting and this worker holds more than its share — its share of
+   * the pool in proportion to its own waiting clients, with one server of
+   * slack so that balanced load causes no reconnect churn.
+   */
+  private owesPermit(): boolean {
+    const others = this.othersWaiting()
+    if (others <= 0) return false
+    const mine = this.waitingCount
+    if (mine === 0) return true
+    const share = (this.poolSize * mine) / (mine + others)
+    return this.sem.held(this.worker.id) > share + 1
+  }
+
+  // ---- servers ----------------------------------------------------------------
+
+  open(permits: number): void {
+    this.connecting++
+    const server = new Server(this, permits)
+    this.servers.add(server)
+    this.worker.log.debug({ server: server.id, pool: this.key }, 'opening server connection')
+  }
+
+  serverLoggedIn(server: Server): void {
+    this.connecting--
+    this.lastLoginFailure = null
+    if (this.welcomeParams === null) this.welcomeParams = new Map(server.params)
+    this.worker.log.info(
+      { server: server.id, pool: this.key, backend_pid: server.pid },
+      'server connection ready',
+    )
+    this.release(server)
+  }
+
+  serverLoginFailed(server: Server, failure: LoginFailure): void {
+    this.connecting--
+    this.servers.delete(server)
+    this.releasePermit(server.permits)
+    this.lastLoginFailure = { at: Date.now(), failure }
+    this.worker.reportLoginFailure(this, failure)
+    this.worker.log.error(
+      { pool: this.key, sqlstate: failure.code, error: failure.message },
+      'server login failed',
+    )
+    // Clients would otherwise wait for query_wait_timeout on a server that
+    // refuses us: they get the server's own error now.
+    if (this.connecting === 0) {
+      const error = fatal(
+        failure.fromServer ? failure.message : `${Texts.cannotConnect}: ${failure.message}`,
+        failure.fromServer ? failure.code : SqlState.CannotConnectNow,
+      )
+      for (let c = this.nextWaiting(); c !== null; c = this.nextWaiting()) c.fail(error)
+    }
+  }
+
+  /**
+   * A server is free again: next waiting client, else give the permit back if
+   * another worker waits for one (invariant 3), else keep it idle.
+   */
+  release(server: Server): void {
+    server.client = null
+    if (server.state === 'closed') return
+    server.state = 'idle'
+    const now = Date.now()
+    if (!server.isReusable(now)) {
+      server.close()
+      return
+    }
+    server.lastUsed = now
+    if (this.owesPermit()) {
+      server.close()
+      return
+    }
+    const client = this.nextWaiting()
+    if (client !== null) {
+      this.link(server, client)
+      return
+    }
+    this.idle.push(server)
+  }
+
+  serverClosed(server: Server): void {
+    if (!this.servers.delete(server)) return
+    const i = this.idle.indexOf(server)
+    if (i >= 0) this.idle.splice(i, 1)
+    this.releasePermit(server.permits)
+    const client = server.client
+    server.client = null
+    if (client !== null) client.serverLost(server)
+    if (this.waitingCount > 0) this.grow()
+  }
+
+  // ---- housekeeping (called by the worker's janitor) ---------------------------
+
+  tick(now: number): void {
+    const settings = this.worker.settings
+    // Waiting clients past query_wait_timeout get PgBouncer's error.
+    if (settings.queryWaitTimeout > 0) {
+      const limit = settings.queryWaitTimeout * 1000
+      while (this.waitingCount > 0 && now - this.waiting[this.waitingHead].waitingSince >= limit) {
+        this.nextWaiting()!.fail(fatal(Texts.queryWaitTimeout))
+      }
+    }
+    if (this.waitingCount > 0) this.grow()
+    // Idle servers past their lifetime or idle timeout, never below min_pool_size.
+    const idleTimeout = settings.serverIdleTimeout * 1000
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      const server = this.idle[i]
+      const tooOld = !server.isReusable(now)
+      const tooIdle =
+        idleTimeout > 0 &&
+        now - server.lastUsed >= idleTimeout &&
+        this.sem.used() > this.minPoolSize
+      if (tooOld || tooIdle) server.close()
+    }
+    // Rebalance: another worker's clients wait while our server idles.
+    if (this.idle.length > 0 && this.othersWaiting() > 0) this.idle.shift()!.close()
+    // min_pool_size, cluster-wide: the semaphore's count is every worker's servers.
+    const min = Math.min(this.minPoolSize, this.poolSize)
+    if (min > 0 && this.connecting === 0 && this.sem.used() < min) {
+      const permits = this.tryPermit(min)
+      if (permits !== 0) this.open(permits)
+    }
+  }
+
+  /** Close every server (RECONNECT, shutdown): idle ones now, linked ones when released. */
+  closeAll(): void {
+    for (const server of [...this.servers]) {
+      if (server.state === 'active') server.closeNeeded = true
+      else server.close()
+    }
+  }
+}
+
+export function poolKey(database: string, user: string): string {
+  return `${database}\u0000${user}`
+}
+
+const PERMIT_POOL = 1
+const PERMIT_DATABASE = 2
+const PERMIT_USER = 4

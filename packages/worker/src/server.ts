@@ -1,0 +1,438 @@
+import net from 'node:net'
+import { md5Response } from '@pgbouncer-cluster/protocol/auth/md5'
+import { ScramClient } from '@pgbouncer-cluster/protocol/auth/scram'
+import { FrameReader, FrameScanner } from '@pgbouncer-cluster/protocol/frame-reader'
+import { AuthCode, BackendCode, TxStatus } from '@pgbouncer-cluster/protocol/messages'
+import {
+  parseAuthentication,
+  parseBackendKeyData,
+  parseErrorFields,
+  parseParameterStatus,
+  readyForQueryStatus,
+} from '@pgbouncer-cluster/protocol/parser'
+import {
+  passwordMessage,
+  query,
+  saslInitialResponse,
+  saslResponse,
+  startupMessage,
+  terminate,
+} from '@pgbouncer-cluster/protocol/serializer'
+import type { ClientSession } from './client.ts'
+import { trackedName, type Vars } from './params.ts'
+import type { Pool } from './pool.ts'
+
+export type ServerState = 'login' | 'idle' | 'active' | 'closed'
+
+/** Why a login failed: PostgreSQL's own error fields, or ours when it never answered. */
+export interface LoginFailure {
+  code: string
+  message: string
+  detail?: string
+  fromServer: boolean
+}
+
+// What the pass-through path must see of a server's stream: ReadyForQuery (whole,
+// for its status byte) and ParameterStatus (whole, to track the session's vars).
+// Everything else is forwarded without being looked at.
+const SERVER_FLAGS = new Uint8Array(256)
+SERVER_FLAGS[BackendCode.ReadyForQuery] = 2
+SERVER_FLAGS[BackendCode.ParameterStatus] = 2
+SERVER_FLAGS[BackendCode.ErrorResponse] = 2
+
+let nextServerId = 1
+
+/**
+ * One connection to PostgreSQL, owned by one worker for its whole life (a
+ * socket that has spoken cannot move between threads). It holds one permit of
+ * its pool's shared semaphore from before it connects until it is closed.
+ */
+export class Server {
+  readonly id = nextServerId++
+  readonly pool: Pool
+  readonly socket: net.Socket
+  state: ServerState = 'login'
+  client: ClientSession | null = null
+  /** ParameterStatus values as the server last reported them. */
+  readonly params = new Map<string, string>()
+  /** The tracked subset, for the SET on link. */
+  readonly vars: Vars = {}
+  pid = 0
+  secret = 0
+  readonly createdAt = Date.now()
+  lastUsed = Date.now()
+  txStatus: number = TxStatus.Idle
+  /** ReadyForQuery messages whose reply the pooler asked for itself (SET, reset, connect_query). */
+  swallow = 0
+  /** Closing was requested (RECONNECT, reload) while linked: close instead of reuse. */
+  closeNeeded = false
+  private readonly scanner: FrameScanner
+  private loginReader: FrameReader | null = new FrameReader()
+  private scram: ScramClient | null = null
+  private connectTimer: NodeJS.Timeout | null = null
+  private segmentStart = 0
+  private action = 0
+
+  /** Which shared permits this connection holds (pool, database, user). */
+  readonly permits: number
+
+  constructor(pool: Pool, permits: number) {
+    this.pool = pool
+    this.permits = permits
+    this.scanner = new FrameScanner(SERVER_FLAGS, pool.worker.maxPacketSize)
+    const db = pool.database
+    this.socket = net.connect({ host: db.host, port: db.port, noDelay: true, keepAlive: true })
+    this.socket.on('connect', this.onConnect)
+    this.socket.on('data', this.onData)
+    this.socket.on('error', this.onError)
+    this.socket.on('close', this.onClose)
+    const timeout = pool.worker.settings.serverConnectTimeout
+    if (timeout > 0) {
+      this.connectTimer = setTimeout(() => {
+        this.failLogin({
+          code: '08006',
+          message: `server connect timeout after ${timeout}s`,
+          fromServer: false,
+        })
+      }, timeout * 1000)
+    }
+  }
+
+  private readonly onConnect = (): void => {
+    const db = this.pool.database
+    const params: Record<string, string> = { user: this.pool.user, database: db.dbname }
+    if (db.clientEncoding) params.client_encoding = db.clientEncoding
+    if (db.datestyle) params.DateStyle = db.datestyle
+    if (db.timezone) params.TimeZone = db.timezone
+    if (db.applicationName) params.application_name = db.applicationName
+    this.socket.write(startupMessage(params))
+  }
+
+  private readonly onError = (err: Error): void => {
+    if (this.state === 'login') {
+      this.failLogin({ code: '08006', message: err.message, fromServer: false })
+    } else {
+      this.pool.worker.log.warn({ server: this.id, err: err.message }, 'server socket error')
+    }
+  }
+
+  private readonly onClose = (): void => {
+    if (this.connectTimer) clearTimeout(this.connectTimer)
+    if (this.state === 'login') {
+      this.failLogin({
+        code: '08006',
+        message: 'server closed the connection during login',
+        fromServer: false,
+      })
+      return
+    }
+    if (this.state === 'closed') return
+    this.state = 'closed'
+    this.pool.serverClosed(this)
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.loginReader !== null) {
+      this.onLoginData(chunk)
+      return
+    }
+    const client = this.client
+    if (client === null) {
+      this.onIdleData(chunk)
+      return
+    }
+    client.bytesSent += chunk.length
+    let start = 0
+    this.segmentStart = 0
+    while (start < chunk.length) {
+      this.action = 0
+      start = this.scanner.scan(chunk, start, this.onServerMessage)
+      if (this.action === ACTION_NONE) break
+      if (this.action === ACTION_SKIP) {
+        this.segmentStart = start
+        continue
+      }
+      // ACTION_RELEASE: everything up to and including the ReadyForQuery goes
+      // to the client before the server can be handed to anyone else.
+      client.write(chunk.subarray(this.segmentStart, start))
+      this.segmentStart = start
+      client.releaseServer()
+      if (start < chunk.length) this.onIdleData(chunk.subarray(start))
+      return
+    }
+    // While our own statement's reply is still arriving, none of it is the client's.
+    if (this.swallow === 0 && this.segmentStart < chunk.length) {
+      client.forwardFromServer(
+        this.segmentStart === 0 ? chunk : chunk.subarray(this.segmentStart),
+        this,
+      )
+    }
+  }
+
+  private readonly onServerMessage = (type: number, msg: Buffer | null): boolean => {
+    if (type === BackendCode.ReadyForQuery) {
+      this.txStatus = readyForQueryStatus(msg!)
+      if (this.swallow > 0) {
+        this.swallow--
+        // Drop the reply to our own statement: [segmentStart, end) is ours.
+        this.action = ACTION_SKIP
+        return true
+      }
+      const client = this.client!
+      if (client.onReadyForQuery(this.txStatus)) {
+        this.action = ACTION_RELEASE
+        return true
+      }
+      return false
+    }
+    if (type === BackendCode.ParameterStatus) {
+      const { name, value } = parseParameterStatus(msg!)
+      this.params.set(name, value)
+      const tracked = trackedName(name)
+      if (tracked !== null) {
+        this.vars[tracked] = value
+        if (this.swallow === 0) this.client?.serverReportedVar(tracked, value)
+      }
+      return false
+    }
+    // ErrorResponse
+    if (this.swallow > 0) {
+      const fields = parseErrorFields(msg!)
+      this.pool.worker.log.warn(
+        { server: this.id, sqlstate: fields.code, error: fields.message },
+        'statement issued by the pooler failed',
+      )
+    }
+    return false
+  }
+
+  /** Bytes from a server nobody is linked to: status reports, or a FATAL on its way out. */
+  private onIdleData(chunk: Buffer): void {
+    let start = 0
+    while (start < chunk.length) {
+      this.action = 0
+      start = this.scanner.scan(chunk, start, this.onIdleMessage)
+      if (this.action === ACTION_CLOSE) {
+        this.close()
+        return
+      }
+    }
+  }
+
+  private readonly onIdleMessage = (type: number, msg: Buffer | null): boolean => {
+    if (type === BackendCode.ParameterStatus) {
+      const { name, value } = parseParameterStatus(msg!)
+      this.params.set(name, value)
+      const tracked = trackedName(name)
+      if (tracked !== null) this.vars[tracked] = value
+      return false
+    }
+    if (type === BackendCode.ReadyForQuery && this.swallow > 0) {
+      this.swallow--
+      this.txStatus = readyForQueryStatus(msg!)
+      return false
+    }
+    if (type === BackendCode.ErrorResponse) {
+      const fields = parseErrorFields(msg!)
+      if (this.swallow > 0) {
+        this.pool.worker.log.warn(
+          { server: this.id, sqlstate: fields.code, error: fields.message },
+          'statement issued by the pooler failed',
+        )
+        return false
+      }
+      this.pool.worker.log.info(
+        { server: this.id, sqlstate: fields.code, error: fields.message },
+        'server sent an error while idle, closing it',
+      )
+      this.action = ACTION_CLOSE
+      return true
+    }
+    return false
+  }
+
+  // ---- login -------------------------------------------------------------
+
+  private onLoginData(chunk: Buffer): void {
+    try {
+      this.loginReader!.push(chunk, this.onLoginMessage)
+    } catch (err) {
+      this.failLogin({ code: '08P01', message: (err as Error).message, fromServer: false })
+    }
+  }
+
+  private readonly onLoginMessage = (type: number, msg: Buffer): void => {
+    if (this.state !== 'login') return
+    switch (type) {
+      case BackendCode.Authentication:
+        this.onAuthRequest(msg)
+        return
+      case BackendCode.ParameterStatus: {
+        const { name, value } = parseParameterStatus(msg)
+        this.params.set(name, value)
+        const tracked = trackedName(name)
+        if (tracked !== null) this.vars[tracked] = value
+        return
+      }
+      case BackendCode.BackendKeyData: {
+        const key = parseBackendKeyData(msg)
+        this.pid = key.pid
+        this.secret = key.secret
+        return
+      }
+      case BackendCode.ErrorResponse: {
+        const fields = parseErrorFields(msg)
+        this.failLogin({
+          code: fields.code,
+          message: fields.message,
+          detail: fields.detail,
+          fromServer: true,
+        })
+        return
+      }
+      case BackendCode.ReadyForQuery:
+        this.txStatus = readyForQueryStatus(msg)
+        this.loginDone()
+        return
+      default:
+        // NoticeResponse, NegotiateProtocolVersion: nothing to do during login
+        return
+    }
+  }
+
+  private onAuthRequest(msg: Buffer): void {
+    const auth = parseAuthentication(msg)
+    const user = this.pool.user
+    const secret = this.pool.serverSecret()
+    switch (auth.code) {
+      case AuthCode.Ok:
+        return
+      case AuthCode.CleartextPassword:
+        if (secret.password === null) {
+          this.noPassword('cleartext')
+          return
+        }
+        this.socket.write(passwordMessage(secret.password))
+        return
+      case AuthCode.MD5Password: {
+        const stored = secret.password ?? secret.md5
+        if (stored === null) {
+          this.noPassword('md5')
+          return
+        }
+        this.socket.write(passwordMessage(md5Response(user, stored, auth.salt!)))
+        return
+      }
+      case AuthCode.SASL: {
+        if (!auth.mechanisms?.includes('SCRAM-SHA-256')) {
+          this.failLogin({
+            code: '28000',
+            message: `server asked for unsupported SASL mechanisms: ${auth.mechanisms?.join(', ')}`,
+            fromServer: false,
+          })
+          return
+        }
+        if (secret.password !== null) this.scram = new ScramClient({ password: secret.password })
+        else if (secret.scramKeys !== null) this.scram = new ScramClient(secret.scramKeys)
+        else {
+          this.noPassword('SCRAM-SHA-256')
+          return
+        }
+        this.socket.write(saslInitialResponse('SCRAM-SHA-256', this.scram.clientFirstMessage()))
+        return
+      }
+      case AuthCode.SASLContinue:
+        if (this.scram === null) {
+          this.unexpectedAuth(auth.code)
+          return
+        }
+        try {
+          this.socket.write(saslResponse(this.scram.clientFinalMessage(auth.data!)))
+        } catch (err) {
+          this.failLogin({ code: '28000', message: (err as Error).message, fromServer: false })
+        }
+        return
+      case AuthCode.SASLFinal:
+        if (this.scram === null) {
+          this.unexpectedAuth(auth.code)
+          return
+        }
+        try {
+          this.scram.verifyServerFinal(auth.data!)
+        } catch (err) {
+          this.failLogin({ code: '28000', message: (err as Error).message, fromServer: false })
+        }
+        return
+      default:
+        this.unexpectedAuth(auth.code)
+    }
+  }
+
+  private noPassword(method: string): void {
+    this.failLogin({
+      code: '28000',
+      message: `no password known for user "${this.pool.user}" to answer the server's ${method} request`,
+      fromServer: false,
+    })
+  }
+
+  private unexpectedAuth(code: number): void {
+    this.failLogin({
+      code: '28000',
+      message: `unsupported authentication request ${code} from server`,
+      fromServer: false,
+    })
+  }
+
+  private loginDone(): void {
+    if (this.connectTimer) {
+      clearTimeout(this.connectTimer)
+      this.connectTimer = null
+    }
+    this.loginReader = null
+    this.scram = null
+    this.state = 'idle'
+    const connectQuery = this.pool.database.connectQuery
+    if (connectQuery) {
+      this.swallow++
+      this.socket.write(query(connectQuery))
+    }
+    this.pool.serverLoggedIn(this)
+  }
+
+  private failLogin(failure: LoginFailure): void {
+    if (this.state !== 'login') return
+    this.state = 'closed'
+    if (this.connectTimer) clearTimeout(this.connectTimer)
+    this.socket.destroy()
+    this.pool.serverLoginFailed(this, failure)
+  }
+
+  // ---- use ---------------------------------------------------------------
+
+  write(buf: Buffer): boolean {
+    return this.socket.write(buf)
+  }
+
+  /** Usable for a new client: logged in, in no transaction, not past its life. */
+  isReusable(now: number): boolean {
+    if (this.state !== 'idle' || this.closeNeeded || this.txStatus !== TxStatus.Idle) return false
+    const lifetime = this.pool.worker.settings.serverLifetime
+    return lifetime <= 0 || now - this.createdAt < lifetime * 1000
+  }
+
+  close(): void {
+    if (this.state === 'closed') return
+    const wasLogin = this.state === 'login'
+    this.state = 'closed'
+    if (this.connectTimer) clearTimeout(this.connectTimer)
+    if (!wasLogin && !this.socket.destroyed) this.socket.end(terminate())
+    else this.socket.destroy()
+    this.pool.serverClosed(this)
+  }
+}
+
+const ACTION_NONE = 0
+const ACTION_SKIP = 1
+const ACTION_RELEASE = 2
+const ACTION_CLOSE = 3

@@ -1,0 +1,265 @@
+import net from 'node:net'
+import type { MessagePort } from 'node:worker_threads'
+import {
+  type ControlMessage,
+  decodeControl,
+  encodeControl,
+} from '@pgbouncer-cluster/protocol/control'
+import { cancelRequest } from '@pgbouncer-cluster/protocol/serializer'
+import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
+import { ClientSession } from './client.ts'
+import type {
+  DatabaseConfig,
+  PoolMode,
+  UserConfig,
+  WorkerConfig,
+  WorkerSettings,
+} from './config-types.ts'
+import { fatal, SqlState, Texts } from './errors.ts'
+import { createLogger, flushLogger, type Logger } from './log.ts'
+import { Pool, type PoolSlots, poolKey } from './pool.ts'
+import type { LoginFailure } from './server.ts'
+
+/** What the coordinator hands a worker thread at start. */
+export interface WorkerData {
+  id: number
+  sab: SharedArrayBuffer
+  config: WorkerConfig
+  listen: { host: string; port: number }
+  logLevel: string
+  pretty: boolean
+}
+
+const JANITOR_INTERVAL_MS = 100
+
+/**
+ * One worker thread: a listener on the shared port (SO_REUSEPORT: the kernel
+ * spreads clients over workers), its client sessions and its own pools of
+ * server connections, sized by permits from shared memory.
+ */
+export class PoolerWorker {
+  readonly id: number
+  readonly shared: SharedMemory
+  readonly log: Logger
+  config: WorkerConfig
+  closing = false
+  private readonly port: MessagePort
+  private readonly listen: { host: string; port: number }
+  private readonly listener: net.Server
+  private readonly pools = new Map<string, Pool>()
+  private readonly poolRequests = new Map<string, PromiseWithResolvers<PoolSlots>>()
+  private readonly sessions = new Map<number, ClientSession>()
+  private nextPid = 1
+  private clients = 0
+  private janitor: NodeJS.Timeout | null = null
+
+  constructor(data: WorkerData, port: MessagePort) {
+    this.id = data.id
+    this.shared = new SharedMemory(data.sab)
+    this.config = data.config
+    this.listen = data.listen
+    this.port = port
+    this.log = createLogger({
+      level: data.logLevel,
+      worker: data.id,
+      logfile: data.config.settings.logfile || null,
+      pretty: data.pretty,
+    })
+    this.listener = net.createServer({ noDelay: true }, this.onConnection)
+    this.listener.on('error', (err) => {
+      this.log.error({ err: err.message }, 'listener error')
+    })
+    port.on('message', this.onControl)
+  }
+
+  get settings(): WorkerSettings {
+    return this.config.settings
+  }
+
+  get authUsers(): Record<string, string> {
+    return this.config.authUsers
+  }
+
+  get hasAuthFile(): boolean {
+    return Object.keys(this.config.authUsers).length > 0
+  }
+
+  get maxPacketSize(): number {
+    return this.config.settings.maxPacketSize
+  }
+
+  start(): Promise<void> {
+    const { host, port } = this.listen
+    return new Promise((resolve, reject) => {
+      this.listener.once('error', reject)
+      this.listener.listen({ host, port, reusePort: true, backlog: 4096 }, () => {
+        this.listener.off('error', reject)
+        this.janitor = setInterval(this.tick, JANITOR_INTERVAL_MS)
+        this.send({ type: 'worker-ready', worker: this.id, port })
+        resolve()
+      })
+    })
+  }
+
+  private readonly onConnection = (socket: net.Socket): void => {
+    if (this.closing) {
+      socket.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
+      return
+    }
+    const pid = ((this.id + 1) << 24) | (this.nextPid++ & 0xffffff)
+    const session = new ClientSession(this, socket, pid)
+    this.sessions.set(pid, session)
+  }
+
+  // ---- what sessions and pools ask of the worker ----------------------------
+
+  /** max_client_conn, across the whole cluster. */
+  admitClient(): boolean {
+    const max = this.settings.maxClientConn
+    if (max > 0 && !this.shared.clients().tryAcquire(max, this.id)) return false
+    this.clients++
+    return true
+  }
+
+  clientClosed(session: ClientSession): void {
+    this.sessions.delete(session.pid)
+    this.clients--
+    if (this.settings.maxClientConn > 0) this.shared.clients().release(this.id)
+  }
+
+  resolveDatabase(name: string): DatabaseConfig | null {
+    const entry = this.config.databases[name]
+    if (entry !== undefined) return entry
+    const fallback = this.config.fallbackDatabase
+    return fallback === null ? null : { ...fallback, name, dbname: name }
+  }
+
+  userConfig(user: string): UserConfig | undefined {
+    return this.config.users[user]
+  }
+
+  poolModeFor(db: DatabaseConfig, user: string): PoolMode {
+    return this.config.users[user]?.poolMode ?? db.poolMode ?? this.settings.poolMode
+  }
+
+  /** The pool for (database, user); its shared slots come from the coordinator once. */
+  async getPool(db: DatabaseConfig, user: string): Promise<Pool> {
+    const key = poolKey(db.name, user)
+    const existing = this.pools.get(key)
+    if (existing !== undefined) return existing
+    let request = this.poolRequests.get(key)
+    if (request === undefined) {
+      request = Promise.withResolvers<PoolSlots>()
+      this.poolRequests.set(key, request)
+      this.send({ type: 'pool-slot-request', worker: this.id, database: db.name, user })
+    }
+    const slots = await request.promise
+    let pool = this.pools.get(key)
+    if (pool === undefined) {
+      pool = new Pool(this, db, user, this.poolModeFor(db, user), slots)
+      this.pools.set(key, pool)
+    }
+    return pool
+  }
+
+  reportLoginFailure(pool: Pool, failure: LoginFailure): void {
+    this.send({
+      type: 'server-login-failed',
+      worker: this.id,
+      database: pool.database.name,
+      user: pool.user,
+      sqlstate: failure.code,
+      message: failure.message,
+    })
+  }
+
+  /** A CancelRequest: ours to carry out, or routed to the worker that owns the key. */
+  cancel(pid: number, secret: number): void {
+    const owner = (pid >>> 24) - 1
+    if (owner !== this.id) {
+      this.send({ type: 'cancel', pid, secret })
+      return
+    }
+    const session = this.sessions.get(pid)
+    if (session === undefined || session.secret !== secret) return
+    const server = session.server
+    if (server === null) return
+    const db = server.pool.database
+    const socket = net.connect({ host: db.host, port: db.port }, () => {
+      socket.end(cancelRequest(server.pid, server.secret))
+    })
+    socket.on('error', (err) => {
+      this.log.warn({ err: err.message }, 'cancel request to server failed')
+    })
+  }
+
+  // ---- control messages from the coordinator -------------------------------
+
+  private send(msg: ControlMessage): void {
+    const data = encodeControl(msg)
+    this.port.postMessage(data, [data.buffer as ArrayBuffer])
+  }
+
+  private readonly onControl = (data: Uint8Array): void => {
+    let msg: ControlMessage
+    try {
+      msg = decodeControl(data)
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'rejected control message')
+      return
+    }
+    switch (msg.type) {
+      case 'pool-slot': {
+        const key = poolKey(msg.database, msg.user)
+        const request = this.poolRequests.get(key)
+        this.poolRequests.delete(key)
+        request?.resolve({ pool: msg.pool, databaseSlot: msg.databaseSlot, userSlot: msg.userSlot })
+        return
+      }
+      case 'cancel':
+        this.cancel(msg.pid, msg.secret)
+        return
+      case 'config':
+        this.config = msg.config as WorkerConfig
+        this.log.info('configuration reloaded')
+        return
+      case 'reconnect':
+        for (const pool of this.pools.values()) {
+          if (msg.database === undefined || pool.database.name === msg.database) pool.closeAll()
+        }
+        return
+      case 'shutdown':
+        void this.shutdown(msg.mode, msg.timeoutMs)
+        return
+      default:
+        return
+    }
+  }
+
+  private readonly tick = (): void => {
+    const now = Date.now()
+    for (const pool of this.pools.values()) pool.tick(now)
+  }
+
+  /** Stop accepting; let linked clients finish (graceful) or not (fast); close servers. */
+  async shutdown(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
+    if (this.closing) return
+    this.closing = true
+    await new Promise<void>((resolve) => this.listener.close(() => resolve()))
+    if (mode === 'graceful') {
+      const deadline = Date.now() + timeoutMs
+      while (Date.now() < deadline && [...this.sessions.values()].some((s) => s.busy)) {
+        await new Promise((r) => setTimeout(r, 20))
+      }
+    }
+    for (const session of this.sessions.values())
+      session.fail(fatal(Texts.shuttingDown, SqlState.AdminShutdown))
+    for (const pool of this.pools.values()) pool.closeAll()
+    if (this.janitor !== null) clearInterval(this.janitor)
+    this.log.info('worker stopped')
+    flushLogger(this.log)
+    this.send({ type: 'worker-stopped', worker: this.id })
+    this.port.off('message', this.onControl)
+    this.port.close()
+  }
+}
