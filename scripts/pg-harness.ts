@@ -74,6 +74,10 @@ export interface PgServer {
   readLog(): string
   /** Fast shutdown (kill as fallback), then removes the temp dir. Idempotent. */
   stop(): Promise<void>
+  /** Fast shutdown that keeps the data dir and port, for outage tests; restart() undoes it. */
+  halt(): Promise<void>
+  /** Starts the server again on the same port (after halt(), or stopping it first). */
+  restart(): Promise<void>
 }
 
 const HOST = '127.0.0.1'
@@ -163,6 +167,32 @@ class Cluster implements PgServer {
   stop(): Promise<void> {
     this.#stopping ??= this.#stop()
     return this.#stopping
+  }
+
+  async halt(): Promise<void> {
+    if (this.#stopping) throw new HarnessError('PG_HARNESS_STOPPED', 'halt(): server was stopped')
+    if (!this.tracked.running) return
+    const args = ['-D', this.dataDir, '-m', 'fast', '-w', '-t', '30', 'stop']
+    await run(join(this.binDir, 'pg_ctl'), args, { user: serverOsUser(), cwd: this.socketDir })
+    this.tracked.running = false
+  }
+
+  async restart(): Promise<void> {
+    if (this.#stopping)
+      throw new HarnessError('PG_HARNESS_STOPPED', 'restart(): server was stopped')
+    await this.halt()
+    // Same port: whoever points at it (a pooler under test) must find the server again.
+    this.tracked.running = true
+    const args = ['-D', this.dataDir, '-l', this.logPath, '-w', '-t', '60']
+    args.push('-o', `-p ${this.port}`, 'start')
+    try {
+      await run(join(this.binDir, 'pg_ctl'), args, { user: serverOsUser(), cwd: this.socketDir })
+    } catch (err) {
+      killPostmasterSync(this.dataDir)
+      this.tracked.running = false
+      throw err
+    }
+    await waitForConnections(this)
   }
 
   async #stop(): Promise<void> {

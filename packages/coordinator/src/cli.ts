@@ -51,6 +51,8 @@ export async function main(argv: string[]): Promise<number> {
     logLevel: options.logLevel,
     pretty,
     log,
+    // SIGHUP reads the same file with the same flags winning over it.
+    load: () => readConfig(options),
   })
   try {
     await cluster.start()

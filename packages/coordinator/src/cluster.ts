@@ -9,8 +9,10 @@ import {
 import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
-import type { Config } from './config/config.ts'
+import { Breakers } from './breaker.ts'
+import { type Config, ConfigError } from './config/config.ts'
 import { SlotRegistry } from './registry.ts'
+import { nextConfig } from './reload.ts'
 
 export interface ClusterOptions {
   config: Config
@@ -18,46 +20,75 @@ export interface ClusterOptions {
   logLevel: string
   pretty: boolean
   log: Logger
+  /** Reads the config file again with the same command-line overrides (SIGHUP); throws ConfigError. */
+  load?: () => Config
 }
 
-const LAYOUT = { maxWorkers: 64, maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
+const LAYOUT = { maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
 /** A worker that keeps dying is restarted no faster than this, doubling up to the cap. */
 const RESTART_BACKOFF_MS = { first: 100, max: 10_000 }
+/** SIGINT/SIGTERM wait this long for transactions in flight; a second signal stops at once. */
 const GRACEFUL_TIMEOUT_MS = 30_000
 
 interface WorkerSlot {
   thread: Worker | null
   ready: PromiseWithResolvers<void> | null
+  /** Set until the first worker-ready: a failure then fails start(), later ones restart. */
+  starting: boolean
   restarts: number
   lastStart: number
   stopped: boolean
 }
 
 /**
- * The coordinator: owns the shared memory, the registry of pool slots, and the
- * worker threads; routes what crosses workers (pool slots, cancel requests)
- * and restarts a worker that dies, reclaiming its permits first.
+ * The coordinator: owns the shared memory, the registry of pool slots, the
+ * circuit breakers and the worker threads; routes what crosses workers (pool
+ * slots, cancel requests), restarts a worker that dies (reclaiming its
+ * permits first), and answers SIGINT/SIGTERM (graceful stop) and SIGHUP
+ * (reload).
  */
 export class Cluster {
-  readonly config: Config
+  config: Config
   readonly log: Logger
-  readonly sab = createSharedMemory(LAYOUT)
-  readonly shared = new SharedMemory(this.sab)
+  readonly sab: SharedArrayBuffer
+  readonly shared: SharedMemory
   private readonly registry = new SlotRegistry(LAYOUT)
   private readonly options: ClusterOptions
   private readonly slots: WorkerSlot[] = []
   private listen = { host: '127.0.0.1', port: 6432 }
   private stopping: Promise<void> | null = null
   private readonly done = Promise.withResolvers<number>()
+  private readonly breakers: Breakers
 
   constructor(options: ClusterOptions) {
     this.options = options
     this.config = options.config
     this.log = options.log
+    // One counter row per worker: readers sum exactly the workers there are.
+    this.sab = createSharedMemory({ ...LAYOUT, maxWorkers: options.workers })
+    this.shared = new SharedMemory(this.sab)
+    this.breakers = new Breakers({
+      shared: this.shared,
+      log: this.log,
+      retrySeconds: () => this.config.settings.serverLoginRetry,
+      broadcast: (msg) => {
+        for (const slot of this.slots) this.sendTo(slot.thread, msg)
+      },
+    })
   }
 
   get port(): number {
     return this.listen.port
+  }
+
+  /** The live thread of worker `id` (null while it is being replaced): for supervision tests. */
+  workerThread(id: number): Worker | null {
+    return this.slots[id]?.thread ?? null
+  }
+
+  /** Resolves once worker `id` listens (again, after a restart). */
+  workerReady(id: number): Promise<void> {
+    return this.slots[id]?.ready?.promise ?? Promise.resolve()
   }
 
   async start(): Promise<void> {
@@ -68,7 +99,14 @@ export class Cluster {
     const port = listenPort === 0 ? await freePort(host) : listenPort
     this.listen = { host, port }
     for (let id = 0; id < this.options.workers; id++) {
-      this.slots.push({ thread: null, ready: null, restarts: 0, lastStart: 0, stopped: false })
+      this.slots.push({
+        thread: null,
+        ready: null,
+        starting: true,
+        restarts: 0,
+        lastStart: 0,
+        stopped: false,
+      })
       this.spawn(id)
     }
     await Promise.all(this.slots.map((s) => s.ready!.promise))
@@ -80,6 +118,7 @@ export class Cluster {
     )
     process.on('SIGINT', this.onStopSignal)
     process.on('SIGTERM', this.onStopSignal)
+    process.on('SIGHUP', this.onReloadSignal)
   }
 
   /** Resolves with the exit status once the cluster has stopped. */
@@ -88,8 +127,59 @@ export class Cluster {
   }
 
   private readonly onStopSignal = (signal: NodeJS.Signals): void => {
+    if (this.stopping !== null) {
+      // The operator does not want to wait: end the transactions now.
+      this.log.info({ signal }, 'shutting down at once')
+      for (const slot of this.slots)
+        this.sendTo(slot.thread, { type: 'shutdown', mode: 'fast', timeoutMs: 0 })
+      return
+    }
     this.log.info({ signal }, 'shutting down: letting transactions in flight finish')
     void this.stop('graceful', GRACEFUL_TIMEOUT_MS).then(() => this.done.resolve(0))
+  }
+
+  private readonly onReloadSignal = (): void => {
+    this.reload()
+  }
+
+  /**
+   * Reads the config file again and hands it to every worker; connected
+   * clients stay. A broken file changes nothing: the error is logged with its
+   * file, line and key and the running configuration stays (PgBouncer's RELOAD).
+   */
+  reload(): boolean {
+    const load = this.options.load
+    if (load === undefined || this.stopping !== null) return false
+    let loaded: Config
+    try {
+      loaded = load()
+    } catch (err) {
+      const e = err as Error
+      const fields =
+        e instanceof ConfigError
+          ? { file: e.file, line: e.line, key: e.key, reason: e.reason }
+          : { err: e.message }
+      this.log.error(
+        fields,
+        `configuration reload failed, keeping the running configuration: ${e.message}`,
+      )
+      return false
+    }
+    const { config, ignored, changedDatabases } = nextConfig(
+      this.config,
+      loaded,
+      this.breakers.databases(),
+    )
+    for (const warning of config.warnings) this.log.warn(warning)
+    if (ignored.length > 0) {
+      this.log.warn({ settings: ignored }, 'these settings change only with a restart, ignored')
+    }
+    this.config = config
+    // A reload is how an operator says a database was fixed: probe again now.
+    this.breakers.reset([...this.breakers.databases()])
+    for (const slot of this.slots) this.sendTo(slot.thread, { type: 'config', config })
+    this.log.info({ changed_databases: changedDatabases }, 'configuration file reloaded')
+    return true
   }
 
   stop(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
@@ -98,8 +188,8 @@ export class Cluster {
   }
 
   private async stopWorkers(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
-    process.off('SIGINT', this.onStopSignal)
-    process.off('SIGTERM', this.onStopSignal)
+    process.off('SIGHUP', this.onReloadSignal)
+    this.breakers.close()
     const exits = this.slots.map((slot) => {
       slot.stopped = true
       const thread = slot.thread
@@ -110,6 +200,8 @@ export class Cluster {
       return exited.finally(() => clearTimeout(kill))
     })
     await Promise.all(exits)
+    process.off('SIGINT', this.onStopSignal)
+    process.off('SIGTERM', this.onStopSignal)
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) rmSync(pidfile, { force: true })
     this.log.info('stopped')
@@ -134,10 +226,13 @@ export class Cluster {
     slot.lastStart = Date.now()
     thread.on('message', (msg: Uint8Array) => this.onWorkerMessage(id, msg))
     thread.on('error', (err) => {
-      this.log.error({ thread: id, err: err.message }, 'worker thread failed')
-      slot.ready?.reject(err)
+      this.log.error({ thread: id, err: err.message, stack: err.stack }, 'worker thread failed')
+      // Only start() waits on readiness; a restarted worker that fails is restarted again.
+      if (slot.starting) slot.ready?.reject(err)
     })
     thread.on('exit', (code) => this.onWorkerExit(id, thread, code))
+    // Queued until the thread listens: the breakers open right now.
+    for (const msg of this.breakers.messages()) this.sendTo(thread, msg)
   }
 
   private onWorkerExit(id: number, thread: Worker, code: number): void {
@@ -145,18 +240,26 @@ export class Cluster {
     if (slot.thread !== thread) return
     slot.thread = null
     // Invariant 2: whatever the dead worker held returns to the shared pool.
+    // Its clients and servers died with its sockets; none was handed to anyone.
     const reclaimed = this.shared.reclaimWorker(id)
+    this.breakers.workerDied()
     if (slot.stopped) return
-    this.log.error(
-      { thread: id, code, reclaimed_permits: reclaimed },
-      'worker exited; restarting it',
-    )
+    if (slot.starting) {
+      slot.ready?.reject(new Error(`worker ${id} exited with code ${code} before it listened`))
+      return
+    }
+    // A worker that keeps dying soon after its start is restarted with backoff, not in a hot loop.
     const quick = Date.now() - slot.lastStart < 5000
     slot.restarts = quick ? slot.restarts + 1 : 0
     const delay =
       slot.restarts === 0
         ? 0
         : Math.min(RESTART_BACKOFF_MS.max, RESTART_BACKOFF_MS.first * 2 ** (slot.restarts - 1))
+    this.log.error(
+      { thread: id, code, reclaimed_permits: reclaimed, restarts: slot.restarts, delay_ms: delay },
+      'worker exited; restarting it',
+    )
+    slot.ready ??= Promise.withResolvers<void>()
     setTimeout(() => {
       if (!slot.stopped) this.spawn(id)
     }, delay)
@@ -173,6 +276,8 @@ export class Cluster {
     switch (msg.type) {
       case 'worker-ready': {
         const slot = this.slots[id]
+        if (!slot.starting) this.log.info({ thread: id }, 'worker restarted')
+        slot.starting = false
         slot.ready?.resolve()
         slot.ready = null
         return
@@ -197,12 +302,21 @@ export class Cluster {
         if (owner !== id) this.sendTo(thread, msg)
         return
       }
-      case 'server-login-failed':
+      case 'server-login-failed': {
         this.log.warn(
           { database: msg.database, user: msg.user, sqlstate: msg.sqlstate, error: msg.message },
           'server login failed',
         )
+        const slots = this.registry.slotsFor(msg.database, msg.user)
+        if (slots !== null)
+          this.breakers.loginFailed(slots.databaseSlot, msg.database, msg.sqlstate, msg.message)
         return
+      }
+      case 'server-login-ok': {
+        const slots = this.registry.slotsFor(msg.database, msg.user)
+        if (slots !== null) this.breakers.loginSucceeded(slots.databaseSlot, msg.database)
+        return
+      }
       default:
         return
     }

@@ -12,12 +12,12 @@ export interface Slots {
  * while the process lives (pools are few; PgBouncer keeps them too).
  */
 export class SlotRegistry {
-  private readonly layout: SharedLayout
+  private readonly layout: Omit<SharedLayout, 'maxWorkers'>
   private readonly pools = new Map<string, number>()
   private readonly databases = new Map<string, number>()
   private readonly users = new Map<string, number>()
 
-  constructor(layout: SharedLayout) {
+  constructor(layout: Omit<SharedLayout, 'maxWorkers'>) {
     this.layout = layout
   }
 

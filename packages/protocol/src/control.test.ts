@@ -50,6 +50,15 @@ const EVERY_TYPE: ControlMessage[] = [
     clients: [{ user: 'alice', database: 'app', state: 'active', port: 50_001 }],
     servers: [],
   },
+  { type: 'worker-stopped', worker: 1 },
+  {
+    type: 'breaker',
+    database: 'app',
+    seq: 4,
+    sqlstate: '08006',
+    message: 'pgbouncer cannot connect to server at 127.0.0.1:5432: connection refused',
+  },
+  { type: 'server-login-ok', worker: 1, database: 'app', user: 'alice' },
 ]
 
 function rejects(bytes: Uint8Array, pattern: RegExp): void {

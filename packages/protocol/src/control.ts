@@ -53,6 +53,13 @@ export type ControlMessage =
   | { type: 'stats'; id: number; worker: number; clients: unknown[]; servers: unknown[] }
   /** worker → coordinator: shut down cleanly, about to end. */
   | { type: 'worker-stopped'; worker: number }
+  /**
+   * coordinator → workers: the breaker of a database opened (state in shared
+   * memory); the error its clients get meanwhile, for error sequence `seq`.
+   */
+  | { type: 'breaker'; database: string; seq: number; sqlstate: string; message: string }
+  /** worker → coordinator: a server login succeeded while the breaker counted failures. */
+  | { type: 'server-login-ok'; worker: number; database: string; user: string }
 
 export type ControlType = ControlMessage['type']
 export type ControlOf<T extends ControlType> = Extract<ControlMessage, { type: T }>
@@ -101,6 +108,8 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   'stats-request': { id: 'uint' },
   stats: { id: 'uint', worker: 'uint', clients: 'array', servers: 'array' },
   'worker-stopped': { worker: 'uint' },
+  breaker: { database: 'string', seq: 'uint', sqlstate: 'string', message: 'string' },
+  'server-login-ok': { worker: 'uint', database: 'string', user: 'string' },
 }
 
 type Field = {

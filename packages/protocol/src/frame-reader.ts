@@ -241,6 +241,15 @@ export class FrameScanner {
     return this.#mode === 0
   }
 
+  /**
+   * True while views into an earlier chunk are kept (the start of a flag-2
+   * message split across chunks): a caller that reuses its read buffer must
+   * hand the next read a fresh one.
+   */
+  get retainsInput(): boolean {
+    return this.#mode === 3 && this.#parts.length > 0
+  }
+
   reset(): void {
     this.#mode = 0
     this.#hdrLen = 0

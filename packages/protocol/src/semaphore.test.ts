@@ -42,10 +42,10 @@ describe('Semaphore', () => {
     const i32 = new Int32Array(new SharedArrayBuffer((2 + Semaphore.words(HOLDERS)) * 4))
     const sem = new Semaphore(i32, 1, HOLDERS)
     sem.tryAcquire(5, HOLDERS - 1)
-    sem.addWaiters(1)
     assert.equal(i32[0], 0)
     assert.equal(i32.at(-1), 0)
-    assert.deepEqual(Array.from(i32.subarray(1, -1)), [1, 1, 0, 0, 0, 1])
+    // used, waiters, lock, journal (used, ledger before the update), ledgers, waiter shares
+    assert.deepEqual(Array.from(i32.subarray(1, -1)), [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0])
   })
 
   it('rejects a release beyond what the holder holds, and bad holders', () => {
@@ -164,11 +164,14 @@ describe('Semaphore', () => {
     assert.equal(sem.used(), 2)
   })
 
-  it('addWaiters advertises queued clients', () => {
+  it("reclaim takes a dead holder's parked acquire off the waiter count", async () => {
     const sem = make()
-    sem.addWaiters(3)
-    assert.equal(sem.waiters(), 3)
-    sem.addWaiters(-3)
+    assert.equal(sem.tryAcquire(1, 0), true)
+    // Holder 2 parks; it "dies" (the promise is abandoned, as a terminated thread's would be).
+    void sem.acquire(1, 2, { timeoutMs: 60_000 })
+    await new Promise((r) => setImmediate(r))
+    assert.equal(sem.waiters(), 1)
+    assert.equal(sem.reclaim(2), 0)
     assert.equal(sem.waiters(), 0)
   })
 })

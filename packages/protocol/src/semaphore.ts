@@ -3,13 +3,22 @@
  * coordinator can take back every permit of a worker that died.
  *
  *   i32[base + 0]            used      permits taken, all holders together
- *   i32[base + 1]            waiters   callers parked in acquire() plus clients
- *                                      that workers advertise with addWaiters()
- *   i32[base + 2 + holder]   ledger    permits held by that holder (worker id)
+ *   i32[base + 1]            waiters   callers parked in acquire(), all holders
+ *   i32[base + 2]            lock      0, or holder + 1 while it updates used+ledger
+ *   i32[base + 3]            journal   `used` before that update
+ *   i32[base + 4]            journal   the holder's ledger before that update
+ *   i32[base + 5 + holder]   ledger    permits held by that holder (worker id)
+ *   i32[base + 5 + H + holder]           that holder's share of `waiters`, so a
+ *                                      dead holder's parked acquire()s are
+ *                                      taken off `waiters` by reclaim()
  *
- * `used` only moves by CAS (take) and Atomics.sub (give back); waiters park on
- * the `used` word with Atomics.waitAsync and are woken by Atomics.notify on
- * that same word. The limit is not stored: every caller passes its own, so a
+ * `used` and a ledger word always change together, inside a tiny lock whose
+ * journal records both words' previous values. A thread can be terminated
+ * between any two instructions (V8 takes interrupts at stack checks, builtins
+ * included); if it dies holding the lock, reclaim() rolls the pair back from
+ * the journal, so no permit is ever lost or double-counted (invariant 2).
+ * Waiters park on the `used` word with Atomics.waitAsync and are woken by
+ * Atomics.notify on that same word. The limit is not stored: every caller passes its own, so a
  * reload can change pool_size and a client that has waited past
  * reserve_pool_timeout can ask for pool_size + reserve_pool_size.
  *
@@ -37,19 +46,25 @@ export interface AcquireOptions {
 
 const USED = 0
 const WAITERS = 1
-const LEDGER = 2
+const LOCK = 2
+const JOURNAL_USED = 3
+const JOURNAL_LEDGER = 4
+const LEDGER = 5
+/** Spins before a contended locker sleeps a little (the lock is held for nanoseconds). */
+const SPINS = 64
 const ABORTED: unique symbol = Symbol('aborted')
 
 export class Semaphore {
   readonly #i32: Int32Array
   readonly #used: number
   readonly #waiters: number
+  readonly #lock: number
   readonly #ledger: number
   readonly #maxHolders: number
 
   /** Int32 words one semaphore occupies. */
   static words(maxHolders: number): number {
-    return LEDGER + maxHolders
+    return LEDGER + 2 * maxHolders
   }
 
   constructor(i32: Int32Array, base: number, maxHolders: number) {
@@ -65,30 +80,26 @@ export class Semaphore {
     this.#i32 = i32
     this.#used = base + USED
     this.#waiters = base + WAITERS
+    this.#lock = base + LOCK
     this.#ledger = base + LEDGER
     this.#maxHolders = maxHolders
   }
 
-  /**
-   * Take one permit if fewer than `limit` are in use. Lock-free; never waits.
-   *
-   * The ledger increment sits right after the successful CAS with no call or
-   * loop back-edge between them, so `worker.terminate()` (which only lands on
-   * V8 interrupt checks) cannot split the pair. If that ever changed, the
-   * order chosen here would leak a permit rather than over-admit.
-   */
+  /** Take one permit if fewer than `limit` are in use. Never waits for a permit. */
   tryAcquire(limit: number, holder: number): boolean {
     const ledger = this.#ledgerIndex(holder)
     const i32 = this.#i32
-    const used = this.#used
-    for (;;) {
-      const current = Atomics.load(i32, used)
-      if (!(current < limit)) return false // also refuses a NaN limit
-      if (Atomics.compareExchange(i32, used, current, current + 1) === current) {
-        Atomics.add(i32, ledger, 1)
-        return true
-      }
+    // Refuse without the lock when full: the common answer under load.
+    if (!(Atomics.load(i32, this.#used) < limit)) return false // also refuses a NaN limit
+    this.#enter(holder, ledger)
+    const current = Atomics.load(i32, this.#used)
+    const ok = current < limit
+    if (ok) {
+      Atomics.store(i32, this.#used, current + 1)
+      Atomics.add(i32, ledger, 1)
     }
+    Atomics.store(i32, this.#lock, 0)
+    return ok
   }
 
   /** Give back `n` permits of `holder` and wake up to `n` waiters. */
@@ -97,17 +108,35 @@ export class Semaphore {
     if (!Number.isInteger(n) || n < 1) {
       throw new SemaphoreError(`release count must be a positive integer, got ${n}`)
     }
-    const held = Atomics.load(this.#i32, ledger)
+    const i32 = this.#i32
+    this.#enter(holder, ledger)
+    const held = Atomics.load(i32, ledger)
     if (held < n) {
+      Atomics.store(i32, this.#lock, 0)
       throw new SemaphoreError(`holder ${holder} releases ${n} permit(s) but holds ${held}`)
     }
-    // Ledger first, then `used`: same leak-rather-than-over-admit order as tryAcquire.
-    Atomics.sub(this.#i32, ledger, n)
-    Atomics.sub(this.#i32, this.#used, n)
+    Atomics.sub(i32, ledger, n)
+    Atomics.sub(i32, this.#used, n)
+    Atomics.store(i32, this.#lock, 0)
     // Skipping notify is safe: a waiter bumps `waiters` before it re-reads
     // `used`, and Atomics are sequentially consistent, so if we read 0 here
     // that waiter is bound to see the permits we just returned.
-    if (Atomics.load(this.#i32, this.#waiters) > 0) Atomics.notify(this.#i32, this.#used, n)
+    if (Atomics.load(i32, this.#waiters) > 0) Atomics.notify(i32, this.#used, n)
+  }
+
+  /** Takes the lock for `holder` and journals `used` and its ledger word. */
+  #enter(holder: number, ledger: number): void {
+    const i32 = this.#i32
+    const lock = this.#lock
+    const tag = holder + 1
+    for (let spins = 0; Atomics.compareExchange(i32, lock, 0, tag) !== 0; spins++) {
+      // Held for a few instructions, unless its holder died inside: then only
+      // reclaim() frees it. Sleep briefly rather than burn the core meanwhile
+      // (Atomics.wait is allowed in worker threads and in Node's main thread).
+      if (spins > SPINS) Atomics.wait(i32, lock, Atomics.load(i32, lock), 1)
+    }
+    Atomics.store(i32, this.#lock + (JOURNAL_USED - LOCK), Atomics.load(i32, this.#used))
+    Atomics.store(i32, this.#lock + (JOURNAL_LEDGER - LOCK), Atomics.load(i32, ledger))
   }
 
   /**
@@ -131,11 +160,16 @@ export class Semaphore {
             onAbort = () => resolve(ABORTED)
             signal.addEventListener('abort', onAbort, { once: true })
           })
+    // `waiters` is a hint that lets release() skip notify; a holder's share is
+    // kept beside it so reclaim() can take back what a dead holder left.
+    const share = this.#ledger + this.#maxHolders + holder
+    Atomics.add(this.#i32, share, 1)
     Atomics.add(this.#i32, this.#waiters, 1)
     try {
       return await this.#waitLoop(limit, holder, deadline, aborted, signal)
     } finally {
       Atomics.sub(this.#i32, this.#waiters, 1)
+      Atomics.sub(this.#i32, share, 1)
       if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
     }
   }
@@ -198,25 +232,35 @@ export class Semaphore {
   }
 
   /**
-   * Advertise (n > 0) or withdraw (n < 0) clients a worker has queued locally
-   * without each calling acquire(). Holders of idle permits read waiters() to
-   * decide to give one back (the rebalance rule).
-   */
-  addWaiters(n: number): void {
-    Atomics.add(this.#i32, this.#waiters, n)
-  }
-
-  /**
    * Coordinator only, once `holder` is dead: return all its permits and wake
-   * as many waiters. Returns how many permits came back.
+   * as many waiters. Returns how many permits came back. If it died inside
+   * the lock, its half-done update is first rolled back from the journal.
    */
   reclaim(holder: number): number {
-    const n = Atomics.exchange(this.#i32, this.#ledgerIndex(holder), 0)
-    if (n > 0) {
-      Atomics.sub(this.#i32, this.#used, n)
-      Atomics.notify(this.#i32, this.#used, n)
+    const ledger = this.#ledgerIndex(holder)
+    const i32 = this.#i32
+    const lock = this.#lock
+    if (Atomics.load(i32, lock) === holder + 1) {
+      Atomics.store(i32, this.#used, Atomics.load(i32, lock + (JOURNAL_USED - LOCK)))
+      Atomics.store(i32, ledger, Atomics.load(i32, lock + (JOURNAL_LEDGER - LOCK)))
+      Atomics.store(i32, lock, 0)
     }
+    // Take the lock as an outside holder id so live workers cannot interleave.
+    this.#enterAs(this.#maxHolders + 1)
+    const n = Atomics.exchange(i32, ledger, 0)
+    if (n > 0) Atomics.sub(i32, this.#used, n)
+    Atomics.store(i32, lock, 0)
+    const parked = Atomics.exchange(i32, this.#ledger + this.#maxHolders + holder, 0)
+    if (parked > 0) Atomics.sub(i32, this.#waiters, parked)
+    if (n > 0) Atomics.notify(i32, this.#used, n)
     return n
+  }
+
+  #enterAs(tag: number): void {
+    const i32 = this.#i32
+    while (Atomics.compareExchange(i32, this.#lock, 0, tag) !== 0) {
+      Atomics.wait(i32, this.#lock, Atomics.load(i32, this.#lock), 1)
+    }
   }
 
   #ledgerIndex(holder: number): number {

@@ -33,11 +33,9 @@ describe('SharedMemory', () => {
     const semsA = all(a)
     semsA.forEach((sem, i) => {
       for (let k = 0; k <= i; k++) assert.equal(sem.tryAcquire(100, i % layout.maxWorkers), true)
-      sem.addWaiters(i + 1)
     })
     all(b).forEach((sem, i) => {
       assert.equal(sem.used(), i + 1, `semaphore ${i}`)
-      assert.equal(sem.waiters(), i + 1)
       assert.equal(sem.held(i % layout.maxWorkers), i + 1)
     })
     assert.equal(a.pool(2), a.pool(2), 'cached, no allocation per call')

@@ -2,7 +2,7 @@
  * The one SharedArrayBuffer the coordinator creates and hands to every worker.
  * Capacities are fixed at creation and recorded in the header, so attaching
  * needs only the buffer. `W` = maxWorkers, `S` = semaphore stride =
- * 2 + W words rounded up to 16 (64 bytes), so no two semaphores share a cache
+ * 5 + 2W words rounded up to 16 (64 bytes), so no two semaphores share a cache
  * line.
  *
  *  Int32 word                     holds              written by         waited on by
@@ -14,13 +14,18 @@
  *  7                              shutdown           coordinator        (workers may)
  *  8..15                          spare
  *  ─── breakers, 4 words per database ────────────────────────────────────────────
- *  16 + 4d + 0                    state 0/1/2        coordinator        (workers may)
+ *  16 + 4d + 0                    state 0..3         coordinator; a     (workers may)
+ *                                                    worker CASes 2→3
+ *                                                    to claim the probe
  *  16 + 4d + 1                    login-error seq    coordinator
- *  16 + 4d + 2..3                 spare (breaker logic comes later)
+ *  16 + 4d + 2                    failures in a row  coordinator
+ *  16 + 4d + 3                    spare
  *  ─── semaphores, S words each (see semaphore.ts) ───────────────────────────────
- *  pools     + S*p + 0            used               workers (CAS)      acquire()
+ *  pools     + S*p + 0            used               workers (lock)     acquire()
  *            + S*p + 1            waiters            workers
- *            + S*p + 2 + w        ledger of worker w worker w; coordinator on reclaim
+ *            + S*p + 2..4         lock + journal     workers; coordinator rolls back a dead holder's
+ *            + S*p + 5 + w        ledger of worker w worker w; coordinator on reclaim
+ *            + S*p + 5 + W + w    w's parked waiters worker w; coordinator on reclaim
  *  databases + S*d ...            same, limit max_db_connections
  *  users     + S*u ...            same, limit max_user_connections
  *  clients   + 0 ...              same, one semaphore: client connections
@@ -44,7 +49,13 @@ export interface SharedLayout {
   maxUsers: number
 }
 
-export const BreakerState = { closed: 0, open: 1, halfOpen: 2 } as const
+/**
+ * closed: servers are opened freely. open: nobody opens one, clients get the
+ * last login error. halfOpen: the cool-down is over, the first worker to
+ * claim the probe (halfOpen → probing) opens one server; its outcome, through
+ * the coordinator, closes or reopens the breaker.
+ */
+export const BreakerState = { closed: 0, open: 1, halfOpen: 2, probing: 3 } as const
 export type BreakerStateValue = (typeof BreakerState)[keyof typeof BreakerState]
 
 export type SharedFlag = 'paused' | 'shutdown'
@@ -59,13 +70,18 @@ export class SharedMemoryError extends Error {
   }
 }
 
-/** Circuit-breaker words of one database. Only the coordinator writes. */
+/** Circuit-breaker words of one database. The coordinator writes, except claimProbe(). */
 export interface BreakerWords {
   state(): number
   setState(s: number): void
   lastErrorSeq(): number
   /** Returns the new sequence number. */
   bumpErrorSeq(): number
+  /** Login failures in a row; a worker reports a success only while this or the state is set. */
+  failures(): number
+  setFailures(n: number): void
+  /** A worker's claim of the one probe: true for exactly one caller per half-open period. */
+  claimProbe(): boolean
 }
 
 const MAGIC = 0x50474243 // 'PGBC'
@@ -221,6 +237,7 @@ export class SharedMemory {
       const i32 = this.#i32
       const state = this.#offsets.breakers + slot * BREAKER_WORDS
       const seq = state + 1
+      const failures = state + 2
       words = {
         state: () => Atomics.load(i32, state),
         setState: (s: number) => {
@@ -229,6 +246,13 @@ export class SharedMemory {
         },
         lastErrorSeq: () => Atomics.load(i32, seq),
         bumpErrorSeq: () => Atomics.add(i32, seq, 1) + 1,
+        failures: () => Atomics.load(i32, failures),
+        setFailures: (n: number) => {
+          Atomics.store(i32, failures, n)
+        },
+        claimProbe: () =>
+          Atomics.compareExchange(i32, state, BreakerState.halfOpen, BreakerState.probing) ===
+          BreakerState.halfOpen,
       }
       this.#breakers[slot] = words
     }

@@ -1,4 +1,4 @@
-import { randomInt } from 'node:crypto'
+import { randomFillSync } from 'node:crypto'
 import type net from 'node:net'
 import { FrameReader, FrameScanner } from '@pgbouncer-cluster/protocol/frame-reader'
 import {
@@ -25,6 +25,7 @@ import {
   TRACKED,
   trackedName,
   type Vars,
+  varsKey,
 } from './params.ts'
 import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
@@ -54,6 +55,41 @@ for (const code of [
 
 const ACTION_TERMINATE = 1
 
+// Cancel keys must be unguessable; drawing them from the CSPRNG in batches
+// keeps a crypto call off every connection.
+const secrets = new Int32Array(1024)
+let secretsLeft = 0
+function nextSecret(): number {
+  if (secretsLeft === 0) {
+    randomFillSync(secrets)
+    secretsLeft = secrets.length
+  }
+  return secrets[--secretsLeft] & 0x7fffffff
+}
+
+// Socket events reach the session through one shared function per event
+// instead of closures per connection (thousands of idle clients are common).
+const kSession = Symbol('session')
+type SessionSocket = net.Socket & { [kSession]: ClientSession }
+function onSocketData(this: SessionSocket, chunk: Buffer): void {
+  this[kSession].onData(chunk)
+}
+function onSocketError(this: SessionSocket, err: Error): void {
+  this[kSession].onSocketError(err)
+}
+function onSocketClose(this: SessionSocket): void {
+  this[kSession].close('client close request')
+}
+// Scan callbacks run synchronously inside scan()/push(), one session at a
+// time per thread: the session being scanned is passed through this slot.
+let scanning: ClientSession
+function onScannedMessage(type: number): boolean {
+  return scanning.onClientMessage(type)
+}
+function onLoginFrame(type: number, msg: Buffer): boolean {
+  return scanning.onLoginMessage(type, msg)
+}
+
 /**
  * One client connection: startup, authentication, then the pass-through loop
  * that links it to a server for as long as the pool mode says.
@@ -64,7 +100,7 @@ export class ClientSession {
   state: ClientState = 'startup'
   /** Our BackendKeyData: the worker's id sits in the top bits so any worker can route a cancel. */
   readonly pid: number
-  readonly secret = randomInt(0x7fffffff)
+  readonly secret = nextSecret()
   user = ''
   database = ''
   pool: Pool | null = null
@@ -72,6 +108,7 @@ export class ClientSession {
   server: Server | null = null
   /** Session parameters as the client wants them (startup values, then its own SETs). */
   readonly vars: Vars = {}
+  private varsKey = ''
   waitingSince = 0
   readonly connectedAt = Date.now()
   bytesSent = 0
@@ -105,9 +142,10 @@ export class ClientSession {
     this.pid = pid
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
     socket.setNoDelay(true)
-    socket.on('data', this.onData)
-    socket.on('error', this.onSocketError)
-    socket.on('close', this.onSocketClose)
+    ;(socket as SessionSocket)[kSession] = this
+    socket.on('data', onSocketData)
+    socket.on('error', onSocketError)
+    socket.on('close', onSocketClose)
     const timeout = worker.settings.clientLoginTimeout
     if (timeout > 0) {
       this.loginTimer = setTimeout(() => {
@@ -131,7 +169,7 @@ export class ClientSession {
 
   // ---- the pass-through loop ------------------------------------------------
 
-  private readonly onData = (chunk: Buffer): void => {
+  onData(chunk: Buffer): void {
     if (this.state !== 'active') {
       this.onLoginData(chunk)
       return
@@ -140,7 +178,8 @@ export class ClientSession {
     this.action = 0
     let end: number
     try {
-      end = this.scanner.scan(chunk, 0, this.onClientMessage)
+      scanning = this
+      end = this.scanner.scan(chunk, 0, onScannedMessage)
     } catch (err) {
       this.fail(fatal((err as Error).message))
       return
@@ -154,7 +193,7 @@ export class ClientSession {
     this.toServer(chunk)
   }
 
-  private readonly onClientMessage = (type: number): boolean => {
+  onClientMessage(type: number): boolean {
     switch (type) {
       case FrontendCode.Query:
       case FrontendCode.FunctionCall:
@@ -245,6 +284,11 @@ export class ClientSession {
       this.pausedServer = null
       server.socket.resume()
     }
+    const settings = this.worker.settings
+    if (settings.serverResetQueryAlways && settings.serverResetQuery !== '') {
+      server.swallow++
+      server.write(query(settings.serverResetQuery))
+    }
     this.pool!.release(server)
   }
 
@@ -257,10 +301,12 @@ export class ClientSession {
       this.detachOnClose(server)
       return
     }
-    const sync = syncStatement(this.vars, server.vars)
-    if (sync !== null) {
-      server.swallow++
-      server.write(query(sync))
+    if (this.varsKey !== server.varsKey) {
+      const sync = syncStatement(this.vars, server.vars)
+      if (sync !== null) {
+        server.swallow++
+        server.write(query(sync))
+      }
     }
     if (this.state === 'welcome') {
       this.sendWelcome()
@@ -279,6 +325,7 @@ export class ClientSession {
   /** The server reported a tracked parameter (the client ran SET): remember it. */
   serverReportedVar(name: keyof Vars, value: string): void {
     this.vars[name] = value
+    this.varsKey = varsKey(this.vars)
   }
 
   /** The server died under us. */
@@ -299,7 +346,8 @@ export class ClientSession {
       return
     }
     try {
-      reader.push(chunk, this.onLoginMessage)
+      scanning = this
+      reader.push(chunk, onLoginFrame)
     } catch (err) {
       const e = err as Error & { sqlstate?: string }
       this.fail(fatal(e.message, e.sqlstate ?? SqlState.ProtocolViolation))
@@ -313,7 +361,7 @@ export class ClientSession {
     }
   }
 
-  private readonly onLoginMessage = (type: number, msg: Buffer): boolean => {
+  onLoginMessage(type: number, msg: Buffer): boolean {
     if (this.state === 'closed') return true
     if (type === 0) {
       this.onStartupPacket(msg)
@@ -438,6 +486,12 @@ export class ClientSession {
       { client: this.pid, remote: this.remote, db: this.database, user: this.user },
       'login',
     )
+    // An open breaker answers at once with the server's own last error.
+    const refused = pool.fastFailError()
+    if (refused !== null) {
+      this.fail(refused)
+      return
+    }
     if (pool.welcomeParams !== null) {
       this.sendWelcome()
       return
@@ -457,13 +511,25 @@ export class ClientSession {
         if (value !== undefined) this.vars[name] = value
       }
     }
-    const parts: Buffer[] = [authenticationOk()]
-    for (const [name, value] of params) {
-      const tracked = trackedName(name)
-      parts.push(parameterStatus(name, tracked !== null ? (this.vars[tracked] ?? value) : value))
+    this.varsKey = varsKey(this.vars)
+    // AuthenticationOk + ParameterStatus depend only on the pool and the
+    // client's vars: built once per combination, not per login.
+    let head = pool.welcomeHeads.get(this.varsKey)
+    if (head === undefined) {
+      const parts: Buffer[] = [authenticationOk()]
+      for (const [name, value] of params) {
+        const tracked = trackedName(name)
+        parts.push(parameterStatus(name, tracked !== null ? (this.vars[tracked] ?? value) : value))
+      }
+      head = Buffer.concat(parts)
+      if (pool.welcomeHeads.size >= 64) pool.welcomeHeads.clear()
+      pool.welcomeHeads.set(this.varsKey, head)
     }
-    parts.push(backendKeyData(this.pid, this.secret), readyForQuery(TxStatus.Idle))
-    this.socket.write(Buffer.concat(parts))
+    this.socket.cork()
+    this.socket.write(head)
+    this.socket.write(backendKeyData(this.pid, this.secret))
+    this.socket.write(readyForQuery(TxStatus.Idle))
+    this.socket.uncork()
     if (this.loginTimer !== null) {
       clearTimeout(this.loginTimer)
       this.loginTimer = null
@@ -483,12 +549,8 @@ export class ClientSession {
     this.close(null)
   }
 
-  private readonly onSocketError = (err: Error): void => {
+  onSocketError(err: Error): void {
     this.worker.log.debug({ client: this.pid, err: err.message }, 'client socket error')
-  }
-
-  private readonly onSocketClose = (): void => {
-    this.close('client close request')
   }
 
   close(reason: string | null): void {
@@ -500,7 +562,7 @@ export class ClientSession {
     if (this.requested && this.server === null) this.pool?.cancelWait(this)
     const server = this.server
     if (server !== null) this.detachOnClose(server)
-    if (this.admitted) this.worker.clientClosed(this)
+    this.worker.clientClosed(this, this.admitted)
     if (wasActive && reason !== null) {
       this.worker.log.info({ client: this.pid, remote: this.remote, reason }, 'closing client')
     }

@@ -1,9 +1,11 @@
 import { isMd5Hash } from '@pgbouncer-cluster/protocol/auth/md5'
 import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
+import { Counter, type PoolCounters } from '@pgbouncer-cluster/protocol/counters'
 import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
+import { BreakerState, type BreakerWords } from '@pgbouncer-cluster/protocol/shared-memory'
 import type { ClientSession } from './client.ts'
 import type { DatabaseConfig, PoolMode } from './config-types.ts'
-import { fatal, SqlState, Texts } from './errors.ts'
+import { fatal, Texts } from './errors.ts'
 import { type LoginFailure, Server } from './server.ts'
 import type { PoolerWorker } from './worker.ts'
 
@@ -28,12 +30,15 @@ export interface ServerSecret {
 export class Pool {
   readonly key: string
   readonly worker: PoolerWorker
-  readonly database: DatabaseConfig
+  /** Replaced on reload (reconfigure), so limits set in [databases] follow the file. */
+  database: DatabaseConfig
   /** The user servers log in as: the database entry's forced user, or the client's. */
   readonly user: string
   mode: PoolMode
   /** ParameterStatus of a logged-in server: served to clients in the welcome. */
   welcomeParams: Map<string, string> | null = null
+  /** The welcome's AuthenticationOk + ParameterStatus block, by the client's vars key. */
+  readonly welcomeHeads = new Map<string, Buffer>()
   /** Recovered from a client's SCRAM exchange when auth_file holds only a secret. */
   scramKeys: { clientKey: Buffer; serverKey: Buffer } | null = null
   lastLoginFailure: { at: number; failure: LoginFailure } | null = null
@@ -42,11 +47,17 @@ export class Pool {
   readonly servers = new Set<Server>()
   private readonly waiting: ClientSession[] = []
   private waitingHead = 0
-  private connecting = 0
+  /** Servers between open() and the end of their login. */
+  private readonly loggingIn = new Set<Server>()
+  /** Our server that is the breaker's half-open probe, while it logs in. */
+  private probe: Server | null = null
   private permitLoop = false
   private readonly sem: Semaphore
   private readonly dbSem: Semaphore
   private readonly userSem: Semaphore
+  private readonly counters: PoolCounters
+  private readonly slot: number
+  private readonly breaker: BreakerWords
 
   constructor(
     worker: PoolerWorker,
@@ -63,6 +74,21 @@ export class Pool {
     this.sem = worker.shared.pool(slots.pool)
     this.dbSem = worker.shared.database(slots.databaseSlot)
     this.userSem = worker.shared.user(slots.userSlot)
+    this.breaker = worker.shared.breaker(slots.databaseSlot)
+    this.counters = worker.shared.counters
+    this.slot = slots.pool
+  }
+
+  /**
+   * Our waiting clients, in this worker's counter row: other workers read the
+   * sum to decide to give a permit back, and a dead worker's row is zeroed.
+   */
+  private publishWaiting(): void {
+    this.counters.set(this.slot, this.worker.id, Counter.cl_waiting, this.waitingCount)
+  }
+
+  private get connecting(): number {
+    return this.loggingIn.size
   }
 
   // ---- limits (read from the current config at each use: reload changes them) ----
@@ -157,7 +183,7 @@ export class Pool {
    * the pool grows if the shared limits allow, or waits for a permit.
    */
   request(client: ClientSession): void {
-    const now = Date.now()
+    const now = this.worker.now
     while (this.idle.length > 0) {
       const server = this.idle.pop()!
       if (server.isReusable(now)) {
@@ -168,7 +194,7 @@ export class Pool {
     }
     client.waitingSince = now
     this.waiting.push(client)
-    this.sem.addWaiters(1)
+    this.publishWaiting()
     this.grow()
   }
 
@@ -177,7 +203,7 @@ export class Pool {
     const i = this.waiting.indexOf(client, this.waitingHead)
     if (i < 0) return
     this.waiting.splice(i, 1)
-    this.sem.addWaiters(-1)
+    this.publishWaiting()
   }
 
   private nextWaiting(): ClientSession | null {
@@ -187,20 +213,24 @@ export class Pool {
       this.waiting.splice(0, this.waitingHead)
       this.waitingHead = 0
     }
-    this.sem.addWaiters(-1)
+    this.publishWaiting()
     return client
   }
 
   private link(server: Server, client: ClientSession): void {
     server.state = 'active'
     server.client = client
-    server.lastUsed = Date.now()
+    server.lastUsed = this.worker.now
     client.attachServer(server)
   }
 
   /** Opens servers while clients wait that no server being opened will serve. */
   private grow(): void {
     while (this.waitingCount > this.connecting) {
+      if (this.breaker.state() !== BreakerState.closed) {
+        this.growThroughBreaker()
+        return
+      }
       const permits = this.tryPermit(this.poolSize + (this.reserveDue() ? this.reserveSize : 0))
       if (permits === 0) {
         this.waitForPermit()
@@ -210,10 +240,51 @@ export class Pool {
     }
   }
 
+  /**
+   * The circuit breaker of our database is not closed (the coordinator moves
+   * it; see coordinator/src/breaker.ts). Half-open: the first pool of any
+   * worker to claim it opens one probe, and its own clients wait for the
+   * probe's outcome. Otherwise clients waiting with no server on its way get
+   * the server's last error now, not at query_wait_timeout.
+   */
+  private growThroughBreaker(): void {
+    if (this.probe !== null) return
+    if (this.breaker.state() === BreakerState.halfOpen) {
+      // The permit first: a claimed probe must be opened, or no one would ever probe.
+      const permits = this.tryPermit(this.poolSize)
+      if (permits === 0) {
+        this.waitForPermit()
+        return
+      }
+      if (this.breaker.claimProbe()) {
+        this.probe = this.open(permits)
+        return
+      }
+      this.releasePermit(permits)
+    }
+    if (this.connecting === 0) {
+      this.failWaiting(this.worker.breakerError(this.database.name, this.breaker.lastErrorSeq()))
+    }
+  }
+
+  /**
+   * For a client about to be welcomed from cached parameters: the error to
+   * refuse it with at login, as PgBouncer's fast-fail does, while the breaker
+   * is open and this worker has no idle server for it; null to let it in.
+   */
+  fastFailError(): Buffer | null {
+    if (this.breaker.state() !== BreakerState.open || this.idle.length > 0) return null
+    return this.worker.breakerError(this.database.name, this.breaker.lastErrorSeq())
+  }
+
+  private failWaiting(error: Buffer): void {
+    for (let c = this.nextWaiting(); c !== null; c = this.nextWaiting()) c.fail(error)
+  }
+
   private reserveDue(): boolean {
     if (this.reserveSize <= 0 || this.waitingCount === 0) return false
     const oldest = this.waiting[this.waitingHead]
-    return Date.now() - oldest.waitingSince >= this.worker.settings.reservePoolTimeout * 1000
+    return this.worker.now - oldest.waitingSince >= this.worker.settings.reservePoolTimeout * 1000
   }
 
   /**
@@ -229,7 +300,13 @@ export class Pool {
   }
 
   private async permitWaitLoop(): Promise<void> {
-    while (this.waitingCount > this.connecting && !this.worker.closing) {
+    // Not while the breaker is open: grow() would not take the permit, and the
+    // loop would spin on it; the janitor's tick retries meanwhile.
+    while (
+      this.waitingCount > this.connecting &&
+      !this.worker.closing &&
+      this.breaker.state() === BreakerState.closed
+    ) {
       const limit = this.poolSize + (this.reserveDue() ? this.reserveSize : 0)
       const got = await this.sem.acquire(limit, this.worker.id, { timeoutMs: 50 })
       if (!got) {
@@ -243,9 +320,9 @@ export class Pool {
     }
   }
 
-  /** Clients of other workers waiting for this pool (estimate: each waiting loop counts one too). */
+  /** Clients of other workers waiting for this pool. */
   private othersWaiting(): number {
-    return this.sem.waiters() - this.waitingCount - (this.permitLoop ? 1 : 0)
+    return this.counters.sum(this.slot, Counter.cl_waiting) - this.waitingCount
   }
 
   /**
@@ -266,16 +343,22 @@ export class Pool {
 
   // ---- servers ----------------------------------------------------------------
 
-  open(permits: number): void {
-    this.connecting++
+  open(permits: number): Server {
     const server = new Server(this, permits)
+    this.loggingIn.add(server)
     this.servers.add(server)
     this.worker.log.debug({ server: server.id, pool: this.key }, 'opening server connection')
+    return server
   }
 
   serverLoggedIn(server: Server): void {
-    this.connecting--
+    this.loggingIn.delete(server)
+    if (this.probe === server) this.probe = null
     this.lastLoginFailure = null
+    // One shared load per login; the coordinator hears only what changes the breaker.
+    if (this.breaker.failures() > 0 || this.breaker.state() !== BreakerState.closed) {
+      this.worker.reportLoginOk(this)
+    }
     if (this.welcomeParams === null) this.welcomeParams = new Map(server.params)
     this.worker.log.info(
       { server: server.id, pool: this.key, backend_pid: server.pid },
@@ -285,23 +368,37 @@ export class Pool {
   }
 
   serverLoginFailed(server: Server, failure: LoginFailure): void {
-    this.connecting--
+    this.loggingIn.delete(server)
+    if (this.probe === server) this.probe = null
     this.servers.delete(server)
     this.releasePermit(server.permits)
     this.lastLoginFailure = { at: Date.now(), failure }
-    this.worker.reportLoginFailure(this, failure)
+    const { sqlstate, message } = this.clientError(failure)
+    this.worker.reportLoginFailure(this, sqlstate, message)
     this.worker.log.error(
       { pool: this.key, sqlstate: failure.code, error: failure.message },
       'server login failed',
     )
     // Clients would otherwise wait for query_wait_timeout on a server that
     // refuses us: they get the server's own error now.
-    if (this.connecting === 0) {
-      const error = fatal(
-        failure.fromServer ? failure.message : `${Texts.cannotConnect}: ${failure.message}`,
-        failure.fromServer ? failure.code : SqlState.CannotConnectNow,
-      )
-      for (let c = this.nextWaiting(); c !== null; c = this.nextWaiting()) c.fail(error)
+    if (this.connecting === 0) this.failWaiting(fatal(message, sqlstate))
+  }
+
+  /**
+   * A failed login as clients see it: PostgreSQL's own error with its SQLSTATE
+   * (28P01, 3D000, 53300, 57P03, ...); when the server could not be reached,
+   * 08006 naming the address and the cause.
+   */
+  private clientError(failure: LoginFailure): { sqlstate: string; message: string } {
+    if (failure.fromServer || failure.code !== CONNECTION_FAILURE) {
+      return { sqlstate: failure.code, message: failure.message }
+    }
+    const errno = /\b(E[A-Z_]{3,})\b/.exec(failure.message)?.[1]
+    const cause = (errno !== undefined ? ERRNO_TEXT[errno] : undefined) ?? failure.message
+    const { host, port } = this.database
+    return {
+      sqlstate: CONNECTION_FAILURE,
+      message: `${Texts.cannotConnect} at ${host}:${port}: ${cause}`,
     }
   }
 
@@ -313,7 +410,11 @@ export class Pool {
     server.client = null
     if (server.state === 'closed') return
     server.state = 'idle'
-    const now = Date.now()
+    if (server.cancelsInFlight > 0) {
+      server.parked = true
+      return
+    }
+    const now = this.worker.now
     if (!server.isReusable(now)) {
       server.close()
       return
@@ -333,6 +434,13 @@ export class Pool {
 
   serverClosed(server: Server): void {
     if (!this.servers.delete(server)) return
+    // Closed before its login ended (RECONNECT, reload, shutdown).
+    if (this.loggingIn.delete(server) && this.probe === server) {
+      // The breaker waits for this probe's outcome: it stays open, with the error it had.
+      this.probe = null
+      const last = this.worker.breakerText(this.database.name)
+      this.worker.reportLoginFailure(this, last.sqlstate, last.message)
+    }
     const i = this.idle.indexOf(server)
     if (i >= 0) this.idle.splice(i, 1)
     this.releasePermit(server.permits)
@@ -367,11 +475,40 @@ export class Pool {
     }
     // Rebalance: another worker's clients wait while our server idles.
     if (this.idle.length > 0 && this.othersWaiting() > 0) this.idle.shift()!.close()
+    // A reload made the pool smaller: idle servers above the new size go.
+    let excess = this.sem.used() - this.poolSize - this.reserveSize
+    while (excess-- > 0 && this.idle.length > 0) this.idle.shift()!.close()
     // min_pool_size, cluster-wide: the semaphore's count is every worker's servers.
     const min = Math.min(this.minPoolSize, this.poolSize)
-    if (min > 0 && this.connecting === 0 && this.sem.used() < min) {
+    if (
+      min > 0 &&
+      this.connecting === 0 &&
+      this.sem.used() < min &&
+      this.breaker.state() === BreakerState.closed
+    ) {
       const permits = this.tryPermit(min)
       if (permits !== 0) this.open(permits)
+    }
+  }
+
+  /**
+   * A reload: limits come from the new entry from now on. An entry that
+   * reaches another server or logs in differently replaces our servers as they
+   * come free, never mid-transaction. One that now forces another user is no
+   * longer ours: new clients go to that user's pool, this one winds down.
+   */
+  reconfigure(database: DatabaseConfig, mode: PoolMode): void {
+    if (database.user !== this.database.user) {
+      this.closeAll()
+      return
+    }
+    const moved = !sameServer(this.database, database)
+    this.database = database
+    this.mode = mode
+    if (moved) {
+      this.welcomeParams = null
+      this.welcomeHeads.clear()
+      this.closeAll()
     }
   }
 
@@ -382,6 +519,32 @@ export class Pool {
       else server.close()
     }
   }
+}
+
+/** Whether two entries reach the same server the same way: pool sizes may differ. */
+function sameServer(a: DatabaseConfig, b: DatabaseConfig): boolean {
+  return (
+    a.host === b.host &&
+    a.port === b.port &&
+    a.dbname === b.dbname &&
+    a.password === b.password &&
+    a.connectQuery === b.connectQuery &&
+    a.clientEncoding === b.clientEncoding &&
+    a.datestyle === b.datestyle &&
+    a.timezone === b.timezone &&
+    a.applicationName === b.applicationName
+  )
+}
+
+const CONNECTION_FAILURE = '08006'
+const ERRNO_TEXT: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  ECONNRESET: 'connection reset by peer',
+  EHOSTUNREACH: 'no route to host',
+  ENETUNREACH: 'network is unreachable',
+  ETIMEDOUT: 'connection timed out',
+  ENOTFOUND: 'host name not found',
+  EAI_AGAIN: 'host name lookup failed',
 }
 
 export function poolKey(database: string, user: string): string {

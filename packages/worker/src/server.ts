@@ -19,7 +19,7 @@ import {
   terminate,
 } from '@pgbouncer-cluster/protocol/serializer'
 import type { ClientSession } from './client.ts'
-import { trackedName, type Vars } from './params.ts'
+import { trackedName, type Vars, varsKey } from './params.ts'
 import type { Pool } from './pool.ts'
 
 export type ServerState = 'login' | 'idle' | 'active' | 'closed'
@@ -55,17 +55,22 @@ export class Server {
   client: ClientSession | null = null
   /** ParameterStatus values as the server last reported them. */
   readonly params = new Map<string, string>()
-  /** The tracked subset, for the SET on link. */
+  /** The tracked subset, for the SET on link, and its key (see params.ts). */
   readonly vars: Vars = {}
+  varsKey = ''
   pid = 0
   secret = 0
-  readonly createdAt = Date.now()
-  lastUsed = Date.now()
+  readonly createdAt: number
+  lastUsed: number
   txStatus: number = TxStatus.Idle
   /** ReadyForQuery messages whose reply the pooler asked for itself (SET, reset, connect_query). */
   swallow = 0
   /** Closing was requested (RECONNECT, reload) while linked: close instead of reuse. */
   closeNeeded = false
+  /** CancelRequests on their way to PostgreSQL for this server's backend. */
+  cancelsInFlight = 0
+  /** Released while a cancel was in flight: waits out of the pool for it. */
+  parked = false
   private readonly scanner: FrameScanner
   private loginReader: FrameReader | null = new FrameReader()
   private scram: ScramClient | null = null
@@ -79,11 +84,19 @@ export class Server {
   constructor(pool: Pool, permits: number) {
     this.pool = pool
     this.permits = permits
+    this.createdAt = this.lastUsed = pool.worker.now
     this.scanner = new FrameScanner(SERVER_FLAGS, pool.worker.maxPacketSize)
     const db = pool.database
-    this.socket = net.connect({ host: db.host, port: db.port, noDelay: true, keepAlive: true })
+    this.socket = net.connect({
+      host: db.host,
+      port: db.port,
+      noDelay: true,
+      keepAlive: true,
+      // Reads land in our own buffer, reused while nothing holds on to it:
+      // no stream machinery and no allocation per read on the hot path.
+      onread: { buffer: this.readBuffer, callback: this.onRead },
+    })
     this.socket.on('connect', this.onConnect)
-    this.socket.on('data', this.onData)
     this.socket.on('error', this.onError)
     this.socket.on('close', this.onClose)
     const timeout = pool.worker.settings.serverConnectTimeout
@@ -131,7 +144,38 @@ export class Server {
     this.pool.serverClosed(this)
   }
 
-  private readonly onData = (chunk: Buffer): void => {
+  private buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
+  private readonly readBuffer = (): Buffer => this.buffer
+
+  private readonly onRead = (nread: number, buf: Buffer): boolean => {
+    const chunk = buf.subarray(0, nread)
+    const client = this.client
+    try {
+      this.onData(chunk)
+    } catch (err) {
+      // A server that breaks the protocol costs its own client, never the worker.
+      this.pool.worker.log.error(
+        { server: this.id, err: (err as Error).message },
+        'bad data from server',
+      )
+      this.buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
+      this.close()
+      return false
+    }
+    // Something still points into the buffer (a write the kernel did not take
+    // at once, a message split across reads, the login reader): retire it.
+    if (
+      this.loginReader !== null ||
+      this.scanner.retainsInput ||
+      (client !== null && client.socket.writableLength > 0) ||
+      (this.client !== null && this.client !== client && this.client.socket.writableLength > 0)
+    ) {
+      this.buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
+    }
+    return true
+  }
+
+  private onData(chunk: Buffer): void {
     if (this.loginReader !== null) {
       this.onLoginData(chunk)
       return
@@ -154,7 +198,11 @@ export class Server {
       }
       // ACTION_RELEASE: everything up to and including the ReadyForQuery goes
       // to the client before the server can be handed to anyone else.
-      client.write(chunk.subarray(this.segmentStart, start))
+      client.write(
+        this.segmentStart === 0 && start === chunk.length
+          ? chunk
+          : chunk.subarray(this.segmentStart, start),
+      )
       this.segmentStart = start
       client.releaseServer()
       if (start < chunk.length) this.onIdleData(chunk.subarray(start))
@@ -191,6 +239,7 @@ export class Server {
       const tracked = trackedName(name)
       if (tracked !== null) {
         this.vars[tracked] = value
+        this.varsKey = varsKey(this.vars)
         if (this.swallow === 0) this.client?.serverReportedVar(tracked, value)
       }
       return false
@@ -224,7 +273,10 @@ export class Server {
       const { name, value } = parseParameterStatus(msg!)
       this.params.set(name, value)
       const tracked = trackedName(name)
-      if (tracked !== null) this.vars[tracked] = value
+      if (tracked !== null) {
+        this.vars[tracked] = value
+        this.varsKey = varsKey(this.vars)
+      }
       return false
     }
     if (type === BackendCode.ReadyForQuery && this.swallow > 0) {
@@ -271,7 +323,10 @@ export class Server {
         const { name, value } = parseParameterStatus(msg)
         this.params.set(name, value)
         const tracked = trackedName(name)
-        if (tracked !== null) this.vars[tracked] = value
+        if (tracked !== null) {
+          this.vars[tracked] = value
+          this.varsKey = varsKey(this.vars)
+        }
         return
       }
       case BackendCode.BackendKeyData: {
@@ -421,6 +476,15 @@ export class Server {
     return lifetime <= 0 || now - this.createdAt < lifetime * 1000
   }
 
+  /** A cancel connection for this backend closed: PostgreSQL has acted on it. */
+  cancelDone(): void {
+    this.cancelsInFlight--
+    if (this.cancelsInFlight === 0 && this.parked) {
+      this.parked = false
+      this.pool.release(this)
+    }
+  }
+
   close(): void {
     if (this.state === 'closed') return
     const wasLogin = this.state === 'login'
@@ -431,6 +495,8 @@ export class Server {
     this.pool.serverClosed(this)
   }
 }
+
+const READ_BUFFER_SIZE = 64 * 1024
 
 const ACTION_NONE = 0
 const ACTION_SKIP = 1

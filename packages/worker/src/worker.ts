@@ -18,7 +18,6 @@ import type {
 import { fatal, SqlState, Texts } from './errors.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
-import type { LoginFailure } from './server.ts'
 
 /** What the coordinator hands a worker thread at start. */
 export interface WorkerData {
@@ -31,6 +30,8 @@ export interface WorkerData {
 }
 
 const JANITOR_INTERVAL_MS = 100
+/** PgBouncer's text while a server login keeps failing, until the server's own error arrives. */
+const GENERIC_BREAKER_ERROR = fatal(Texts.serverLoginRetry)
 
 /**
  * One worker thread: a listener on the shared port (SO_REUSEPORT: the kernel
@@ -43,6 +44,8 @@ export class PoolerWorker {
   readonly log: Logger
   config: WorkerConfig
   closing = false
+  /** Milliseconds, refreshed by the janitor: timeouts are seconds, the hot path skips the clock. */
+  now = Date.now()
   private readonly port: MessagePort
   private readonly listen: { host: string; port: number }
   private readonly listener: net.Server
@@ -52,6 +55,13 @@ export class PoolerWorker {
   private nextPid = 1
   private clients = 0
   private janitor: NodeJS.Timeout | null = null
+  /** A second shutdown ('fast') cuts the graceful wait short. */
+  private hurry = false
+  /** Per database: the error its clients get while its breaker is open, by error sequence. */
+  private readonly breakerErrors = new Map<
+    string,
+    { seq: number; sqlstate: string; message: string; error: Buffer }
+  >()
 
   constructor(data: WorkerData, port: MessagePort) {
     this.id = data.id
@@ -121,8 +131,10 @@ export class PoolerWorker {
     return true
   }
 
-  clientClosed(session: ClientSession): void {
+  /** A session ended; `admitted` sessions also give back their max_client_conn slot. */
+  clientClosed(session: ClientSession, admitted: boolean): void {
     this.sessions.delete(session.pid)
+    if (!admitted) return
     this.clients--
     if (this.settings.maxClientConn > 0) this.shared.clients().release(this.id)
   }
@@ -162,15 +174,42 @@ export class PoolerWorker {
     return pool
   }
 
-  reportLoginFailure(pool: Pool, failure: LoginFailure): void {
+  /** Feeds the coordinator's circuit breaker; sqlstate and message as clients see them. */
+  reportLoginFailure(pool: Pool, sqlstate: string, message: string): void {
     this.send({
       type: 'server-login-failed',
       worker: this.id,
       database: pool.database.name,
       user: pool.user,
-      sqlstate: failure.code,
-      message: failure.message,
+      sqlstate,
+      message,
     })
+  }
+
+  /** A login succeeded while the breaker counted failures: it closes. */
+  reportLoginOk(pool: Pool): void {
+    this.send({
+      type: 'server-login-ok',
+      worker: this.id,
+      database: pool.database.name,
+      user: pool.user,
+    })
+  }
+
+  /**
+   * What a client gets while the breaker of its database is open: the server's
+   * last error, or PgBouncer's generic text while that has not arrived yet.
+   */
+  breakerError(database: string, seq: number): Buffer {
+    const known = this.breakerErrors.get(database)
+    if (known !== undefined && known.seq >= seq) return known.error
+    return GENERIC_BREAKER_ERROR
+  }
+
+  /** The last breaker error of a database as text, or PgBouncer's generic one. */
+  breakerText(database: string): { sqlstate: string; message: string } {
+    const known = this.breakerErrors.get(database)
+    return known ?? { sqlstate: SqlState.ProtocolViolation, message: Texts.serverLoginRetry }
   }
 
   /** A CancelRequest: ours to carry out, or routed to the worker that owns the key. */
@@ -184,6 +223,9 @@ export class PoolerWorker {
     if (session === undefined || session.secret !== secret) return
     const server = session.server
     if (server === null) return
+    // The server stays out of the pool until PostgreSQL has taken the cancel,
+    // or it could cancel the next client's query instead.
+    server.cancelsInFlight++
     const db = server.pool.database
     const socket = net.connect({ host: db.host, port: db.port }, () => {
       socket.end(cancelRequest(server.pid, server.secret))
@@ -191,6 +233,7 @@ export class PoolerWorker {
     socket.on('error', (err) => {
       this.log.warn({ err: err.message }, 'cancel request to server failed')
     })
+    socket.on('close', () => server.cancelDone())
   }
 
   // ---- control messages from the coordinator -------------------------------
@@ -220,8 +263,15 @@ export class PoolerWorker {
         this.cancel(msg.pid, msg.secret)
         return
       case 'config':
-        this.config = msg.config as WorkerConfig
-        this.log.info('configuration reloaded')
+        this.reconfigure(msg.config as WorkerConfig)
+        return
+      case 'breaker':
+        this.breakerErrors.set(msg.database, {
+          seq: msg.seq,
+          sqlstate: msg.sqlstate,
+          message: msg.message,
+          error: fatal(msg.message, msg.sqlstate),
+        })
         return
       case 'reconnect':
         for (const pool of this.pools.values()) {
@@ -238,17 +288,41 @@ export class PoolerWorker {
 
   private readonly tick = (): void => {
     const now = Date.now()
+    this.now = now
     for (const pool of this.pools.values()) pool.tick(now)
+  }
+
+  /**
+   * A reloaded configuration. Limits are read from it at each use; a pool whose
+   * database entry now reaches another server (or as another user) replaces
+   * its servers as they come free. Connected clients stay; a pool whose
+   * database left the file keeps serving the clients it has.
+   */
+  private reconfigure(config: WorkerConfig): void {
+    this.config = config
+    for (const pool of this.pools.values()) {
+      const db = this.resolveDatabase(pool.database.name)
+      if (db !== null) pool.reconfigure(db, this.poolModeFor(db, pool.user))
+    }
+    this.log.info('configuration reloaded')
   }
 
   /** Stop accepting; let linked clients finish (graceful) or not (fast); close servers. */
   async shutdown(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
-    if (this.closing) return
+    if (this.closing) {
+      if (mode === 'fast') this.hurry = true
+      return
+    }
     this.closing = true
-    await new Promise<void>((resolve) => this.listener.close(() => resolve()))
+    // Not awaited: close()'s callback waits for every accepted connection to end.
+    this.listener.close()
     if (mode === 'graceful') {
       const deadline = Date.now() + timeoutMs
-      while (Date.now() < deadline && [...this.sessions.values()].some((s) => s.busy)) {
+      while (
+        !this.hurry &&
+        Date.now() < deadline &&
+        [...this.sessions.values()].some((s) => s.busy)
+      ) {
         await new Promise((r) => setTimeout(r, 20))
       }
     }

@@ -1,0 +1,233 @@
+// A hand-rolled PostgreSQL client for tests that must send what no real driver
+// sends: garbage, lying length fields, half packets, arbitrary startup
+// parameters, CancelRequests. Built by hand (not with our serializer) so that
+// the pooler is never tested against its own idea of the protocol.
+
+import net from 'node:net'
+
+export interface BackendMessage {
+  /** The message type letter, e.g. 'E', 'R', 'Z'. */
+  type: string
+  body: Buffer
+}
+
+export interface ErrorFields {
+  severity: string
+  code: string
+  message: string
+}
+
+const PROTOCOL_3_0 = 196608
+const CANCEL_REQUEST_CODE = 80877102
+
+/** StartupMessage (protocol 3.0) with the given parameters. */
+export function startupPacket(params: Record<string, string>): Buffer {
+  const parts: Buffer[] = []
+  for (const [name, value] of Object.entries(params)) {
+    parts.push(Buffer.from(`${name}\0${value}\0`))
+  }
+  parts.push(Buffer.from([0]))
+  const body = Buffer.concat(parts)
+  const head = Buffer.alloc(8)
+  head.writeInt32BE(8 + body.length, 0)
+  head.writeInt32BE(PROTOCOL_3_0, 4)
+  return Buffer.concat([head, body])
+}
+
+export function cancelRequestPacket(pid: number, secret: number): Buffer {
+  const b = Buffer.alloc(16)
+  b.writeInt32BE(16, 0)
+  b.writeInt32BE(CANCEL_REQUEST_CODE, 4)
+  b.writeInt32BE(pid | 0, 8)
+  b.writeInt32BE(secret | 0, 12)
+  return b
+}
+
+/** Simple-protocol Query ('Q'). */
+export function queryMessage(sql: string): Buffer {
+  const text = Buffer.from(`${sql}\0`)
+  const head = Buffer.alloc(5)
+  head[0] = 0x51 // Q
+  head.writeInt32BE(4 + text.length, 1)
+  return Buffer.concat([head, text])
+}
+
+/** The S/C/M fields of an ErrorResponse or NoticeResponse body. */
+export function errorFields(body: Buffer): ErrorFields {
+  const out: ErrorFields = { severity: '', code: '', message: '' }
+  let pos = 0
+  while (pos < body.length && body[pos] !== 0) {
+    const field = String.fromCharCode(body[pos]!)
+    const end = body.indexOf(0, pos + 1)
+    if (end < 0) break
+    const value = body.toString('utf8', pos + 1, end)
+    if (field === 'S') out.severity = value
+    else if (field === 'C') out.code = value
+    else if (field === 'M') out.message = value
+    pos = end + 1
+  }
+  return out
+}
+
+/**
+ * One raw TCP connection that frames what the server sends back. `next()`
+ * resolves with the next whole message, or null once the peer closed (or the
+ * timeout passed: check `closed`).
+ */
+export class RawConnection {
+  readonly socket: net.Socket
+  /** True once the peer closed or reset the connection. */
+  closed = false
+  /** When the connection closed (Date.now()), 0 while open. */
+  closedAt = 0
+  private buffered = Buffer.alloc(0)
+  private readonly messages: BackendMessage[] = []
+  private wake: (() => void) | null = null
+
+  private constructor(socket: net.Socket) {
+    this.socket = socket
+    socket.on('data', (chunk: Buffer) => {
+      this.buffered = Buffer.concat([this.buffered, chunk])
+      while (this.buffered.length >= 5) {
+        const length = this.buffered.readInt32BE(1)
+        if (this.buffered.length < 1 + length) break
+        this.messages.push({
+          type: String.fromCharCode(this.buffered[0]!),
+          body: this.buffered.subarray(5, 1 + length),
+        })
+        this.buffered = this.buffered.subarray(1 + length)
+      }
+      this.notify()
+    })
+    // A reset is just another way of being closed on.
+    socket.on('error', () => {})
+    socket.on('close', () => {
+      this.closed = true
+      this.closedAt = Date.now()
+      this.notify()
+    })
+  }
+
+  static connect(host: string, port: number): Promise<RawConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host, port, noDelay: true })
+      socket.once('error', reject)
+      socket.once('connect', () => {
+        socket.off('error', reject)
+        resolve(new RawConnection(socket))
+      })
+    })
+  }
+
+  send(buf: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(buf)
+  }
+
+  private notify(): void {
+    const wake = this.wake
+    this.wake = null
+    wake?.()
+  }
+
+  /** The next message, or null when the connection closed or `timeoutMs` passed. */
+  async next(timeoutMs: number): Promise<BackendMessage | null> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const msg = this.messages.shift()
+      if (msg !== undefined) return msg
+      const left = deadline - Date.now()
+      if (this.closed || left <= 0) return null
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left)
+        this.wake = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+    }
+  }
+
+  /** Messages until one of type `type` arrived (included), the peer closed, or the timeout. */
+  async until(type: string, timeoutMs: number): Promise<BackendMessage[]> {
+    const deadline = Date.now() + timeoutMs
+    const seen: BackendMessage[] = []
+    for (;;) {
+      const msg = await this.next(deadline - Date.now())
+      if (msg === null) return seen
+      seen.push(msg)
+      if (msg.type === type) return seen
+    }
+  }
+
+  /** Everything the peer sends until it closes; `closed` tells whether it did in time. */
+  async drain(timeoutMs: number): Promise<BackendMessage[]> {
+    const deadline = Date.now() + timeoutMs
+    const seen: BackendMessage[] = []
+    for (;;) {
+      const msg = await this.next(deadline - Date.now())
+      if (msg === null) return seen
+      seen.push(msg)
+    }
+  }
+
+  /** Logs in with a StartupMessage (trust auth) and waits for ReadyForQuery. */
+  async login(params: Record<string, string>, timeoutMs = 5000): Promise<BackendMessage[]> {
+    this.send(startupPacket(params))
+    const seen = await this.until('Z', timeoutMs)
+    const last = seen.at(-1)
+    if (last?.type !== 'Z') {
+      const err = seen.find((m) => m.type === 'E')
+      throw new Error(
+        `login failed: ${err ? JSON.stringify(errorFields(err.body)) : `got ${seen.map((m) => m.type).join('')}`}`,
+      )
+    }
+    return seen
+  }
+
+  /** Runs one simple Query; resolves with its rows as text (NULL as null), rejects on an error. */
+  async query(sql: string, timeoutMs = 5000): Promise<(string | null)[][]> {
+    this.send(queryMessage(sql))
+    const seen = await this.until('Z', timeoutMs)
+    const err = seen.find((m) => m.type === 'E')
+    if (err !== undefined) {
+      const fields = errorFields(err.body)
+      throw Object.assign(new Error(fields.message), { code: fields.code })
+    }
+    if (seen.at(-1)?.type !== 'Z') throw new Error(`no ReadyForQuery for ${sql}`)
+    return seen.filter((m) => m.type === 'D').map((m) => dataRowValues(m.body))
+  }
+
+  destroy(): void {
+    this.socket.destroy()
+  }
+}
+
+function dataRowValues(body: Buffer): (string | null)[] {
+  const count = body.readInt16BE(0)
+  const values: (string | null)[] = []
+  let pos = 2
+  for (let i = 0; i < count; i++) {
+    const length = body.readInt32BE(pos)
+    pos += 4
+    if (length < 0) {
+      values.push(null)
+      continue
+    }
+    values.push(body.toString('latin1', pos, pos + length))
+    pos += length
+  }
+  return values
+}
+
+/** Opens a connection, sends a CancelRequest and waits until the pooler closes it. */
+export async function sendCancel(
+  host: string,
+  port: number,
+  pid: number,
+  secret: number,
+): Promise<void> {
+  const conn = await RawConnection.connect(host, port)
+  conn.send(cancelRequestPacket(pid, secret))
+  await conn.drain(2000)
+  conn.destroy()
+}

@@ -1,0 +1,134 @@
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
+import type pg from 'pg'
+import { type Pooler, startPooler, writeIni } from './support.ts'
+
+// Invariant 3: a client never waits for a server while another worker keeps one
+// idle for the same pool.
+//
+// Making it deterministic: the kernel, not the test, picks the worker of each
+// connection (SO_REUSEPORT hashes the 4-tuple). But the pooler tells which one
+// it picked: the BackendKeyData pid it hands out carries the worker's id in its
+// top byte ((id + 1) << 24), so that any worker can route a CancelRequest. The
+// test opens connections until it holds two on one worker ("holder") and one
+// on the other ("waiter"), and closes the rest. Then:
+//   1. both holder clients run a transaction at the same time: the holder's
+//      worker now has pool_size (2) servers, i.e. every permit of the pool;
+//   2. they commit: both servers sit idle in the holder's worker, nobody busy;
+//   3. the waiter runs a query. Its worker has no server and no permit left,
+//      so it can only be served if the holder's worker gives a permit back.
+// Without rebalancing the waiter would wait for query_wait_timeout (10 s here;
+// server_idle_timeout is 600 s); with it, within ~a janitor tick plus a connect.
+const POOL_SIZE = 2
+const QUERY_WAIT_TIMEOUT = 10
+// Bounded: a hung pooler fails its test instead of stalling the whole run.
+const TEST_TIMEOUT = 20_000
+const db = usePostgres({ databases: ['app'] })
+
+/** The worker a client landed on, read from the pooler's BackendKeyData. */
+function workerOf(c: pg.Client): number {
+  return ((c as unknown as { processID: number }).processID >>> 24) - 1
+}
+
+async function serverCount(): Promise<number> {
+  const { rows } = await db.server.query(
+    "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = 'app' AND backend_type = 'client backend'",
+  )
+  return rows[0].n
+}
+
+describe('rebalance between two workers (transaction mode, pool_size 2)', () => {
+  let pooler: Pooler
+  const clients: pg.Client[] = []
+  let holders: pg.Client[] = []
+  let waiter: pg.Client
+
+  before(async () => {
+    const ini = writeIni({
+      databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+      pgbouncer: {
+        pool_mode: 'transaction',
+        default_pool_size: POOL_SIZE,
+        query_wait_timeout: QUERY_WAIT_TIMEOUT,
+      },
+    })
+    pooler = await startPooler(ini, { workers: 2 })
+    const byWorker = new Map<number, pg.Client[]>()
+    // Connect one at a time: each login may need a server for its welcome, and
+    // sequential logins never make one wait on another.
+    for (let i = 0; i < 40; i++) {
+      const c = pooler.client({ database: 'app' })
+      // A failure must fail the test, not crash the process as an unhandled 'error'.
+      c.on('error', () => {})
+      await c.connect()
+      clients.push(c)
+      const w = workerOf(c)
+      byWorker.set(w, [...(byWorker.get(w) ?? []), c])
+      const two = [...byWorker.entries()].find(([, list]) => list.length >= 2)
+      const other = two && [...byWorker.entries()].find(([id]) => id !== two[0])
+      if (two && other) {
+        holders = two[1].slice(0, 2)
+        waiter = other[1][0]
+        break
+      }
+    }
+    assert.ok(holders.length === 2 && waiter, 'the kernel put 40 connections on one worker')
+    assert.ok(byWorker.size === 2, `expected worker ids 0 and 1, got ${[...byWorker.keys()]}`)
+    // Only the three chosen clients stay.
+    for (const c of clients) if (!holders.includes(c) && c !== waiter) await c.end()
+  })
+  after(async () => {
+    for (const c of clients) await c.end().catch(() => {})
+    await pooler.stop()
+  })
+
+  test("a client waiting on one worker gets a server within 2 s while the other worker's servers idle", {
+    timeout: TEST_TIMEOUT,
+  }, async () => {
+    for (let round = 0; round < 3; round++) {
+      // 1. The holder's worker takes every permit of the pool.
+      await Promise.all(holders.map((c) => c.query('BEGIN')))
+      const pids = await Promise.all(
+        holders.map(async (c) => Number((await c.query('SELECT pg_backend_pid() AS p')).rows[0].p)),
+      )
+      assert.equal(new Set(pids).size, POOL_SIZE, 'the two holders share a server')
+      // 2. Both servers go idle in the holder's worker; nobody is busy now.
+      await Promise.all(holders.map((c) => c.query('COMMIT')))
+      assert.ok((await serverCount()) <= POOL_SIZE)
+      // 3. The waiter needs a server the other worker keeps idle.
+      const started = Date.now()
+      const { rows } = await waiter.query('SELECT pg_backend_pid() AS p, $1::int AS round', [round])
+      const waited = Date.now() - started
+      assert.equal(rows[0].round, round)
+      assert.ok(
+        waited < 2000,
+        `round ${round}: the waiter waited ${waited} ms for a server idling on another worker`,
+      )
+      // The permit moved; it was not conjured up (invariant 1 still holds).
+      assert.ok((await serverCount()) <= POOL_SIZE)
+    }
+  })
+
+  test('many rounds of alternating load between the workers: never more than pool_size servers, nobody waits long', {
+    timeout: TEST_TIMEOUT,
+  }, async () => {
+    let peak = 0
+    let slowest = 0
+    for (let round = 0; round < 10; round++) {
+      const group = round % 2 === 0 ? holders : [waiter]
+      const started = Date.now()
+      await Promise.all(
+        group.map(async (c) => {
+          await c.query('BEGIN')
+          await c.query('SELECT pg_sleep(0.01)')
+          await c.query('COMMIT')
+        }),
+      )
+      slowest = Math.max(slowest, Date.now() - started)
+      peak = Math.max(peak, await serverCount())
+    }
+    assert.ok(peak <= POOL_SIZE, `saw ${peak} servers for a pool of ${POOL_SIZE}`)
+    assert.ok(slowest < 2000, `a round took ${slowest} ms`)
+  })
+})
