@@ -118,8 +118,9 @@ export class Breakers {
   private open(entry: Entry, failures: number): void {
     const words = this.options.shared.breaker(entry.slot)
     this.clearTimer(entry)
-    // Text first, then state: a worker that sees the state before the message
-    // arrives finds an older sequence number and says PgBouncer's generic text.
+    // Text first, then state: a worker that sees the breaker open finds the
+    // server's error beside it in shared memory.
+    words.setError(entry.sqlstate, entry.message)
     entry.seq = words.bumpErrorSeq()
     this.options.broadcast(this.message(entry))
     words.setState(BreakerState.open)

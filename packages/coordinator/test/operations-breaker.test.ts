@@ -49,21 +49,24 @@ describe('circuit breaker', { timeout: 50_000 }, () => {
     for (let i = 0; i < 4; i++) assert.equal((await attempt(pooler, 'app')).err, null)
 
     await db.server.halt()
-    await new Promise((r) => setTimeout(r, 300))
-    const refused = new RegExp(
-      `cannot connect to server at 127\\.0\\.0\\.1:${db.server.port}: connection refused`,
-    )
-    for (let i = 0; i < 8; i++) {
-      const { err, ms } = await attempt(pooler, 'app')
-      assert.ok(err !== null, 'a query succeeded with PostgreSQL down')
-      assert.match(err.message, refused)
-      assert.equal(err.code, '08006')
-      // query_wait_timeout is 30 s: anything near it would be a hang.
-      assert.ok(ms < 2000, `the error took ${Math.round(ms)} ms`)
+    try {
+      await new Promise((r) => setTimeout(r, 300))
+      const refused = new RegExp(
+        `cannot connect to server at 127\\.0\\.0\\.1:${db.server.port}: connection refused`,
+      )
+      for (let i = 0; i < 8; i++) {
+        const { err, ms } = await attempt(pooler, 'app')
+        assert.ok(err !== null, 'a query succeeded with PostgreSQL down')
+        assert.match(err.message, refused)
+        assert.equal(err.code, '08006')
+        // query_wait_timeout is 30 s: anything near it would be a hang.
+        assert.ok(ms < 2000, `the error took ${Math.round(ms)} ms`)
+      }
+      assert.match(pooler.output(), /circuit breaker open/)
+    } finally {
+      // Whatever failed above, the next test needs its server back.
+      await db.server.restart()
     }
-    assert.match(pooler.output(), /circuit breaker open/)
-
-    await db.server.restart()
     const restarted = performance.now()
     let ok = false
     while (!ok && performance.now() - restarted < 10_000) {

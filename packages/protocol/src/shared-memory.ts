@@ -13,13 +13,15 @@
  *  6                              paused (PAUSE)     coordinator        (workers may)
  *  7                              shutdown           coordinator        (workers may)
  *  8..15                          spare
- *  ─── breakers, 4 words per database ────────────────────────────────────────────
- *  16 + 4d + 0                    state 0..3         coordinator; a     (workers may)
+ *  ─── breakers, B = 68 words per database ───────────────────────────────────────
+ *  16 + Bd + 0                    state 0..3         coordinator; a     (workers may)
  *                                                    worker CASes 2→3
  *                                                    to claim the probe
- *  16 + 4d + 1                    login-error seq    coordinator
- *  16 + 4d + 2                    failures in a row  coordinator
- *  16 + 4d + 3                    spare
+ *  16 + Bd + 1                    login-error seq    coordinator
+ *  16 + Bd + 2                    failures in a row  coordinator
+ *  16 + Bd + 3                    error text length  coordinator (0 while rewritten)
+ *  16 + Bd + 4..67                error text: SQLSTATE + message, UTF-8, 256 bytes
+ *                                                    coordinator, before the state
  *  ─── semaphores, S words each (see semaphore.ts) ───────────────────────────────
  *  pools     + S*p + 0            used               workers (lock)     acquire()
  *            + S*p + 1            waiters            workers
@@ -77,6 +79,12 @@ export interface BreakerWords {
   lastErrorSeq(): number
   /** Returns the new sequence number. */
   bumpErrorSeq(): number
+  /**
+   * The server's last login error, written before the breaker opens so a
+   * worker that sees it open already has the text (no message can be late).
+   */
+  setError(sqlstate: string, message: string): void
+  error(): { sqlstate: string; message: string } | null
   /** Login failures in a row; a worker reports a success only while this or the state is set. */
   failures(): number
   setFailures(n: number): void
@@ -87,7 +95,8 @@ export interface BreakerWords {
 const MAGIC = 0x50474243 // 'PGBC'
 const VERSION = 1
 const HEADER_WORDS = 16
-const BREAKER_WORDS = 4
+const BREAKER_WORDS = 68
+const BREAKER_TEXT_BYTES = (BREAKER_WORDS - 4) * 4
 const FLAG_WORD = { paused: 6, shutdown: 7 } as const
 export const MAX_WORKERS = 64
 const MAX_SLOTS = 1 << 20
@@ -238,6 +247,8 @@ export class SharedMemory {
       const state = this.#offsets.breakers + slot * BREAKER_WORDS
       const seq = state + 1
       const failures = state + 2
+      const textLength = state + 3
+      const text = new Uint8Array(i32.buffer, (state + 4) * 4, BREAKER_TEXT_BYTES)
       words = {
         state: () => Atomics.load(i32, state),
         setState: (s: number) => {
@@ -253,6 +264,26 @@ export class SharedMemory {
         claimProbe: () =>
           Atomics.compareExchange(i32, state, BreakerState.halfOpen, BreakerState.probing) ===
           BreakerState.halfOpen,
+        setError: (sqlstate: string, message: string) => {
+          Atomics.store(i32, textLength, 0)
+          const bytes = Buffer.from(`${sqlstate.padEnd(5).slice(0, 5)}${message}`)
+          let n = Math.min(bytes.length, BREAKER_TEXT_BYTES)
+          // Never cut a UTF-8 sequence in half.
+          while (n < bytes.length && n > 5 && (bytes[n]! & 0xc0) === 0x80) n--
+          text.set(bytes.subarray(0, n))
+          Atomics.store(i32, textLength, n)
+        },
+        error: () => {
+          for (;;) {
+            const before = Atomics.load(i32, seq)
+            const n = Atomics.load(i32, textLength)
+            if (n < 5) return null
+            const decoded = Buffer.from(text.buffer, text.byteOffset, n).toString()
+            if (Atomics.load(i32, seq) === before && Atomics.load(i32, textLength) === n) {
+              return { sqlstate: decoded.slice(0, 5).trimEnd(), message: decoded.slice(5) }
+            }
+          }
+        },
       }
       this.#breakers[slot] = words
     }

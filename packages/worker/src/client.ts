@@ -142,6 +142,7 @@ export class ClientSession {
     this.pid = pid
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
     socket.setNoDelay(true)
+    if (worker.settings.tcpKeepalive) socket.setKeepAlive(true)
     ;(socket as SessionSocket)[kSession] = this
     socket.on('data', onSocketData)
     socket.on('error', onSocketError)
@@ -482,10 +483,12 @@ export class ClientSession {
     this.pool = pool
     this.mode = pool.mode
     if (scramKeys !== null && pool.user === this.user) pool.scramKeys = scramKeys
-    this.worker.log.info(
-      { client: this.pid, remote: this.remote, db: this.database, user: this.user },
-      'login',
-    )
+    if (this.worker.settings.logConnections) {
+      this.worker.log.info(
+        { client: this.pid, remote: this.remote, db: this.database, user: this.user },
+        'login',
+      )
+    }
     // An open breaker answers at once with the server's own last error.
     const refused = pool.fastFailError()
     if (refused !== null) {
@@ -563,7 +566,7 @@ export class ClientSession {
     const server = this.server
     if (server !== null) this.detachOnClose(server)
     this.worker.clientClosed(this, this.admitted)
-    if (wasActive && reason !== null) {
+    if (wasActive && reason !== null && this.worker.settings.logDisconnections) {
       this.worker.log.info({ client: this.pid, remote: this.remote, reason }, 'closing client')
     }
   }

@@ -58,6 +58,10 @@ export interface WorkerSettings {
   adminUsers: string[]
   statsUsers: string[]
   logfile: string
+  listenBacklog: number
+  logConnections: boolean
+  logDisconnections: boolean
+  tcpKeepalive: boolean
 }
 
 export interface WorkerConfig {

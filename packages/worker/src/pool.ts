@@ -263,7 +263,7 @@ export class Pool {
       this.releasePermit(permits)
     }
     if (this.connecting === 0) {
-      this.failWaiting(this.worker.breakerError(this.database.name, this.breaker.lastErrorSeq()))
+      this.failWaiting(this.breakerFailure())
     }
   }
 
@@ -274,6 +274,13 @@ export class Pool {
    */
   fastFailError(): Buffer | null {
     if (this.breaker.state() !== BreakerState.open || this.idle.length > 0) return null
+    return this.breakerFailure()
+  }
+
+  /** The server's own last error, as the coordinator left it in shared memory. */
+  private breakerFailure(): Buffer {
+    const last = this.breaker.error()
+    if (last !== null) return fatal(last.message, last.sqlstate)
     return this.worker.breakerError(this.database.name, this.breaker.lastErrorSeq())
   }
 
@@ -371,7 +378,6 @@ export class Pool {
     this.loggingIn.delete(server)
     if (this.probe === server) this.probe = null
     this.servers.delete(server)
-    this.releasePermit(server.permits)
     this.lastLoginFailure = { at: Date.now(), failure }
     const { sqlstate, message } = this.clientError(failure)
     this.worker.reportLoginFailure(this, sqlstate, message)
@@ -432,6 +438,17 @@ export class Pool {
     this.idle.push(server)
   }
 
+  /**
+   * The server's socket is fully closed: only now does its permit go back.
+   * PostgreSQL drops the backend from pg_stat_activity before it closes the
+   * socket, so the pool's size as PostgreSQL sees it never exceeds the limit
+   * while a closing backend lingers (invariant 1).
+   */
+  serverGone(server: Server): void {
+    this.releasePermit(server.permits)
+    if (this.waitingCount > 0) this.grow()
+  }
+
   serverClosed(server: Server): void {
     if (!this.servers.delete(server)) return
     // Closed before its login ended (RECONNECT, reload, shutdown).
@@ -443,7 +460,6 @@ export class Pool {
     }
     const i = this.idle.indexOf(server)
     if (i >= 0) this.idle.splice(i, 1)
-    this.releasePermit(server.permits)
     const client = server.client
     server.client = null
     if (client !== null) client.serverLost(server)

@@ -75,6 +75,7 @@ export class Server {
   private loginReader: FrameReader | null = new FrameReader()
   private scram: ScramClient | null = null
   private connectTimer: NodeJS.Timeout | null = null
+  private closeTimer: NodeJS.Timeout | null = null
   private segmentStart = 0
   private action = 0
 
@@ -91,7 +92,7 @@ export class Server {
       host: db.host,
       port: db.port,
       noDelay: true,
-      keepAlive: true,
+      keepAlive: pool.worker.settings.tcpKeepalive,
       // Reads land in our own buffer, reused while nothing holds on to it:
       // no stream machinery and no allocation per read on the hot path.
       onread: { buffer: this.readBuffer, callback: this.onRead },
@@ -131,17 +132,18 @@ export class Server {
 
   private readonly onClose = (): void => {
     if (this.connectTimer) clearTimeout(this.connectTimer)
+    if (this.closeTimer) clearTimeout(this.closeTimer)
     if (this.state === 'login') {
       this.failLogin({
         code: '08006',
         message: 'server closed the connection during login',
         fromServer: false,
       })
-      return
+    } else if (this.state !== 'closed') {
+      this.state = 'closed'
+      this.pool.serverClosed(this)
     }
-    if (this.state === 'closed') return
-    this.state = 'closed'
-    this.pool.serverClosed(this)
+    this.pool.serverGone(this)
   }
 
   private buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
@@ -490,13 +492,20 @@ export class Server {
     const wasLogin = this.state === 'login'
     this.state = 'closed'
     if (this.connectTimer) clearTimeout(this.connectTimer)
-    if (!wasLogin && !this.socket.destroyed) this.socket.end(terminate())
-    else this.socket.destroy()
+    if (!wasLogin && !this.socket.destroyed) {
+      this.socket.end(terminate())
+      // The permit returns when the socket has closed; a server that does not
+      // hang up after Terminate is cut off.
+      this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_TIMEOUT_MS)
+    } else {
+      this.socket.destroy()
+    }
     this.pool.serverClosed(this)
   }
 }
 
 const READ_BUFFER_SIZE = 64 * 1024
+const CLOSE_TIMEOUT_MS = 5000
 
 const ACTION_NONE = 0
 const ACTION_SKIP = 1

@@ -3,8 +3,12 @@
 // parser: spaces may surround '=', a value may be 'single quoted' with '' for a
 // quote (no backslash escapes), and an empty value is an error.
 
+import type {
+  DatabaseConfig as WorkerDatabaseConfig,
+  UserConfig as WorkerUserConfig,
+} from '@pgbouncer-cluster/worker'
 import { ConfigError, type ErrorPlace } from './ini.ts'
-import { POOL_MODES, type PoolMode } from './settings.ts'
+import { POOL_MODES } from './settings.ts'
 
 export interface ConnParam {
   key: string
@@ -53,29 +57,15 @@ export function parseConnString(text: string): ConnParam[] {
 export type LoadBalanceHosts = 'disable' | 'round-robin'
 export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby'
 
-// One [databases] entry (also the '*' fallback, whose name is '*').
-export interface DatabaseConfig {
-  name: string
-  // PgBouncer's default is a Unix socket in unix_socket_dir; without a host we
-  // connect over TCP to 127.0.0.1, which is where that socket's server
-  // listens in nearly every setup and works the same in containers.
-  host: string
-  port: number
-  // Defaults to name; '*' in the fallback entry stands for the client's name.
-  dbname: string
-  user?: string
-  password?: string
+// One [databases] entry (also the '*' fallback, whose name is '*'). What the
+// worker reads is its WorkerDatabaseConfig; the rest is the loader's.
+//
+// host: PgBouncer's default is a Unix socket in unix_socket_dir; without a
+// host we connect over TCP to 127.0.0.1, which is where that socket's server
+// listens in nearly every setup and works the same in containers.
+// dbname: defaults to name; '*' in the fallback entry stands for the client's name.
+export interface DatabaseConfig extends WorkerDatabaseConfig {
   authUser?: string
-  poolSize?: number
-  minPoolSize?: number
-  reservePoolSize?: number
-  poolMode?: PoolMode
-  maxDbConnections?: number
-  connectQuery?: string
-  clientEncoding?: string
-  datestyle?: string
-  timezone?: string
-  applicationName?: string
   // Accepted, not implemented yet (see DATABASE_PARAMS).
   authDbname?: string
   authQuery?: string
@@ -88,11 +78,7 @@ export interface DatabaseConfig {
   file?: string
 }
 
-export interface UserConfig {
-  name: string
-  poolMode?: PoolMode
-  maxUserConnections?: number
-  poolSize?: number
+export interface UserConfig extends WorkerUserConfig {
   // Accepted, not implemented yet (see USER_PARAMS).
   reservePoolSize?: number
   maxUserClientConnections?: number

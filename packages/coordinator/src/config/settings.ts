@@ -9,10 +9,13 @@
 // enums case-insensitive. PgBouncer's booleans are integers (0 = off); we also
 // take yes/no/on/off/true/false, which PgBouncer itself would reject.
 
-export type PoolMode = 'session' | 'transaction' | 'statement'
-// cert, hba and pam are recognised so the error can say "not supported by this
-// version" rather than "unknown value"; config.ts refuses them.
-export type AuthType = 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert' | 'hba' | 'pam'
+// The worker reads the validated config: the types it needs are its own and
+// the loader's extend them. cert, hba and pam are recognised so the error can
+// say "not supported by this version" rather than "unknown value"; config.ts
+// refuses them.
+import type { AuthType, PoolMode } from '@pgbouncer-cluster/worker'
+
+export type { AuthType, PoolMode }
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
 
 export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement']
@@ -174,8 +177,8 @@ const AUTH_QUERY =
 
 // biome-ignore format: one row per setting reads as a table
 const ROWS: Row[] = [
-  ['admin_users', 'list', [], Y],
-  ['application_name_add_host', 'bool', false, Y],
+  ['admin_users', 'list', [], N],
+  ['application_name_add_host', 'bool', false, N],
   ['auth_dbname', 'string', null, N, NULLABLE],
   ['auth_file', 'string', null, Y, NULLABLE],
   ['auth_hba_file', 'string', '', N],
@@ -211,7 +214,7 @@ const ROWS: Row[] = [
   ['listen_port', 'int', 6432, Y, { reloadable: false, max: 65535 }],
   ['log_connections', 'bool', true, Y],
   ['log_disconnections', 'bool', true, Y],
-  ['log_pooler_errors', 'bool', true, Y],
+  ['log_pooler_errors', 'bool', true, N],
   ['log_stats', 'bool', true, N],
   ['logfile', 'string', '', Y],
   ['login_notify_message', 'string', '', N], // newer than 1.24
@@ -225,7 +228,7 @@ const ROWS: Row[] = [
   ['min_pool_size', 'int', 0, Y],
   ['peer_id', 'int', 0, N, { max: 16383 }],
   ['pidfile', 'string', '', Y, NO_RELOAD],
-  ['pkt_buf', 'int', 4096, Y, { reloadable: false, min: 1 }],
+  ['pkt_buf', 'int', 4096, N, { reloadable: false, min: 1 }],
   ['pool_idle_timeout', 'seconds', 0, N], // newer than 1.24
   ['pool_mode', 'enum', 'session', Y, { values: POOL_MODES }],
   ['query_timeout', 'seconds', 0, N],
@@ -255,26 +258,26 @@ const ROWS: Row[] = [
   ['server_tls_sslmode', 'enum', 'prefer', N, { values: SSL_MODES }], // 1.18: disable
   ['service_name', 'string', null, N, { nullable: true, reloadable: false }], // Windows alias of job_name
   ['so_reuseport', 'bool', false, Y, NO_RELOAD],
-  ['stats_period', 'int', 60, Y, { min: 1 }],
-  ['stats_users', 'list', [], Y],
+  ['stats_period', 'int', 60, N, { min: 1 }],
+  ['stats_users', 'list', [], N],
   ['suspend_timeout', 'seconds', 10, N],
   ['syslog', 'bool', false, N],
   ['syslog_facility', 'string', 'daemon', N],
   ['syslog_ident', 'string', 'pgbouncer', N],
   ['tcp_defer_accept', 'bool', true, N], // Linux default
   ['tcp_keepalive', 'bool', true, Y],
-  ['tcp_keepcnt', 'int', 0, Y],
-  ['tcp_keepidle', 'int', 0, Y],
-  ['tcp_keepintvl', 'int', 0, Y],
+  ['tcp_keepcnt', 'int', 0, N],
+  ['tcp_keepidle', 'int', 0, N],
+  ['tcp_keepintvl', 'int', 0, N],
   ['tcp_socket_buffer', 'int', 0, N],
   ['tcp_user_timeout', 'int', 0, N], // milliseconds
   ['track_extra_parameters', 'list', ['IntervalStyle'], N, NO_RELOAD],
   ['transaction_timeout', 'seconds', 0, N],
-  ['unix_socket_dir', 'string', '/tmp', Y, NO_RELOAD],
+  ['unix_socket_dir', 'string', '/tmp', N, NO_RELOAD],
   ['unix_socket_group', 'string', '', N, NO_RELOAD],
   ['unix_socket_mode', 'int', 0o777, N, NO_RELOAD],
   ['user', 'string', null, N, { nullable: true, reloadable: false }],
-  ['verbose', 'int', 0, Y],
+  ['verbose', 'int', 0, N],
 ]
 
 const camel = (name: string) => name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase())
