@@ -102,12 +102,15 @@ export class PoolerWorker {
     const { host, port } = this.listen
     return new Promise((resolve, reject) => {
       this.listener.once('error', reject)
-      this.listener.listen({ host, port, reusePort: true, backlog: this.settings.listenBacklog }, () => {
-        this.listener.off('error', reject)
-        this.janitor = setInterval(this.tick, JANITOR_INTERVAL_MS)
-        this.send({ type: 'worker-ready', worker: this.id, port })
-        resolve()
-      })
+      this.listener.listen(
+        { host, port, reusePort: true, backlog: this.settings.listenBacklog },
+        () => {
+          this.listener.off('error', reject)
+          this.janitor = setInterval(this.tick, JANITOR_INTERVAL_MS)
+          this.send({ type: 'worker-ready', worker: this.id, port })
+          resolve()
+        },
+      )
     })
   }
 

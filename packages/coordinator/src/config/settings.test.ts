@@ -173,11 +173,23 @@ describe('settings table', () => {
 
   test('implementedSettings lists the honoured subset', () => {
     const impl = implementedSettings()
-    for (const name of ['listen_port', 'pool_mode', 'tcp_keepalive', 'listen_backlog', 'auth_file']) {
+    for (const name of [
+      'listen_port',
+      'pool_mode',
+      'tcp_keepalive',
+      'listen_backlog',
+      'auth_file',
+    ]) {
       assert.ok(impl.has(name), name)
     }
     // No admin console, unix socket or TLS yet: those files get the one warning.
-    for (const name of ['server_tls_sslmode', 'auth_user', 'admin_users', 'unix_socket_dir', 'syslog']) {
+    for (const name of [
+      'server_tls_sslmode',
+      'auth_user',
+      'admin_users',
+      'unix_socket_dir',
+      'syslog',
+    ]) {
       assert.ok(!impl.has(name), name)
     }
     for (const name of impl) assert.ok(SETTINGS_BY_NAME.has(name))
