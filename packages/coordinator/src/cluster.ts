@@ -9,6 +9,7 @@ import {
 import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
+import { AdminConsole } from './admin.ts'
 import { Breakers } from './breaker.ts'
 import { type Config, ConfigError } from './config/config.ts'
 import { SlotRegistry } from './registry.ts'
@@ -59,6 +60,7 @@ export class Cluster {
   private stopping: Promise<void> | null = null
   private readonly done = Promise.withResolvers<number>()
   private readonly breakers: Breakers
+  private readonly admin: AdminConsole
 
   constructor(options: ClusterOptions) {
     this.options = options
@@ -74,6 +76,20 @@ export class Cluster {
       broadcast: (msg) => {
         for (const slot of this.slots) this.sendTo(slot.thread, msg)
       },
+    })
+    this.admin = new AdminConsole({
+      log: this.log,
+      config: () => this.config,
+      workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
+      send: (worker, msg) => this.sendTo(this.slots[worker]?.thread ?? null, msg),
+      reload: () => this.reload(),
+      shutdown: () => this.shutdown(),
+      pools: () =>
+        [...this.registry.entries()].map(([key]) => {
+          const [database, user] = key.split('\u0000')
+          return { database, user }
+        }),
+      port: () => this.listen.port,
     })
   }
 
@@ -97,6 +113,10 @@ export class Cluster {
       listenAddr === '*' || listenAddr === '' ? '0.0.0.0' : listenAddr.split(',')[0].trim()
     // Every worker must bind the same port; an ephemeral one is chosen once, here.
     const port = listenPort === 0 ? await freePort(host) : listenPort
+    // Our workers always share the port (SO_REUSEPORT), which would also let
+    // them join another process already listening there. Unless so_reuseport
+    // asks for exactly that, a port in use is an error, as it is for PgBouncer.
+    if (listenPort !== 0 && !this.config.settings.soReuseport) await assertPortFree(host, port)
     this.listen = { host, port }
     for (let id = 0; id < this.options.workers; id++) {
       this.slots.push({
@@ -182,6 +202,11 @@ export class Cluster {
     return true
   }
 
+  /** The admin console's SHUTDOWN: PgBouncer stops at once, and the process exits 0. */
+  shutdown(): void {
+    void this.stop('fast', 0).then(() => this.done.resolve(0))
+  }
+
   stop(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
     this.stopping ??= this.stopWorkers(mode, timeoutMs)
     return this.stopping
@@ -190,6 +215,7 @@ export class Cluster {
   private async stopWorkers(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
     process.off('SIGHUP', this.onReloadSignal)
     this.breakers.close()
+    this.admin.close()
     const exits = this.slots.map((slot) => {
       slot.stopped = true
       const thread = slot.thread
@@ -233,6 +259,8 @@ export class Cluster {
     thread.on('exit', (code) => this.onWorkerExit(id, thread, code))
     // Queued until the thread listens: the breakers open right now.
     for (const msg of this.breakers.messages()) this.sendTo(thread, msg)
+    // A worker (re)started under PAUSE or KILL starts paused too.
+    for (const msg of this.admin.stateMessages()) this.sendTo(thread, msg)
   }
 
   private onWorkerExit(id: number, thread: Worker, code: number): void {
@@ -243,6 +271,7 @@ export class Cluster {
     // Its clients and servers died with its sockets; none was handed to anyone.
     const reclaimed = this.shared.reclaimWorker(id)
     this.breakers.workerDied()
+    this.admin.workerGone(id)
     if (slot.stopped) return
     if (slot.starting) {
       slot.ready?.reject(new Error(`worker ${id} exited with code ${code} before it listened`))
@@ -312,6 +341,15 @@ export class Cluster {
           this.breakers.loginFailed(slots.databaseSlot, msg.database, msg.sqlstate, msg.message)
         return
       }
+      case 'admin-request':
+        this.admin.onRequest(msg)
+        return
+      case 'stats':
+        this.admin.onStats(msg)
+        return
+      case 'paused':
+        this.admin.onPaused(msg)
+        return
       case 'server-login-ok': {
         const slots = this.registry.slotsFor(msg.database, msg.user)
         if (slots !== null) this.breakers.loginSucceeded(slots.databaseSlot, msg.database)
@@ -327,6 +365,14 @@ export class Cluster {
     const data = encodeControl(msg)
     thread.postMessage(data, [data.buffer as ArrayBuffer])
   }
+}
+
+function assertPortFree(host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer()
+    probe.once('error', reject)
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()))
+  })
 }
 
 function freePort(host: string): Promise<number> {

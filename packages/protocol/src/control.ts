@@ -36,9 +36,17 @@ export type ControlMessage =
   /** either way: a CancelRequest for a backend key owned by another worker. */
   | { type: 'cancel'; pid: number; secret: number }
   | { type: 'shutdown'; mode: 'fast' | 'graceful'; timeoutMs: number }
-  | { type: 'pause' }
-  | { type: 'resume' }
+  /**
+   * coordinator → workers: PAUSE [db]. Hand out no server, close each one as
+   * it comes free; answer 'paused' once none is left (the admin command waits).
+   */
+  | { type: 'pause'; database?: string }
+  /** worker → coordinator: no server of that PAUSE's scope is left here. */
+  | { type: 'paused'; worker: number; database?: string }
+  | { type: 'resume'; database?: string }
   | { type: 'reconnect'; database?: string }
+  /** coordinator → workers: KILL db, drop its clients and servers now (it stays paused). */
+  | { type: 'kill'; database: string }
   /** worker → coordinator: feeds the circuit breaker. */
   | {
       type: 'server-login-failed'
@@ -48,9 +56,32 @@ export type ControlMessage =
       sqlstate: string
       message: string
     }
-  /** coordinator → workers: SHOW CLIENTS / SERVERS; answered by 'stats' with the same id. */
-  | { type: 'stats-request'; id: number }
-  | { type: 'stats'; id: number; worker: number; clients: unknown[]; servers: unknown[] }
+  /**
+   * coordinator → workers: the admin console's SHOW; answered by 'stats' with
+   * the same id. Pools always; the per-connection rows only for `view`.
+   */
+  | { type: 'stats-request'; id: number; view?: 'clients' | 'servers' }
+  | {
+      type: 'stats'
+      id: number
+      worker: number
+      clients: unknown[]
+      servers: unknown[]
+      pools?: PoolStats[]
+      /** Admin console sessions on this worker and the queries they ran. */
+      admin?: { sessions: number; queries: number }
+    }
+  /** worker → coordinator: a command typed into the admin console (permission already checked). */
+  | { type: 'admin-request'; worker: number; id: number; command: string; arg?: string }
+  /** coordinator → worker: its result; `error` set means an ErrorResponse instead. */
+  | {
+      type: 'admin-reply'
+      id: number
+      tag: string
+      columns: AdminColumn[]
+      rows: (string | null)[][]
+      error?: string
+    }
   /** worker → coordinator: shut down cleanly, about to end. */
   | { type: 'worker-stopped'; worker: number }
   /**
@@ -60,6 +91,55 @@ export type ControlMessage =
   | { type: 'breaker'; database: string; seq: number; sqlstate: string; message: string }
   /** worker → coordinator: a server login succeeded while the breaker counted failures. */
   | { type: 'server-login-ok'; worker: number; database: string; user: string }
+
+/** A result column of the admin console: name and type OID (25 text, 23 int4, 20 int8, 1700 numeric). */
+export type AdminColumn = [name: string, typeOid: number]
+
+/**
+ * One pool as one worker sees it, for SHOW POOLS / STATS / DATABASES / LISTS:
+ * gauges counted from the worker's own objects when asked, totals of the
+ * clients gone plus those still connected. The coordinator sums over workers.
+ */
+export interface PoolStats {
+  database: string
+  user: string
+  mode: string
+  clActive: number
+  clWaiting: number
+  svActive: number
+  svIdle: number
+  svUsed: number
+  svLogin: number
+  svBeingCanceled: number
+  /** How long the oldest waiting client has waited, µs (0: none waits). */
+  maxWaitUs: number
+  xactCount: number
+  queryCount: number
+  bytesReceived: number
+  bytesSent: number
+  xactUs: number
+  queryUs: number
+  waitUs: number
+}
+
+/** One client or server connection for SHOW CLIENTS / SERVERS; times in epoch ms. */
+export interface ConnectionInfo {
+  user: string
+  database: string
+  state: string
+  addr: string
+  port: number
+  localAddr: string
+  localPort: number
+  connectTime: number
+  requestTime: number
+  waitUs: number
+  closeNeeded: boolean
+  ptr: string
+  link: string
+  remotePid: number
+  applicationName: string
+}
 
 export type ControlType = ControlMessage['type']
 export type ControlOf<T extends ControlType> = Extract<ControlMessage, { type: T }>
@@ -95,9 +175,11 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   config: { config: 'object' },
   cancel: { pid: 'int', secret: 'int' },
   shutdown: { mode: ['fast', 'graceful'], timeoutMs: 'uint' },
-  pause: {},
-  resume: {},
+  pause: { database: 'string?' },
+  paused: { worker: 'uint', database: 'string?' },
+  resume: { database: 'string?' },
   reconnect: { database: 'string?' },
+  kill: { database: 'string' },
   'server-login-failed': {
     worker: 'uint',
     database: 'string',
@@ -105,8 +187,28 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     sqlstate: 'string',
     message: 'string',
   },
-  'stats-request': { id: 'uint' },
-  stats: { id: 'uint', worker: 'uint', clients: 'array', servers: 'array' },
+  'stats-request': { id: 'uint', view: 'string?' },
+  stats: {
+    id: 'uint',
+    worker: 'uint',
+    clients: 'array',
+    servers: 'array',
+    pools: 'array?',
+    admin: 'object?',
+  },
+  'admin-request': {
+    worker: 'uint',
+    id: 'uint',
+    command: 'string',
+    arg: 'string?',
+  },
+  'admin-reply': {
+    id: 'uint',
+    tag: 'string',
+    columns: 'array',
+    rows: 'array',
+    error: 'string?',
+  },
   'worker-stopped': { worker: 'uint' },
   breaker: { database: 'string', seq: 'uint', sqlstate: 'string', message: 'string' },
   'server-login-ok': { worker: 'uint', database: 'string', user: 'string' },

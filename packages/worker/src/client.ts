@@ -15,6 +15,7 @@ import {
   readyForQuery,
 } from '@pgbouncer-cluster/protocol/serializer'
 import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
+import { AdminSession } from './admin.ts'
 import { ClientAuth } from './auth.ts'
 import type { DatabaseConfig, PoolMode } from './config-types.ts'
 import { fatal, SqlState, Texts } from './errors.ts'
@@ -31,7 +32,7 @@ import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
 import type { PoolerWorker } from './worker.ts'
 
-export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'closed'
+export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
 
 // What the pass-through path must see of a client's stream: the messages that
 // earn a ReadyForQuery (Query, Sync, FunctionCall), the extended-protocol
@@ -340,6 +341,10 @@ export class ClientSession {
 
   private onLoginData(chunk: Buffer): void {
     if (this.state === 'closed') return
+    if (this.admin !== null) {
+      this.admin.onData(chunk)
+      return
+    }
     const reader = this.loginReader
     if (reader === null) {
       this.early ??= []
@@ -354,7 +359,7 @@ export class ClientSession {
       this.fail(fatal(e.message, e.sqlstate ?? SqlState.ProtocolViolation))
       return
     }
-    if (this.state === 'welcome' || this.state === 'active') {
+    if (this.state === 'welcome' || this.state === 'active' || this.state === 'admin') {
       // Authenticated: what follows is for a server, not for the login reader.
       this.loginReader = null
       const rest = reader.takeRemainder()
@@ -432,8 +437,9 @@ export class ClientSession {
       return
     }
     this.admitted = true
-    const db = this.worker.resolveDatabase(this.database)
-    if (db === null) {
+    const adminConsole = this.worker.isAdminDatabase(this.database)
+    const db = adminConsole ? null : this.worker.resolveDatabase(this.database)
+    if (db === null && !adminConsole) {
       this.fail(fatal(Texts.noSuchDatabase(this.database)))
       return
     }
@@ -462,10 +468,19 @@ export class ClientSession {
       return
     }
     this.auth = null
-    this.state = 'welcome'
+    this.state = this.db === null ? 'admin' : 'welcome'
     if (step.final !== null) this.socket.write(step.final)
-    void this.enterPool(step.scramKeys)
+    if (this.db !== null) {
+      void this.enterPool(step.scramKeys)
+      return
+    }
+    // The virtual database `pgbouncer`: the admin console takes the socket over.
+    if (this.loginTimer !== null) clearTimeout(this.loginTimer)
+    this.admin = new AdminSession(this)
+    this.admin.start()
   }
+
+  private admin: AdminSession | null = null
 
   private async enterPool(
     scramKeys: { clientKey: Buffer; serverKey: Buffer } | null,

@@ -42,6 +42,21 @@ export class Pool {
   /** Recovered from a client's SCRAM exchange when auth_file holds only a secret. */
   scramKeys: { clientKey: Buffer; serverKey: Buffer } | null = null
   lastLoginFailure: { at: number; failure: LoginFailure } | null = null
+  /** PAUSE (or KILL) of the admin console: no server is handed out or opened until RESUME. */
+  paused = false
+  /**
+   * For SHOW STATS: counts of the clients that left (the connected ones' are
+   * added when asked), and times in µs summed where a server is linked and
+   * released. No clock is read per transaction for them: see release().
+   */
+  readonly totals = {
+    xactCount: 0,
+    queryCount: 0,
+    bytesReceived: 0,
+    bytesSent: 0,
+    xactUs: 0,
+    waitUs: 0,
+  }
 
   readonly idle: Server[] = []
   readonly servers = new Set<Server>()
@@ -124,6 +139,16 @@ export class Pool {
     return this.waiting.length - this.waitingHead
   }
 
+  /** Servers between open() and the end of their login (SHOW POOLS sv_login). */
+  get loginCount(): number {
+    return this.loggingIn.size
+  }
+
+  /** When the longest-waiting client started waiting (epoch ms), 0 if none waits. */
+  get oldestWaitingSince(): number {
+    return this.waitingCount > 0 ? this.waiting[this.waitingHead].waitingSince : 0
+  }
+
   /** The password, md5 hash or SCRAM keys to log in to PostgreSQL with. */
   serverSecret(): ServerSecret {
     const stored =
@@ -192,7 +217,8 @@ export class Pool {
       }
       server.close()
     }
-    client.waitingSince = now
+    // Waiting is the slow path: an exact clock for SHOW STATS' wait time is affordable here.
+    client.waitingSince = Date.now()
     this.waiting.push(client)
     this.publishWaiting()
     this.grow()
@@ -218,6 +244,7 @@ export class Pool {
   }
 
   private link(server: Server, client: ClientSession): void {
+    if (client.waitingSince !== 0) this.totals.waitUs += (Date.now() - client.waitingSince) * 1000
     server.state = 'active'
     server.client = client
     server.lastUsed = this.worker.now
@@ -226,6 +253,7 @@ export class Pool {
 
   /** Opens servers while clients wait that no server being opened will serve. */
   private grow(): void {
+    if (this.paused) return
     while (this.waitingCount > this.connecting) {
       if (this.breaker.state() !== BreakerState.closed) {
         this.growThroughBreaker()
@@ -413,6 +441,13 @@ export class Pool {
    * another worker waits for one (invariant 3), else keep it idle.
    */
   release(server: Server): void {
+    // Transaction time on the janitor's clock (it ticks every 100 ms): most
+    // transactions add 0, the few that span a tick add a whole one, and the
+    // sum is the true total — without a clock read per transaction. In
+    // session mode a link lasts the session: not a transaction's time.
+    if (server.client !== null && this.mode !== 'session') {
+      this.totals.xactUs += (this.worker.now - server.lastUsed) * 1000
+    }
     server.client = null
     if (server.state === 'closed') return
     server.state = 'idle'
@@ -498,6 +533,7 @@ export class Pool {
     const min = Math.min(this.minPoolSize, this.poolSize)
     if (
       min > 0 &&
+      !this.paused &&
       this.connecting === 0 &&
       this.sem.used() < min &&
       this.breaker.state() === BreakerState.closed
@@ -534,6 +570,33 @@ export class Pool {
       if (server.state === 'active') server.closeNeeded = true
       else server.close()
     }
+  }
+
+  // ---- admin console ------------------------------------------------------------
+
+  /** PAUSE: clients keep their transactions; every server closes once free, none opens. */
+  pause(): void {
+    this.paused = true
+    this.closeAll()
+  }
+
+  resume(): void {
+    this.paused = false
+    if (this.waitingCount > 0) this.grow()
+  }
+
+  /** KILL: every server goes now, linked or not (the pool's clients were dropped first). */
+  closeNow(): void {
+    for (const server of [...this.servers]) server.close()
+  }
+
+  /** A client of this pool left: its counts join the pool's totals. */
+  retire(client: ClientSession): void {
+    const t = this.totals
+    t.xactCount += client.xactCount
+    t.queryCount += client.queryCount
+    t.bytesReceived += client.bytesReceived
+    t.bytesSent += client.bytesSent
   }
 }
 

@@ -7,6 +7,7 @@ import {
 } from '@pgbouncer-cluster/protocol/control'
 import { cancelRequest } from '@pgbouncer-cluster/protocol/serializer'
 import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
+import { WorkerAdmin } from './admin-state.ts'
 import { ClientSession } from './client.ts'
 import type {
   DatabaseConfig,
@@ -49,9 +50,11 @@ export class PoolerWorker {
   private readonly port: MessagePort
   private readonly listen: { host: string; port: number }
   private readonly listener: net.Server
-  private readonly pools = new Map<string, Pool>()
+  /** Read by the admin console's views (admin-state.ts). */
+  readonly pools = new Map<string, Pool>()
   private readonly poolRequests = new Map<string, PromiseWithResolvers<PoolSlots>>()
-  private readonly sessions = new Map<number, ClientSession>()
+  readonly sessions = new Map<number, ClientSession>()
+  readonly admin: WorkerAdmin
   private nextPid = 1
   private clients = 0
   private janitor: NodeJS.Timeout | null = null
@@ -80,6 +83,7 @@ export class PoolerWorker {
       this.log.error({ err: err.message }, 'listener error')
     })
     port.on('message', this.onControl)
+    this.admin = new WorkerAdmin(this, (msg) => this.send(msg))
   }
 
   get settings(): WorkerSettings {
@@ -137,9 +141,15 @@ export class PoolerWorker {
   /** A session ended; `admitted` sessions also give back their max_client_conn slot. */
   clientClosed(session: ClientSession, admitted: boolean): void {
     this.sessions.delete(session.pid)
+    session.pool?.retire(session)
     if (!admitted) return
     this.clients--
     if (this.settings.maxClientConn > 0) this.shared.clients().release(this.id)
+  }
+
+  /** The admin console's virtual database, unless [databases] claims the name. */
+  isAdminDatabase(name: string): boolean {
+    return name === 'pgbouncer' && !Object.hasOwn(this.config.databases, name)
   }
 
   resolveDatabase(name: string): DatabaseConfig | null {
@@ -172,6 +182,7 @@ export class PoolerWorker {
     let pool = this.pools.get(key)
     if (pool === undefined) {
       pool = new Pool(this, db, user, this.poolModeFor(db, user), slots)
+      pool.paused = this.admin.isPaused(db.name)
       this.pools.set(key, pool)
     }
     return pool
@@ -284,6 +295,21 @@ export class PoolerWorker {
       case 'shutdown':
         void this.shutdown(msg.mode, msg.timeoutMs)
         return
+      case 'pause':
+        this.admin.pause(msg.database)
+        return
+      case 'resume':
+        this.admin.resume(msg.database)
+        return
+      case 'kill':
+        this.admin.kill(msg.database)
+        return
+      case 'stats-request':
+        this.send(this.admin.stats(msg))
+        return
+      case 'admin-reply':
+        this.admin.onReply(msg)
+        return
       default:
         return
     }
@@ -293,6 +319,7 @@ export class PoolerWorker {
     const now = Date.now()
     this.now = now
     for (const pool of this.pools.values()) pool.tick(now)
+    this.admin.checkDrained()
   }
 
   /**

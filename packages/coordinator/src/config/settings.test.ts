@@ -179,17 +179,14 @@ describe('settings table', () => {
       'tcp_keepalive',
       'listen_backlog',
       'auth_file',
+      'admin_users',
+      'stats_users',
+      'stats_period',
     ]) {
       assert.ok(impl.has(name), name)
     }
-    // No admin console, unix socket or TLS yet: those files get the one warning.
-    for (const name of [
-      'server_tls_sslmode',
-      'auth_user',
-      'admin_users',
-      'unix_socket_dir',
-      'syslog',
-    ]) {
+    // No unix socket or TLS yet: those files get the one warning.
+    for (const name of ['server_tls_sslmode', 'auth_user', 'unix_socket_dir', 'syslog']) {
       assert.ok(!impl.has(name), name)
     }
     for (const name of impl) assert.ok(SETTINGS_BY_NAME.has(name))

@@ -177,7 +177,7 @@ const AUTH_QUERY =
 
 // biome-ignore format: one row per setting reads as a table
 const ROWS: Row[] = [
-  ['admin_users', 'list', [], N],
+  ['admin_users', 'list', [], Y],
   ['application_name_add_host', 'bool', false, N],
   ['auth_dbname', 'string', null, N, NULLABLE],
   ['auth_file', 'string', null, Y, NULLABLE],
@@ -258,8 +258,8 @@ const ROWS: Row[] = [
   ['server_tls_sslmode', 'enum', 'prefer', N, { values: SSL_MODES }], // 1.18: disable
   ['service_name', 'string', null, N, { nullable: true, reloadable: false }], // Windows alias of job_name
   ['so_reuseport', 'bool', false, Y, NO_RELOAD],
-  ['stats_period', 'int', 60, N, { min: 1 }],
-  ['stats_users', 'list', [], N],
+  ['stats_period', 'int', 60, Y, { min: 1 }],
+  ['stats_users', 'list', [], Y],
   ['suspend_timeout', 'seconds', 10, N],
   ['syslog', 'bool', false, N],
   ['syslog_facility', 'string', 'daemon', N],

@@ -1,0 +1,419 @@
+import type { AdminColumn, ConnectionInfo, PoolStats } from '@pgbouncer-cluster/protocol/control'
+import { type Config, resolveDatabase } from './config/config.ts'
+import { formatSettingValue, SETTINGS } from './config/settings.ts'
+
+// The admin console's SHOW views, with PgBouncer 1.18's column names, types
+// and order (tooling such as pgbouncer_exporter reads them by name), built
+// from the workers' reports summed over the cluster.
+
+export type Row = (string | null)[]
+export interface View {
+  columns: AdminColumn[]
+  rows: Row[]
+}
+
+const TEXT = 25
+const INT4 = 23
+const INT8 = 20
+const NUMERIC = 1700
+
+const cols = (type: number, ...names: string[]): AdminColumn[] => names.map((n) => [n, type])
+
+export const ADMIN_DATABASE = 'pgbouncer'
+/** What PgBouncer's console reports as its own pool and user. */
+const ADMIN_USER = 'pgbouncer'
+
+export const COLUMNS = {
+  pools: [
+    ...cols(TEXT, 'database', 'user'),
+    ...cols(
+      INT4,
+      'cl_active',
+      'cl_waiting',
+      'cl_active_cancel_req',
+      'cl_waiting_cancel_req',
+      'sv_active',
+      'sv_active_cancel',
+      'sv_being_canceled',
+      'sv_idle',
+      'sv_used',
+      'sv_tested',
+      'sv_login',
+      'maxwait',
+      'maxwait_us',
+    ),
+    ...cols(TEXT, 'pool_mode'),
+  ],
+  stats: [
+    ...cols(TEXT, 'database'),
+    ...cols(
+      NUMERIC,
+      'total_xact_count',
+      'total_query_count',
+      'total_received',
+      'total_sent',
+      'total_xact_time',
+      'total_query_time',
+      'total_wait_time',
+      'avg_xact_count',
+      'avg_query_count',
+      'avg_recv',
+      'avg_sent',
+      'avg_xact_time',
+      'avg_query_time',
+      'avg_wait_time',
+    ),
+  ],
+  statsPart: [
+    ...cols(TEXT, 'database'),
+    ...cols(
+      NUMERIC,
+      'xact_count',
+      'query_count',
+      'bytes_received',
+      'bytes_sent',
+      'xact_time',
+      'query_time',
+      'wait_time',
+    ),
+  ],
+  totals: [...cols(TEXT, 'name'), ...cols(NUMERIC, 'value')],
+  connections: [
+    ...cols(TEXT, 'type', 'user', 'database', 'state', 'addr'),
+    ...cols(INT4, 'port'),
+    ...cols(TEXT, 'local_addr'),
+    ...cols(INT4, 'local_port'),
+    ...cols(TEXT, 'connect_time', 'request_time'),
+    ...cols(INT4, 'wait', 'wait_us', 'close_needed'),
+    ...cols(TEXT, 'ptr', 'link'),
+    ...cols(INT4, 'remote_pid'),
+    ...cols(TEXT, 'tls', 'application_name'),
+  ],
+  databases: [
+    ...cols(TEXT, 'name', 'host'),
+    ...cols(INT4, 'port'),
+    ...cols(TEXT, 'database', 'force_user'),
+    ...cols(INT4, 'pool_size', 'min_pool_size', 'reserve_pool'),
+    ...cols(TEXT, 'pool_mode'),
+    ...cols(INT4, 'max_connections', 'current_connections', 'paused', 'disabled'),
+  ],
+  config: cols(TEXT, 'key', 'value', 'default', 'changeable'),
+  lists: [...cols(TEXT, 'list'), ...cols(INT4, 'items')],
+  users: cols(TEXT, 'name', 'pool_mode'),
+  version: cols(TEXT, 'version'),
+  dnsHosts: [...cols(TEXT, 'hostname'), ...cols(INT8, 'ttl'), ...cols(TEXT, 'addrs')],
+  dnsZones: [...cols(TEXT, 'zonename'), ...cols(INT8, 'serial'), ...cols(INT4, 'count')],
+} as const satisfies Record<string, AdminColumn[]>
+
+/** One SHOW STATS line: the counters of a database (or of all), as totals or per-period averages. */
+export interface StatLine {
+  xactCount: number
+  queryCount: number
+  bytesReceived: number
+  bytesSent: number
+  xactUs: number
+  queryUs: number
+  waitUs: number
+}
+
+export const ZERO_STATS: StatLine = {
+  xactCount: 0,
+  queryCount: 0,
+  bytesReceived: 0,
+  bytesSent: 0,
+  xactUs: 0,
+  queryUs: 0,
+  waitUs: 0,
+}
+
+/** What the workers reported, summed: pools by (database, user), plus the console itself. */
+export interface ClusterStats {
+  pools: PoolStats[]
+  adminSessions: number
+  adminQueries: number
+}
+
+const num = (n: number) => String(Math.round(n))
+const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0)
+
+/** Every worker's pools summed into one row per (database, user), sorted as PgBouncer lists them. */
+export function mergePools(reports: PoolStats[][]): PoolStats[] {
+  const merged = new Map<string, PoolStats>()
+  for (const pools of reports) {
+    for (const p of pools) {
+      const key = `${p.database}\u0000${p.user}`
+      const m = merged.get(key)
+      if (m === undefined) {
+        merged.set(key, { ...p })
+        continue
+      }
+      for (const k of SUMMED) m[k] += p[k]
+      m.maxWaitUs = Math.max(m.maxWaitUs, p.maxWaitUs)
+    }
+  }
+  return [...merged.values()].sort(
+    (a, b) => byName(a.database, b.database) || byName(a.user, b.user),
+  )
+}
+
+const SUMMED = [
+  'clActive',
+  'clWaiting',
+  'svActive',
+  'svIdle',
+  'svUsed',
+  'svLogin',
+  'svBeingCanceled',
+  'xactCount',
+  'queryCount',
+  'bytesReceived',
+  'bytesSent',
+  'xactUs',
+  'queryUs',
+  'waitUs',
+] as const satisfies (keyof PoolStats)[]
+
+/** Per database (and '' for all of them): the totals SHOW STATS starts from. */
+export function statTotals(stats: ClusterStats): Map<string, StatLine> {
+  const out = new Map<string, StatLine>()
+  const add = (key: string, s: StatLine) => {
+    const line = out.get(key) ?? { ...ZERO_STATS }
+    for (const k of Object.keys(ZERO_STATS) as (keyof StatLine)[]) line[k] += s[k]
+    out.set(key, line)
+  }
+  for (const p of stats.pools) {
+    add(p.database, p)
+    add('', p)
+  }
+  // PgBouncer counts each console command as a query and a transaction of its own database.
+  const admin = { ...ZERO_STATS, xactCount: stats.adminQueries, queryCount: stats.adminQueries }
+  add(ADMIN_DATABASE, admin)
+  add('', admin)
+  return out
+}
+
+/** PgBouncer's averages over one stats_period: counts per second, times per transaction or query. */
+export function averages(now: StatLine, before: StatLine, seconds: number): StatLine {
+  const d = (k: keyof StatLine) => now[k] - before[k]
+  const xacts = d('xactCount')
+  const queries = d('queryCount')
+  return {
+    xactCount: xacts / seconds,
+    queryCount: queries / seconds,
+    bytesReceived: d('bytesReceived') / seconds,
+    bytesSent: d('bytesSent') / seconds,
+    xactUs: xacts > 0 ? d('xactUs') / xacts : 0,
+    queryUs: queries > 0 ? d('queryUs') / queries : 0,
+    waitUs: d('waitUs') / seconds,
+  }
+}
+
+const statValues = (s: StatLine): string[] => [
+  num(s.xactCount),
+  num(s.queryCount),
+  num(s.bytesReceived),
+  num(s.bytesSent),
+  num(s.xactUs),
+  num(s.queryUs),
+  num(s.waitUs),
+]
+
+export function showPools(stats: ClusterStats): View {
+  const rows: Row[] = stats.pools.map((p) => {
+    // Cancel requests and server checks have no state of their own here: those columns stay 0.
+    const counts = [
+      p.clActive,
+      p.clWaiting,
+      0,
+      0,
+      p.svActive,
+      0,
+      p.svBeingCanceled,
+      p.svIdle,
+      p.svUsed,
+      0,
+      p.svLogin,
+      Math.floor(p.maxWaitUs / 1e6),
+      Math.floor(p.maxWaitUs % 1e6),
+    ]
+    return [p.database, p.user, ...counts.map(num), p.mode]
+  })
+  rows.push(adminPoolRow(stats.adminSessions))
+  rows.sort((a, b) => byName(a[0]!, b[0]!) || byName(a[1]!, b[1]!))
+  return { columns: COLUMNS.pools, rows }
+}
+
+function adminPoolRow(sessions: number): Row {
+  const zeros = Array.from({ length: 12 }, () => '0')
+  return [ADMIN_DATABASE, ADMIN_USER, String(sessions), ...zeros, 'statement']
+}
+
+export function showStats(
+  totals: Map<string, StatLine>,
+  avgs: Map<string, StatLine>,
+  kind: 'stats' | 'totals' | 'averages',
+): View {
+  const names = [...totals.keys()].filter((k) => k !== '').sort(byName)
+  const rows = names.map((name) => {
+    const total = totals.get(name)!
+    const avg = avgs.get(name) ?? ZERO_STATS
+    if (kind === 'totals') return [name, ...statValues(total)]
+    if (kind === 'averages') return [name, ...statValues(avg)]
+    return [name, ...statValues(total), ...statValues(avg)]
+  })
+  return { columns: kind === 'stats' ? COLUMNS.stats : COLUMNS.statsPart, rows }
+}
+
+export function showTotals(total: StatLine, avg: StatLine): View {
+  const [t, a] = [statValues(total), statValues(avg)]
+  const names = ['xact_count', 'query_count', 'client_bytes', 'server_bytes']
+  const times = ['xact_time', 'query_time', 'wait_time']
+  const rows: Row[] = []
+  for (const [prefix, values] of [
+    ['total', t],
+    ['avg', a],
+  ] as const) {
+    ;[...names, ...times].forEach((n, i) => {
+      rows.push([`${prefix}_${n}`, values[i]])
+    })
+  }
+  return { columns: COLUMNS.totals, rows }
+}
+
+/** PgBouncer's time format in SHOW CLIENTS / SERVERS. */
+export function formatTime(ms: number): string {
+  return `${new Date(ms).toISOString().slice(0, 19).replace('T', ' ')} UTC`
+}
+
+export function showConnections(type: 'C' | 'S', list: ConnectionInfo[]): View {
+  const rows: Row[] = list.map((c) => [
+    type,
+    c.user,
+    c.database,
+    c.state,
+    c.addr,
+    String(c.port),
+    c.localAddr,
+    String(c.localPort),
+    formatTime(c.connectTime),
+    formatTime(c.requestTime),
+    String(Math.floor(c.waitUs / 1e6)),
+    String(Math.floor(c.waitUs % 1e6)),
+    c.closeNeeded ? '1' : '0',
+    c.ptr,
+    c.link,
+    String(c.remotePid),
+    '',
+    c.applicationName,
+  ])
+  return { columns: COLUMNS.connections, rows }
+}
+
+/** Configured databases, those the '*' entry made, and the console itself. */
+export function showDatabases(
+  config: Config,
+  names: Iterable<string>,
+  pools: PoolStats[],
+  paused: ReadonlySet<string>,
+  listenPort: number,
+): View {
+  const s = config.settings
+  const connections = new Map<string, number>()
+  for (const p of pools) {
+    const n = p.svActive + p.svIdle + p.svUsed + p.svLogin + p.svBeingCanceled
+    connections.set(p.database, (connections.get(p.database) ?? 0) + n)
+  }
+  const rows: Row[] = []
+  for (const name of new Set(names)) {
+    const db = resolveDatabase(config, name)
+    if (db === null) continue
+    rows.push([
+      name,
+      db.host,
+      String(db.port),
+      db.dbname,
+      db.user ?? null,
+      String(db.poolSize ?? s.defaultPoolSize),
+      String(db.minPoolSize ?? s.minPoolSize),
+      String(db.reservePoolSize ?? s.reservePoolSize),
+      db.poolMode ?? null,
+      String(db.maxDbConnections ?? s.maxDbConnections),
+      String(connections.get(name) ?? 0),
+      paused.has(name) ? '1' : '0',
+      '0',
+    ])
+  }
+  rows.push([
+    ADMIN_DATABASE,
+    null,
+    String(listenPort),
+    ADMIN_DATABASE,
+    ADMIN_USER,
+    '2',
+    '0',
+    '0',
+    'statement',
+    '0',
+    '0',
+    '0',
+    '0',
+  ])
+  rows.sort((a, b) => byName(a[0]!, b[0]!))
+  return { columns: COLUMNS.databases, rows }
+}
+
+/** auth_file and [users] names, the users pools were made for, and the console's own. */
+export function userNames(config: Config, poolUsers: Iterable<string>): string[] {
+  return [
+    ...new Set([
+      ...Object.keys(config.authUsers),
+      ...Object.keys(config.users),
+      ...poolUsers,
+      ADMIN_USER,
+    ]),
+  ].sort(byName)
+}
+
+export function showUsers(config: Config, names: string[]): View {
+  const rows = names.map((name) => [name, config.users[name]?.poolMode ?? null])
+  return { columns: COLUMNS.users, rows }
+}
+
+export function showConfig(config: Config): View {
+  const current = config.settings as unknown as Record<string, unknown>
+  const text = (v: unknown) =>
+    v === null ? null : formatSettingValue(v as Parameters<typeof formatSettingValue>[0])
+  const rows = [...SETTINGS]
+    .sort((a, b) => byName(a.name, b.name))
+    .map((spec) => [
+      spec.name,
+      text(current[spec.prop] ?? null),
+      text(spec.default),
+      spec.reloadable ? 'yes' : 'no',
+    ])
+  return { columns: COLUMNS.config, rows }
+}
+
+export function showLists(counts: {
+  databases: number
+  users: number
+  pools: number
+  clients: number
+  servers: number
+}): View {
+  const rows: [string, number][] = [
+    ['databases', counts.databases],
+    ['users', counts.users],
+    ['pools', counts.pools],
+    ['free_clients', 0],
+    ['used_clients', counts.clients],
+    ['login_clients', 0],
+    ['free_servers', 0],
+    ['used_servers', counts.servers],
+    ['dns_names', 0],
+    ['dns_zones', 0],
+    ['dns_queries', 0],
+    ['dns_pending', 0],
+  ]
+  return { columns: COLUMNS.lists, rows: rows.map(([name, n]) => [name, String(n)]) }
+}

@@ -1,0 +1,383 @@
+import { readFileSync } from 'node:fs'
+import type { ConnectionInfo, ControlMessage, ControlOf } from '@pgbouncer-cluster/protocol/control'
+import type { Logger } from '@pgbouncer-cluster/worker/log'
+import {
+  ADMIN_DATABASE,
+  averages,
+  type ClusterStats,
+  COLUMNS,
+  mergePools,
+  type StatLine,
+  showConfig,
+  showConnections,
+  showDatabases,
+  showLists,
+  showPools,
+  showStats,
+  showTotals,
+  showUsers,
+  statTotals,
+  userNames,
+  type View,
+  ZERO_STATS,
+} from './admin-views.ts'
+import type { Config } from './config/config.ts'
+
+/** What the console needs of the cluster it runs in. */
+export interface AdminHost {
+  readonly log: Logger
+  config(): Config
+  /** Ids of the workers with a live thread. */
+  workers(): number[]
+  send(worker: number, msg: ControlMessage): void
+  /** The RELOAD command: false when the file could not be used (logged, nothing changed). */
+  reload(): boolean
+  /** The SHUTDOWN command: stop at once and exit 0. */
+  shutdown(): void
+  /** Pools the registry has handed slots to (databases the '*' entry made included). */
+  pools(): Iterable<{ database: string; user: string }>
+  port(): number
+}
+
+type Result = Omit<ControlOf<'admin-reply'>, 'type' | 'id'>
+
+/** A worker that does not answer a SHOW in time is left out of it rather than hanging the console. */
+const GATHER_TIMEOUT_MS = 2000
+
+const VERSION: string = JSON.parse(
+  readFileSync(new URL('../package.json', import.meta.url), 'utf8'),
+).version
+
+/**
+ * The coordinator's half of PgBouncer's admin console. A worker's admin
+ * session sends each command here ('admin-request'); SHOW asks every worker
+ * for its share ('stats-request' → 'stats') and answers one row per pool
+ * summed over workers; PAUSE, RESUME, RECONNECT and KILL are broadcast, PAUSE
+ * answering once every worker reports its servers gone ('paused').
+ */
+export class AdminConsole {
+  private readonly host: AdminHost
+  private pausedAll = false
+  private readonly pausedDbs = new Set<string>()
+  private nextId = 1
+  private readonly gathers = new Map<
+    number,
+    { waiting: Set<number>; reports: ControlOf<'stats'>[]; done: () => void }
+  >()
+  private pauses: { database: string | undefined; waiting: Set<number>; done: () => void }[] = []
+  /** SHOW STATS averages: the totals at the start of the last stats_period, and its result. */
+  private sample = { at: Date.now(), totals: new Map<string, StatLine>() }
+  private averages = new Map<string, StatLine>()
+  private sampler: NodeJS.Timeout | null = null
+
+  constructor(host: AdminHost) {
+    this.host = host
+    this.scheduleSample()
+  }
+
+  close(): void {
+    if (this.sampler !== null) clearTimeout(this.sampler)
+    this.sampler = null
+  }
+
+  /** For a worker (re)started while PAUSE or KILL holds: the state it must start in. */
+  stateMessages(): ControlMessage[] {
+    const out: ControlMessage[] = []
+    if (this.pausedAll) out.push({ type: 'pause' })
+    for (const database of this.pausedDbs) out.push({ type: 'pause', database })
+    return out
+  }
+
+  // ---- messages from workers ---------------------------------------------------
+
+  onRequest(msg: ControlOf<'admin-request'>): void {
+    void this.run(msg.command, msg.arg).then(
+      (result) => {
+        if (result !== null)
+          this.host.send(msg.worker, { type: 'admin-reply', id: msg.id, ...result })
+      },
+      (err: Error) => {
+        this.host.log.error({ err: err.message, command: msg.command }, 'admin command failed')
+        this.host.send(msg.worker, { type: 'admin-reply', id: msg.id, ...fail(err.message) })
+      },
+    )
+  }
+
+  onStats(msg: ControlOf<'stats'>): void {
+    const gather = this.gathers.get(msg.id)
+    if (gather === undefined) return
+    gather.reports.push(msg)
+    gather.waiting.delete(msg.worker)
+    if (gather.waiting.size === 0) gather.done()
+  }
+
+  onPaused(msg: ControlOf<'paused'>): void {
+    for (const p of this.pauses) {
+      if (p.database === msg.database && p.waiting.delete(msg.worker) && p.waiting.size === 0)
+        p.done()
+    }
+    this.pauses = this.pauses.filter((p) => p.waiting.size > 0)
+  }
+
+  /** A worker died: nothing it owed is coming; its clients and servers died with it. */
+  workerGone(worker: number): void {
+    for (const g of this.gathers.values()) {
+      if (g.waiting.delete(worker) && g.waiting.size === 0) g.done()
+    }
+    for (const p of this.pauses) {
+      if (p.waiting.delete(worker) && p.waiting.size === 0) p.done()
+    }
+    this.pauses = this.pauses.filter((p) => p.waiting.size > 0)
+  }
+
+  // ---- commands -------------------------------------------------------------------
+
+  /** The result to send back, or null when there is no one left to send it to (SHUTDOWN). */
+  private async run(command: string, arg: string | undefined): Promise<Result | null> {
+    switch (command) {
+      case 'SHOW':
+        return this.show(arg ?? '')
+      case 'PAUSE':
+        return this.pause(arg)
+      case 'RESUME':
+        return this.resume(arg)
+      case 'RECONNECT': {
+        const refused = this.checkDatabase(arg, 'reconnect')
+        if (refused !== null) return refused
+        this.broadcast(
+          arg === undefined ? { type: 'reconnect' } : { type: 'reconnect', database: arg },
+        )
+        return done('RECONNECT')
+      }
+      case 'KILL': {
+        if (arg === undefined) return fail('a database is required')
+        const refused = this.checkDatabase(arg, 'kill')
+        if (refused !== null) return refused
+        this.pausedDbs.add(arg)
+        this.broadcast({ type: 'kill', database: arg })
+        this.host.log.info({ database: arg }, 'KILL: clients and servers of the database dropped')
+        return done('KILL')
+      }
+      case 'RELOAD':
+        // As PgBouncer: a file that cannot be used is logged, the command still succeeds.
+        this.host.reload()
+        return done('RELOAD')
+      case 'SHUTDOWN':
+        this.host.log.info('SHUTDOWN command issued')
+        this.host.shutdown()
+        return null
+      default:
+        return fail(`invalid command '${command}', use SHOW HELP;`)
+    }
+  }
+
+  private async pause(database: string | undefined): Promise<Result> {
+    const refused = this.checkDatabase(database, 'pause')
+    if (refused !== null) return refused
+    if (this.pausedAll) return fail('already suspended/paused')
+    if (database === undefined) this.pausedAll = true
+    else this.pausedDbs.add(database)
+    const workers = this.host.workers()
+    const drained = Promise.withResolvers<void>()
+    if (workers.length === 0) drained.resolve()
+    else this.pauses.push({ database, waiting: new Set(workers), done: drained.resolve })
+    this.broadcast(database === undefined ? { type: 'pause' } : { type: 'pause', database })
+    this.host.log.info({ database }, 'PAUSE: waiting for servers to be released')
+    // As PgBouncer, the command returns once every server of the scope is closed.
+    await drained.promise
+    return done('PAUSE')
+  }
+
+  private resume(database: string | undefined): Result {
+    if (database === undefined) {
+      if (!this.pausedAll) return fail('pooler is not paused/suspended')
+      this.pausedAll = false
+      this.broadcast({ type: 'resume' })
+    } else {
+      if (database !== ADMIN_DATABASE && !this.knownDatabase(database))
+        return fail(`no such database: ${database}`)
+      if (!this.pausedDbs.delete(database)) return fail(`database ${database} is not paused`)
+      this.broadcast({ type: 'resume', database })
+    }
+    this.host.log.info({ database }, 'RESUME')
+    return done('RESUME')
+  }
+
+  private checkDatabase(database: string | undefined, verb: string): Result | null {
+    if (database === undefined) return null
+    if (database === ADMIN_DATABASE) return fail(`cannot ${verb} admin db: ${database}`)
+    if (!this.knownDatabase(database)) return fail(`no such database: ${database}`)
+    return null
+  }
+
+  private knownDatabase(name: string): boolean {
+    if (Object.hasOwn(this.host.config().databases, name)) return true
+    for (const p of this.host.pools()) if (p.database === name) return true
+    return false
+  }
+
+  private broadcast(msg: ControlMessage): void {
+    for (const worker of this.host.workers()) this.host.send(worker, msg)
+  }
+
+  // ---- SHOW -------------------------------------------------------------------------
+
+  private async show(what: string): Promise<Result> {
+    const config = this.host.config()
+    switch (what) {
+      case 'VERSION':
+        return view({
+          columns: COLUMNS.version,
+          rows: [[`PgBouncer 1.18.0 (pgbouncer-cluster ${VERSION})`]],
+        })
+      case 'CONFIG':
+        return view(showConfig(config))
+      case 'DNS_HOSTS':
+        return view({ columns: COLUMNS.dnsHosts, rows: [] })
+      case 'DNS_ZONES':
+        return view({ columns: COLUMNS.dnsZones, rows: [] })
+      case 'CLIENTS':
+      case 'SERVERS': {
+        const reports = await this.gather(what === 'CLIENTS' ? 'clients' : 'servers')
+        const list = reports.flatMap((r) => (what === 'CLIENTS' ? r.clients : r.servers))
+        return view(showConnections(what === 'CLIENTS' ? 'C' : 'S', list as ConnectionInfo[]))
+      }
+      default:
+        break
+    }
+    const stats = await this.clusterStats()
+    switch (what) {
+      case 'POOLS':
+        return view(showPools(stats))
+      case 'STATS':
+      case 'STATS_TOTALS':
+      case 'STATS_AVERAGES': {
+        const kind = what === 'STATS' ? 'stats' : what === 'STATS_TOTALS' ? 'totals' : 'averages'
+        return view(showStats(statTotals(stats), this.averages, kind))
+      }
+      case 'TOTALS': {
+        const all = statTotals(stats).get('') ?? ZERO_STATS
+        return view(showTotals(all, this.averages.get('') ?? ZERO_STATS))
+      }
+      case 'DATABASES':
+        return view(
+          showDatabases(
+            config,
+            this.databaseNames(stats),
+            stats.pools,
+            this.pausedDbs,
+            this.host.port(),
+          ),
+        )
+      case 'USERS':
+        return view(showUsers(config, this.userNames(stats)))
+      case 'LISTS': {
+        let clients = stats.adminSessions
+        let servers = 0
+        for (const p of stats.pools) {
+          clients += p.clActive + p.clWaiting
+          servers += p.svActive + p.svIdle + p.svUsed + p.svLogin + p.svBeingCanceled
+        }
+        return view(
+          showLists({
+            databases: new Set(this.databaseNames(stats)).size + 1,
+            users: this.userNames(stats).length,
+            pools: stats.pools.length + 1,
+            clients,
+            servers,
+          }),
+        )
+      }
+      default:
+        return fail(`invalid command 'SHOW ${what}', use SHOW HELP;`)
+    }
+  }
+
+  private databaseNames(stats: ClusterStats): string[] {
+    return [
+      ...Object.keys(this.host.config().databases),
+      ...[...this.host.pools()].map((p) => p.database),
+      ...stats.pools.map((p) => p.database),
+    ]
+  }
+
+  private userNames(stats: ClusterStats): string[] {
+    const users = [...[...this.host.pools()].map((p) => p.user), ...stats.pools.map((p) => p.user)]
+    return userNames(this.host.config(), users)
+  }
+
+  private async clusterStats(): Promise<ClusterStats> {
+    const reports = await this.gather(undefined)
+    let adminSessions = 0
+    let adminQueries = 0
+    for (const r of reports) {
+      adminSessions += r.admin?.sessions ?? 0
+      adminQueries += r.admin?.queries ?? 0
+    }
+    return { pools: mergePools(reports.map((r) => r.pools ?? [])), adminSessions, adminQueries }
+  }
+
+  /** Every live worker's share, or what arrived within the timeout. */
+  private gather(view: 'clients' | 'servers' | undefined): Promise<ControlOf<'stats'>[]> {
+    const workers = this.host.workers()
+    if (workers.length === 0) return Promise.resolve([])
+    const id = this.nextId++
+    const { promise, resolve } = Promise.withResolvers<ControlOf<'stats'>[]>()
+    const reports: ControlOf<'stats'>[] = []
+    const timer = setTimeout(() => {
+      this.host.log.warn({ missing: [...gather.waiting] }, 'admin: workers did not answer in time')
+      gather.done()
+    }, GATHER_TIMEOUT_MS)
+    const gather = {
+      waiting: new Set(workers),
+      reports,
+      done: () => {
+        clearTimeout(timer)
+        this.gathers.delete(id)
+        resolve(reports)
+      },
+    }
+    this.gathers.set(id, gather)
+    const request: ControlMessage =
+      view === undefined ? { type: 'stats-request', id } : { type: 'stats-request', id, view }
+    for (const worker of workers) this.host.send(worker, request)
+    return promise
+  }
+
+  // ---- averages over stats_period -----------------------------------------------------
+
+  private scheduleSample(): void {
+    const period = Math.max(1, this.host.config().settings.statsPeriod) * 1000
+    this.sampler = setTimeout(() => {
+      void this.takeSample().finally(() => {
+        if (this.sampler !== null) this.scheduleSample()
+      })
+    }, period)
+    this.sampler.unref()
+  }
+
+  private async takeSample(): Promise<void> {
+    const totals = statTotals(await this.clusterStats())
+    const at = Date.now()
+    const before = this.sample
+    this.sample = { at, totals }
+    const seconds = Math.max(0.001, (at - before.at) / 1000)
+    const next = new Map<string, StatLine>()
+    for (const [name, now] of totals) {
+      next.set(name, averages(now, before.totals.get(name) ?? ZERO_STATS, seconds))
+    }
+    this.averages = next
+  }
+}
+
+function view(v: View): Result {
+  return { tag: 'SHOW', columns: v.columns, rows: v.rows }
+}
+
+function done(tag: string): Result {
+  return { tag, columns: [], rows: [] }
+}
+
+function fail(message: string): Result {
+  return { tag: '', columns: [], rows: [], error: message }
+}

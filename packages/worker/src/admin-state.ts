@@ -1,0 +1,276 @@
+import type {
+  AdminColumn,
+  ConnectionInfo,
+  ControlMessage,
+  ControlOf,
+  PoolStats,
+} from '@pgbouncer-cluster/protocol/control'
+import type { ClientSession } from './client.ts'
+import { fatal } from './errors.ts'
+import type { Pool } from './pool.ts'
+import type { Server } from './server.ts'
+import type { PoolerWorker } from './worker.ts'
+
+/** PgBouncer's text for the clients of a database dropped by KILL. */
+const DATABASE_REMOVED = 'database removed'
+
+export interface AdminReply {
+  tag: string
+  columns: AdminColumn[]
+  rows: (string | null)[][]
+  error?: string
+}
+
+/**
+ * The worker's side of the admin console: what PAUSE, RESUME, KILL and the
+ * SHOW views need of this worker's pools and sessions, and the round trip of
+ * an admin command to the coordinator, which runs it cluster-wide.
+ */
+export class WorkerAdmin {
+  /** Queries run by this worker's admin sessions (SHOW STATS' pgbouncer row). */
+  queries = 0
+  private readonly worker: PoolerWorker
+  private readonly send: (msg: ControlMessage) => void
+  private pausedAll = false
+  private readonly pausedDbs = new Set<string>()
+  /** PAUSE scopes (a database, or null for all) still waiting for servers to close here. */
+  private draining: (string | null)[] = []
+  private readonly replies = new Map<number, (reply: AdminReply) => void>()
+  private nextId = 1
+
+  constructor(worker: PoolerWorker, send: (msg: ControlMessage) => void) {
+    this.worker = worker
+    this.send = send
+  }
+
+  isPaused(database: string): boolean {
+    return this.pausedAll || this.pausedDbs.has(database)
+  }
+
+  // ---- commands the coordinator broadcasts ---------------------------------------
+
+  pause(database: string | undefined): void {
+    const scope = database ?? null
+    if (scope === null) this.pausedAll = true
+    else this.pausedDbs.add(scope)
+    for (const pool of this.worker.pools.values()) {
+      if (inScope(pool, scope)) pool.pause()
+    }
+    this.draining.push(scope)
+    this.checkDrained()
+  }
+
+  resume(database: string | undefined): void {
+    if (database === undefined) this.pausedAll = false
+    else this.pausedDbs.delete(database)
+    for (const pool of this.worker.pools.values()) {
+      if (pool.paused && !this.isPaused(pool.database.name)) pool.resume()
+    }
+    // A PAUSE resumed before it drained is over: its command must not hang.
+    const over = this.draining.filter((s) => !(s === null ? this.pausedAll : this.isPaused(s)))
+    this.draining = this.draining.filter((s) => !over.includes(s))
+    for (const scope of over) this.reportDrained(scope)
+  }
+
+  /** KILL: the database's clients get PgBouncer's error, its servers close now, it stays paused. */
+  kill(database: string): void {
+    this.pausedDbs.add(database)
+    for (const session of [...this.worker.sessions.values()]) {
+      if (session.pool !== null && session.pool.database.name === database) {
+        session.fail(fatal(DATABASE_REMOVED))
+      }
+    }
+    for (const pool of this.worker.pools.values()) {
+      if (pool.database.name !== database) continue
+      pool.paused = true
+      pool.closeNow()
+    }
+  }
+
+  /** From the janitor: reports the PAUSE scopes whose servers are all gone. */
+  checkDrained(): void {
+    if (this.draining.length === 0) return
+    const pools = [...this.worker.pools.values()]
+    const done = this.draining.filter((scope) =>
+      pools.every((p) => !inScope(p, scope) || p.servers.size === 0),
+    )
+    if (done.length === 0) return
+    this.draining = this.draining.filter((s) => !done.includes(s))
+    for (const scope of done) this.reportDrained(scope)
+  }
+
+  private reportDrained(scope: string | null): void {
+    this.send(
+      scope === null
+        ? { type: 'paused', worker: this.worker.id }
+        : { type: 'paused', worker: this.worker.id, database: scope },
+    )
+  }
+
+  // ---- the round trip of a command -------------------------------------------------
+
+  /** Runs a command through the coordinator; resolves with its result. */
+  request(command: string, arg: string | undefined): Promise<AdminReply> {
+    const id = this.nextId++
+    const { promise, resolve } = Promise.withResolvers<AdminReply>()
+    this.replies.set(id, resolve)
+    this.send(
+      arg === undefined
+        ? { type: 'admin-request', worker: this.worker.id, id, command }
+        : { type: 'admin-request', worker: this.worker.id, id, command, arg },
+    )
+    return promise
+  }
+
+  onReply(msg: ControlOf<'admin-reply'>): void {
+    const resolve = this.replies.get(msg.id)
+    this.replies.delete(msg.id)
+    resolve?.({ tag: msg.tag, columns: msg.columns, rows: msg.rows, error: msg.error })
+  }
+
+  // ---- SHOW: this worker's share ----------------------------------------------------
+
+  /** Counted from the worker's own objects now: nothing of this runs per transaction. */
+  stats(request: ControlOf<'stats-request'>): ControlOf<'stats'> {
+    const now = Date.now()
+    const byPool = new Map<Pool, PoolStats>()
+    for (const pool of this.worker.pools.values()) byPool.set(pool, poolStats(pool, now))
+    const clients: ConnectionInfo[] = []
+    let adminSessions = 0
+    for (const session of this.worker.sessions.values()) {
+      const admin = session.state === 'admin'
+      if (admin) adminSessions++
+      const pool = session.pool
+      if (!admin && (pool === null || (session.state !== 'active' && session.state !== 'welcome')))
+        continue
+      if (pool !== null) {
+        const s = byPool.get(pool)
+        if (s !== undefined) {
+          s.clActive++
+          s.xactCount += session.xactCount
+          s.queryCount += session.queryCount
+          s.bytesReceived += session.bytesReceived
+          s.bytesSent += session.bytesSent
+        }
+      }
+      if (request.view === 'clients') clients.push(this.clientInfo(session, admin, now))
+    }
+    const pools = [...byPool.values()]
+    // Waiting clients were counted as connected above: active is the rest.
+    for (const s of pools) s.clActive = Math.max(0, s.clActive - s.clWaiting)
+    const servers: ConnectionInfo[] = []
+    if (request.view === 'servers') {
+      for (const pool of this.worker.pools.values()) {
+        for (const server of pool.servers) servers.push(this.serverInfo(server))
+      }
+    }
+    return {
+      type: 'stats',
+      id: request.id,
+      worker: this.worker.id,
+      clients,
+      servers,
+      pools,
+      admin: { sessions: adminSessions, queries: this.queries },
+    }
+  }
+
+  private clientInfo(session: ClientSession, admin: boolean, now: number): ConnectionInfo {
+    const socket = session.socket
+    const server = session.server
+    const waiting = session.waitingSince !== 0 && server === null
+    return {
+      user: session.user,
+      database: admin ? 'pgbouncer' : session.database,
+      state: waiting ? 'waiting' : 'active',
+      addr: socket.remoteAddress ?? '',
+      port: socket.remotePort ?? 0,
+      localAddr: socket.localAddress ?? '',
+      localPort: socket.localPort ?? 0,
+      connectTime: session.connectedAt,
+      requestTime: waiting
+        ? session.waitingSince
+        : server !== null
+          ? server.lastUsed
+          : session.connectedAt,
+      waitUs: waiting ? (now - session.waitingSince) * 1000 : 0,
+      closeNeeded: false,
+      ptr: clientPtr(session),
+      link: server === null ? '' : this.serverPtr(server),
+      remotePid: 0,
+      applicationName: session.vars.application_name ?? '',
+    }
+  }
+
+  private serverInfo(server: Server): ConnectionInfo {
+    const db = server.pool.database
+    const client = server.client
+    return {
+      user: server.pool.user,
+      database: db.name,
+      state: server.parked ? 'being_canceled' : server.state,
+      addr: db.host,
+      port: db.port,
+      localAddr: server.socket.localAddress ?? '',
+      localPort: server.socket.localPort ?? 0,
+      connectTime: server.createdAt,
+      requestTime: server.lastUsed,
+      waitUs: 0,
+      closeNeeded: server.closeNeeded,
+      ptr: this.serverPtr(server),
+      link: client === null ? '' : clientPtr(client),
+      remotePid: server.pid,
+      applicationName: server.vars.application_name ?? '',
+    }
+  }
+
+  /**
+   * Server ids count per worker thread: the worker's number above bit 32 makes
+   * them unique in the cluster and apart from clients' (31-bit) ones.
+   */
+  private serverPtr(server: Server): string {
+    return `0x${((this.worker.id + 1) * 2 ** 32 + server.id).toString(16)}`
+  }
+}
+
+function inScope(pool: Pool, scope: string | null): boolean {
+  return scope === null || pool.database.name === scope
+}
+
+/** A client's key already carries its worker's number: unique in the cluster. */
+function clientPtr(session: ClientSession): string {
+  return `0x${session.pid.toString(16)}`
+}
+
+function poolStats(pool: Pool, now: number): PoolStats {
+  let svActive = 0
+  let svIdle = 0
+  let svBeingCanceled = 0
+  for (const server of pool.servers) {
+    if (server.parked) svBeingCanceled++
+    else if (server.state === 'active') svActive++
+    else if (server.state === 'idle') svIdle++
+  }
+  const since = pool.oldestWaitingSince
+  const t = pool.totals
+  return {
+    database: pool.database.name,
+    user: pool.user,
+    mode: pool.mode,
+    clActive: 0,
+    clWaiting: pool.waitingCount,
+    svActive,
+    svIdle,
+    svUsed: 0,
+    svLogin: pool.loginCount,
+    svBeingCanceled,
+    maxWaitUs: since === 0 ? 0 : Math.max(0, now - since) * 1000,
+    xactCount: t.xactCount,
+    queryCount: t.queryCount,
+    bytesReceived: t.bytesReceived,
+    bytesSent: t.bytesSent,
+    xactUs: t.xactUs,
+    queryUs: 0,
+    waitUs: t.waitUs,
+  }
+}

@@ -1,0 +1,285 @@
+import { FrameReader } from '@pgbouncer-cluster/protocol/frame-reader'
+import { FrontendCode, TxStatus } from '@pgbouncer-cluster/protocol/messages'
+import {
+  authenticationOk,
+  backendKeyData,
+  commandComplete,
+  dataRow,
+  noticeResponse,
+  parameterStatus,
+  readyForQuery,
+  rowDescription,
+} from '@pgbouncer-cluster/protocol/serializer'
+import type { AdminReply } from './admin-state.ts'
+import type { ClientSession } from './client.ts'
+import { error, fatal } from './errors.ts'
+
+/**
+ * PgBouncer's texts for the console (admin.c), so that scripts matching on
+ * them keep working. All carry SQLSTATE 08P01, as PgBouncer's do.
+ */
+const Text = {
+  notAllowed: 'not allowed',
+  adminNeeded: 'admin access needed',
+  invalid: (query: string) => `invalid command '${query}', use SHOW HELP;`,
+  extended: 'extended query protocol not supported by admin console',
+  unsupportedPacket: (type: number) => `unsupported packet type for admin console: ${type}`,
+  badPacket: 'bad packet',
+  notSupported: (what: string) => `${what} is not supported by pgbouncer-cluster`,
+} as const
+
+/** What SHOW shows, answered by the coordinator for the whole cluster. */
+const SHOW_VIEWS = new Set([
+  'CONFIG',
+  'DATABASES',
+  'POOLS',
+  'CLIENTS',
+  'SERVERS',
+  'USERS',
+  'VERSION',
+  'LISTS',
+  'STATS',
+  'STATS_TOTALS',
+  'STATS_AVERAGES',
+  'TOTALS',
+  'DNS_HOSTS',
+  'DNS_ZONES',
+])
+/** PgBouncer 1.18 views with no meaning for worker threads (file descriptors, buffers). */
+const SHOW_UNSUPPORTED = new Set(['FDS', 'SOCKETS', 'ACTIVE_SOCKETS', 'MEM'])
+/**
+ * Commands run cluster-wide by the coordinator, which also checks the database
+ * named after PAUSE, RESUME, RECONNECT and KILL (and that KILL names one).
+ */
+const COMMANDS = new Set(['PAUSE', 'RESUME', 'RECONNECT', 'KILL', 'RELOAD', 'SHUTDOWN'])
+const WITHOUT_ARGUMENT = new Set(['RELOAD', 'SHUTDOWN'])
+const UNSUPPORTED_COMMANDS = new Set(['SUSPEND', 'DISABLE', 'ENABLE', 'WAIT_CLOSE', 'SET'])
+
+const HELP = [
+  'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
+  'SHOW LISTS',
+  'SHOW DNS_HOSTS|DNS_ZONES',
+  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS',
+  'RELOAD',
+  'PAUSE [<db>]',
+  'RESUME [<db>]',
+  'RECONNECT [<db>]',
+  'KILL <db>',
+  'SHUTDOWN',
+]
+  .map((line) => `\n\t${line}`)
+  .join('')
+
+/** Queries longer than this are not console commands; PgBouncer's own limit is its packet buffer. */
+const MAX_ADMIN_MESSAGE = 64 * 1024
+
+/**
+ * A client of the virtual database `pgbouncer`: PgBouncer's admin console.
+ * It lives in the worker the client landed on and speaks the simple query
+ * protocol only; each command travels to the coordinator, which answers for
+ * the whole cluster (one row per pool, summed over workers).
+ */
+export class AdminSession {
+  private readonly client: ClientSession
+  private readonly reader = new FrameReader({ maxLength: MAX_ADMIN_MESSAGE })
+  /** Messages not handled yet: one command runs at a time, answers keep their order. */
+  private readonly queue: Buffer[] = []
+  private running = false
+  /** After an unsupported message PgBouncer drops whatever comes next. */
+  private broken = false
+
+  constructor(client: ClientSession) {
+    this.client = client
+  }
+
+  /**
+   * After authentication: only admin_users and stats_users get in (with
+   * auth_type=any everyone does, as a stats user, as in PgBouncer).
+   */
+  start(): void {
+    const client = this.client
+    const settings = client.worker.settings
+    const allowed =
+      settings.authType === 'any' ||
+      settings.adminUsers.includes(client.user) ||
+      settings.statsUsers.includes(client.user)
+    if (!allowed) {
+      client.fail(fatal(Text.notAllowed))
+      return
+    }
+    if (settings.logConnections) {
+      client.worker.log.info(
+        { client: client.pid, remote: client.remote, db: 'pgbouncer', user: client.user },
+        'login',
+      )
+    }
+    const vars = client.vars
+    const socket = client.socket
+    socket.cork()
+    socket.write(authenticationOk())
+    for (const [name, value] of [
+      ['server_version', '1.18.0/bouncer'],
+      ['client_encoding', vars.client_encoding ?? 'UTF8'],
+      ['server_encoding', 'UTF8'],
+      ['DateStyle', 'ISO'],
+      ['TimeZone', 'GMT'],
+      ['standard_conforming_strings', 'on'],
+      ['is_superuser', 'on'],
+      ['application_name', vars.application_name ?? ''],
+    ]) {
+      socket.write(parameterStatus(name, value))
+    }
+    socket.write(backendKeyData(client.pid, client.secret))
+    socket.write(readyForQuery(TxStatus.Idle))
+    socket.uncork()
+  }
+
+  onData(chunk: Buffer): void {
+    try {
+      this.reader.push(chunk, this.onMessage)
+    } catch (err) {
+      this.client.fail(fatal((err as Error).message))
+      return
+    }
+    this.pump()
+  }
+
+  private readonly onMessage = (_type: number, msg: Buffer): void => {
+    // The reader's views may point into a buffer reused by the next read.
+    this.queue.push(Buffer.from(msg))
+  }
+
+  private pump(): void {
+    if (this.running) return
+    this.running = true
+    void this.drain().finally(() => {
+      this.running = false
+    })
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0 && this.client.state === 'admin') {
+      const msg = this.queue.shift()!
+      try {
+        await this.handle(msg)
+      } catch (err) {
+        // A console bug costs this session, never the worker and its clients.
+        this.client.worker.log.error({ err: (err as Error).message }, 'admin console failed')
+        this.client.fail(fatal('admin console error'))
+      }
+    }
+  }
+
+  private async handle(msg: Buffer): Promise<void> {
+    const type = msg[0]
+    if (this.broken) {
+      this.client.fail(fatal(Text.badPacket))
+      return
+    }
+    if (type === FrontendCode.Terminate) {
+      this.client.close('client close request')
+      return
+    }
+    if (type !== FrontendCode.Query) {
+      const extended =
+        type === FrontendCode.Parse || type === FrontendCode.Bind || type === FrontendCode.Execute
+      this.broken = true
+      this.finish(error(extended ? Text.extended : Text.unsupportedPacket(type)))
+      return
+    }
+    const text = msg.toString('utf8', 5, msg.length - 1)
+    this.client.worker.admin.queries++
+    await this.query(text)
+  }
+
+  private async query(text: string): Promise<void> {
+    const parsed = parse(text)
+    if (parsed === null) {
+      this.finish(error(Text.invalid(text)))
+      return
+    }
+    const { verb, arg } = parsed
+    if (verb === 'SHOW') {
+      if (arg === 'HELP') {
+        this.finish(
+          noticeResponse({
+            severity: 'NOTICE',
+            code: '00000',
+            message: 'Console usage',
+            detail: HELP,
+          }),
+          commandComplete('SHOW'),
+        )
+        return
+      }
+      if (arg !== undefined && SHOW_UNSUPPORTED.has(arg)) {
+        this.finish(error(Text.notSupported(`SHOW ${arg}`), '0A000'))
+        return
+      }
+      if (arg === undefined || !SHOW_VIEWS.has(arg)) {
+        this.finish(error(Text.invalid(text)))
+        return
+      }
+    } else if (UNSUPPORTED_COMMANDS.has(verb)) {
+      if (!this.isAdmin()) this.finish(error(Text.adminNeeded))
+      else this.finish(error(Text.notSupported(verb), '0A000'))
+      return
+    } else {
+      if (!COMMANDS.has(verb) || (WITHOUT_ARGUMENT.has(verb) && arg !== undefined)) {
+        this.finish(error(Text.invalid(text)))
+        return
+      }
+      if (!this.isAdmin()) {
+        this.finish(error(Text.adminNeeded))
+        return
+      }
+    }
+    const reply = await this.client.worker.admin.request(verb, verb === 'SHOW' ? arg : parsed.raw)
+    this.writeReply(reply)
+  }
+
+  private isAdmin(): boolean {
+    return this.client.worker.settings.adminUsers.includes(this.client.user)
+  }
+
+  private writeReply(reply: AdminReply): void {
+    if (reply.error !== undefined) {
+      this.finish(error(reply.error))
+      return
+    }
+    const out: Buffer[] = []
+    if (reply.columns.length > 0) {
+      out.push(rowDescription(reply.columns.map(([name, typeOid]) => ({ name, typeOid }))))
+      for (const row of reply.rows) out.push(dataRow(row))
+    }
+    out.push(commandComplete(reply.tag))
+    this.finish(...out)
+  }
+
+  /** Writes one answer and the ReadyForQuery that ends it (the console never opens a transaction). */
+  private finish(...messages: Buffer[]): void {
+    const client = this.client
+    if (client.state !== 'admin') return
+    client.socket.cork()
+    for (const m of messages) client.socket.write(m)
+    client.socket.write(readyForQuery(TxStatus.Idle))
+    client.socket.uncork()
+  }
+}
+
+/**
+ * PgBouncer's console grammar: a keyword, an optional argument, an optional
+ * trailing semicolon. Keywords are case-insensitive; a database name keeps its
+ * case unless double quotes are needed to say so.
+ */
+function parse(
+  text: string,
+): { verb: string; arg: string | undefined; raw: string | undefined } | null {
+  const m = /^\s*([A-Za-z_]+)(?:\s+("(?:[^"]|"")+"|[^\s;"]+))?\s*;?\s*$/.exec(text)
+  if (m === null) return null
+  const verb = m[1].toUpperCase()
+  const word = m[2]
+  if (word === undefined) return { verb, arg: undefined, raw: undefined }
+  const raw = word.startsWith('"') ? word.slice(1, -1).replaceAll('""', '"') : word
+  return { verb, arg: raw.toUpperCase(), raw }
+}
