@@ -13,7 +13,9 @@
  *   row word  0..5   gauges  cl_active cl_waiting sv_active sv_idle sv_used sv_login
  *   row word  6..13  totals  xact_count query_count bytes_received bytes_sent
  *                            xact_time_us query_time_us wait_time_us server_connects
- *   row word 14..15  spare
+ *   row word 14      oldest_wait  since when (epoch ms) this worker's longest-waiting
+ *                                 client of the pool waits; 0 when none does
+ *   row word 15      spare
  *
  * Why Float64 and plain `+=` rather than Atomics: with one writer per row
  * there is no read-modify-write race, and on Node 24 (x64) a plain Float64
@@ -48,6 +50,7 @@ export type CounterIndex = (typeof Counter)[CounterName]
 export const GAUGE_COUNT = 6
 export const COUNTER_COUNT = 14
 const ROW_WORDS = 16
+const OLDEST_WAIT = 14
 const ROW_BYTES = ROW_WORDS * 8
 
 export class PoolCounters {
@@ -86,6 +89,23 @@ export class PoolCounters {
     return this.#f64[(worker * this.maxPools + pool) * ROW_WORDS + c]
   }
 
+  /** Since when (epoch ms) the worker's longest-waiting client waits, 0 for none. */
+  setOldestWait(pool: number, worker: number, since: number): void {
+    this.#f64[(worker * this.maxPools + pool) * ROW_WORDS + OLDEST_WAIT] = since
+  }
+
+  /** The earliest oldest-wait of the other workers, 0 when none of them has a client waiting. */
+  oldestWaitOfOthers(pool: number, worker: number): number {
+    const f64 = this.#f64
+    const stride = this.maxPools * ROW_WORDS
+    let oldest = 0
+    for (let i = pool * ROW_WORDS + OLDEST_WAIT, w = 0; w < this.maxWorkers; w++, i += stride) {
+      const since = f64[i]
+      if (w !== worker && since !== 0 && (oldest === 0 || since < oldest)) oldest = since
+    }
+    return oldest
+  }
+
   /** Sum over all workers, as a number. */
   sum(pool: number, c: number): number {
     const f64 = this.#f64
@@ -115,8 +135,10 @@ export class PoolCounters {
   resetWorker(worker: number): void {
     const f64 = this.#f64
     const start = worker * this.maxPools * ROW_WORDS
-    for (let p = 0; p < this.maxPools; p++)
+    for (let p = 0; p < this.maxPools; p++) {
       f64.fill(0, start + p * ROW_WORDS, start + p * ROW_WORDS + GAUGE_COUNT)
+      f64[start + p * ROW_WORDS + OLDEST_WAIT] = 0
+    }
   }
 
   /** Coordinator only, when a pool slot no worker uses is given to another (database, user). */

@@ -71,6 +71,7 @@ export class Pool {
   private readonly dbSem: Semaphore
   private readonly userSem: Semaphore
   private readonly counters: PoolCounters
+  private giveBackTimer: NodeJS.Timeout | null = null
   private readonly slot: number
   private readonly breaker: BreakerWords
 
@@ -100,6 +101,7 @@ export class Pool {
    */
   private publishWaiting(): void {
     this.counters.set(this.slot, this.worker.id, Counter.cl_waiting, this.waitingCount)
+    this.counters.setOldestWait(this.slot, this.worker.id, this.oldestWaitingSince)
   }
 
   private get connecting(): number {
@@ -361,19 +363,32 @@ export class Pool {
   }
 
   /**
-   * Invariant 3 and fairness between workers: a server just freed goes back
-   * to the shared pool (closed, its permit released) when other workers have
-   * clients waiting and this worker holds more than its share — its share of
-   * the pool in proportion to its own waiting clients, with one server of
-   * slack so that balanced load causes no reconnect churn.
+   * Fairness between workers: a server just freed goes back to the shared
+   * pool (closed, its permit released) when another worker's longest-waiting
+   * client has waited STARVATION_MS longer than ours. Comparing wait times,
+   * not queue lengths, keeps balanced load free of reconnect churn while no
+   * worker's clients can starve behind another worker's queue.
    */
   private owesPermit(): boolean {
-    const others = this.othersWaiting()
-    if (others <= 0) return false
-    const mine = this.waitingCount
-    if (mine === 0) return true
-    const share = (this.poolSize * mine) / (mine + others)
-    return this.sem.held(this.worker.id) > share + 1
+    if (this.waitingCount === 0 || this.othersWaiting() <= 0) return false
+    const theirs = this.counters.oldestWaitOfOthers(this.slot, this.worker.id)
+    return theirs !== 0 && theirs + STARVATION_MS < this.oldestWaitingSince
+  }
+
+  /**
+   * Invariant 3: another worker's clients wait while we keep a server idle.
+   * Our own clients may want it again within moments (closing and reopening
+   * costs PostgreSQL a fork), so it goes back only if it is still idle after
+   * about the time a new connection takes.
+   */
+  private scheduleGiveBack(): void {
+    if (this.giveBackTimer !== null) return
+    this.giveBackTimer = setTimeout(() => {
+      this.giveBackTimer = null
+      if (this.idle.length === 0 || this.othersWaiting() <= 0) return
+      this.idle.shift()!.close()
+      this.scheduleGiveBack()
+    }, GIVE_BACK_DELAY_MS)
   }
 
   // ---- servers ----------------------------------------------------------------
@@ -471,6 +486,7 @@ export class Pool {
       return
     }
     this.idle.push(server)
+    if (this.othersWaiting() > 0) this.scheduleGiveBack()
   }
 
   /**
@@ -629,6 +645,11 @@ const ERRNO_TEXT: Record<string, string> = {
 export function poolKey(database: string, user: string): string {
   return `${database}\u0000${user}`
 }
+
+/** How much longer another worker's client must have waited before we hand over a server. */
+const STARVATION_MS = 100
+/** About what opening a server connection takes: an idle server wanted elsewhere waits this long. */
+const GIVE_BACK_DELAY_MS = 10
 
 const PERMIT_POOL = 1
 const PERMIT_DATABASE = 2
