@@ -106,15 +106,10 @@ export const COLUMNS = {
 } as const satisfies Record<string, AdminColumn[]>
 
 /** One SHOW STATS line: the counters of a database (or of all), as totals or per-period averages. */
-export interface StatLine {
-  xactCount: number
-  queryCount: number
-  bytesReceived: number
-  bytesSent: number
-  xactUs: number
-  queryUs: number
-  waitUs: number
-}
+export type StatLine = Pick<
+  PoolStats,
+  'xactCount' | 'queryCount' | 'bytesReceived' | 'bytesSent' | 'xactUs' | 'queryUs' | 'waitUs'
+>
 
 export const ZERO_STATS: StatLine = {
   xactCount: 0,
