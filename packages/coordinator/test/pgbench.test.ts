@@ -23,30 +23,18 @@ describe('pgbench through pgbouncer-cluster', {
   })
   after(() => pooler.stop())
 
+  /** pgbench with `args` against the pooler; resolves with its report. */
+  async function pgbench(args: string[]): Promise<string> {
+    const target = ['-h', pooler.host, '-p', String(pooler.port), '-U', 'postgres', 'postgres']
+    const { stdout } = await run(PGBENCH!, [...args, ...target], {
+      env: { ...process.env, PGCONNECT_TIMEOUT: '10' },
+    })
+    return stdout
+  }
+
   for (const protocol of ['simple', 'extended'] as const) {
     test(`pgbench -M ${protocol}: 16 clients on a pool of 4, no failed transaction`, async () => {
-      const { stdout } = await run(
-        PGBENCH!,
-        [
-          '-n',
-          '-M',
-          protocol,
-          '-c',
-          '16',
-          '-j',
-          '2',
-          '-T',
-          '3',
-          '-h',
-          pooler.host,
-          '-p',
-          String(pooler.port),
-          '-U',
-          'postgres',
-          'postgres',
-        ],
-        { env: { ...process.env, PGCONNECT_TIMEOUT: '10' } },
-      )
+      const stdout = await pgbench(['-n', '-M', protocol, '-c', '16', '-j', '2', '-T', '3'])
       const processed = Number(/number of transactions actually processed: (\d+)/.exec(stdout)?.[1])
       const failed = Number(/number of failed transactions: (\d+)/.exec(stdout)?.[1] ?? 0)
       assert.ok(processed > 100, `only ${processed} transactions:\n${stdout}`)
@@ -55,24 +43,7 @@ describe('pgbench through pgbouncer-cluster', {
   }
 
   test('pgbench -S -C (a new connection per transaction) runs clean', async () => {
-    const { stdout } = await run(PGBENCH!, [
-      '-n',
-      '-S',
-      '-C',
-      '-c',
-      '8',
-      '-j',
-      '2',
-      '-t',
-      '50',
-      '-h',
-      pooler.host,
-      '-p',
-      String(pooler.port),
-      '-U',
-      'postgres',
-      'postgres',
-    ])
+    const stdout = await pgbench(['-n', '-S', '-C', '-c', '8', '-j', '2', '-t', '50'])
     assert.match(stdout, /number of transactions actually processed: 400\/400/)
   })
 })

@@ -19,7 +19,7 @@ import {
   terminate,
 } from '@pgbouncer-cluster/protocol/serializer'
 import type { ClientSession } from './client.ts'
-import { trackedName, type Vars, varsKey } from './params.ts'
+import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
 import type { Pool } from './pool.ts'
 
 export type ServerState = 'login' | 'idle' | 'active' | 'closed'
@@ -236,14 +236,10 @@ export class Server {
       return false
     }
     if (type === BackendCode.ParameterStatus) {
-      const { name, value } = parseParameterStatus(msg!)
-      this.params.set(name, value)
-      const tracked = trackedName(name)
-      if (tracked !== null) {
-        this.vars[tracked] = value
-        this.varsKey = varsKey(this.vars)
-        if (this.swallow === 0) this.client?.serverReportedVar(tracked, value)
-      }
+      const tracked = this.noteParameter(msg!)
+      // The client ran a SET itself (not one of ours): it wants that value from now on.
+      if (tracked !== null && this.swallow === 0)
+        this.client?.serverReportedVar(tracked, this.vars[tracked]!)
       return false
     }
     // ErrorResponse
@@ -255,6 +251,18 @@ export class Server {
       )
     }
     return false
+  }
+
+  /** Records a ParameterStatus; returns the tracked name it set, if any. */
+  private noteParameter(msg: Buffer): TrackedName | null {
+    const { name, value } = parseParameterStatus(msg)
+    this.params.set(name, value)
+    const tracked = trackedName(name)
+    if (tracked !== null) {
+      this.vars[tracked] = value
+      this.varsKey = varsKey(this.vars)
+    }
+    return tracked
   }
 
   /** Bytes from a server nobody is linked to: status reports, or a FATAL on its way out. */
@@ -272,13 +280,7 @@ export class Server {
 
   private readonly onIdleMessage = (type: number, msg: Buffer | null): boolean => {
     if (type === BackendCode.ParameterStatus) {
-      const { name, value } = parseParameterStatus(msg!)
-      this.params.set(name, value)
-      const tracked = trackedName(name)
-      if (tracked !== null) {
-        this.vars[tracked] = value
-        this.varsKey = varsKey(this.vars)
-      }
+      this.noteParameter(msg!)
       return false
     }
     if (type === BackendCode.ReadyForQuery && this.swallow > 0) {
@@ -321,16 +323,9 @@ export class Server {
       case BackendCode.Authentication:
         this.onAuthRequest(msg)
         return
-      case BackendCode.ParameterStatus: {
-        const { name, value } = parseParameterStatus(msg)
-        this.params.set(name, value)
-        const tracked = trackedName(name)
-        if (tracked !== null) {
-          this.vars[tracked] = value
-          this.varsKey = varsKey(this.vars)
-        }
+      case BackendCode.ParameterStatus:
+        this.noteParameter(msg)
         return
-      }
       case BackendCode.BackendKeyData: {
         const key = parseBackendKeyData(msg)
         this.pid = key.pid
@@ -399,27 +394,23 @@ export class Server {
         return
       }
       case AuthCode.SASLContinue:
-        if (this.scram === null) {
+      case AuthCode.SASLFinal: {
+        const scram = this.scram
+        if (scram === null) {
           this.unexpectedAuth(auth.code)
           return
         }
         try {
-          this.socket.write(saslResponse(this.scram.clientFinalMessage(auth.data!)))
+          if (auth.code === AuthCode.SASLContinue) {
+            this.socket.write(saslResponse(scram.clientFinalMessage(auth.data!)))
+          } else {
+            scram.verifyServerFinal(auth.data!)
+          }
         } catch (err) {
           this.failLogin({ code: '28000', message: (err as Error).message, fromServer: false })
         }
         return
-      case AuthCode.SASLFinal:
-        if (this.scram === null) {
-          this.unexpectedAuth(auth.code)
-          return
-        }
-        try {
-          this.scram.verifyServerFinal(auth.data!)
-        } catch (err) {
-          this.failLogin({ code: '28000', message: (err as Error).message, fromServer: false })
-        }
-        return
+      }
       default:
         this.unexpectedAuth(auth.code)
     }
