@@ -10,6 +10,7 @@
 // arrives: parts are collected as views, so a peer that announces a huge
 // length and then trickles bytes costs no up-front allocation.
 
+import { Buffer } from 'node:buffer'
 import { ProtocolError, typeName } from './errors.ts'
 import { DEFAULT_MAX_PACKET_SIZE, MAX_STARTUP_PACKET_SIZE } from './messages.ts'
 

@@ -114,9 +114,7 @@ export class AdminSession {
       )
     }
     const vars = client.vars
-    const socket = client.socket
-    socket.cork()
-    socket.write(authenticationOk())
+    const welcome = [authenticationOk()]
     for (const [name, value] of [
       ['server_version', '1.18.0/bouncer'],
       ['client_encoding', vars.client_encoding ?? 'UTF8'],
@@ -127,11 +125,10 @@ export class AdminSession {
       ['is_superuser', 'on'],
       ['application_name', vars.application_name ?? ''],
     ]) {
-      socket.write(parameterStatus(name, value))
+      welcome.push(parameterStatus(name, value))
     }
-    socket.write(backendKeyData(client.pid, client.secret))
-    socket.write(readyForQuery(TxStatus.Idle))
-    socket.uncork()
+    welcome.push(backendKeyData(client.pid, client.secret), readyForQuery(TxStatus.Idle))
+    client.writeAll(welcome)
   }
 
   onData(chunk: Buffer): void {
@@ -260,10 +257,8 @@ export class AdminSession {
   private finish(...messages: Buffer[]): void {
     const client = this.client
     if (client.state !== 'admin') return
-    client.socket.cork()
-    for (const m of messages) client.socket.write(m)
-    client.socket.write(readyForQuery(TxStatus.Idle))
-    client.socket.uncork()
+    messages.push(readyForQuery(TxStatus.Idle))
+    client.writeAll(messages)
   }
 }
 

@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer'
 import { randomFillSync } from 'node:crypto'
 import type net from 'node:net'
 import { FrameReader, FrameScanner } from '@pgbouncer-cluster/protocol/frame-reader'
@@ -30,6 +31,7 @@ import {
 } from './params.ts'
 import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
+import { pauseReading, resumeReading, send, sendAll, startReading } from './socket-io.ts'
 import type { PoolerWorker } from './worker.ts'
 
 export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
@@ -72,9 +74,6 @@ function nextSecret(): number {
 // instead of closures per connection (thousands of idle clients are common).
 const kSession = Symbol('session')
 type SessionSocket = net.Socket & { [kSession]: ClientSession }
-function onSocketData(this: SessionSocket, chunk: Buffer): void {
-  this[kSession].onData(chunk)
-}
 function onSocketError(this: SessionSocket, err: Error): void {
   this[kSession].onSocketError(err)
 }
@@ -136,6 +135,8 @@ export class ClientSession {
   private loginTimer: NodeJS.Timeout | null = null
   private pausedServer: Server | null = null
   private readPaused = false
+  /** Writes to the client the kernel has not taken yet (see socket-io.ts). */
+  queuedWrites = 0
 
   constructor(worker: PoolerWorker, socket: net.Socket, pid: number) {
     this.worker = worker
@@ -145,9 +146,9 @@ export class ClientSession {
     socket.setNoDelay(true)
     if (worker.settings.tcpKeepalive) socket.setKeepAlive(true)
     ;(socket as SessionSocket)[kSession] = this
-    socket.on('data', onSocketData)
     socket.on('error', onSocketError)
     socket.on('close', onSocketClose)
+    startReading(socket, this, false)
     const timeout = worker.settings.clientLoginTimeout
     if (timeout > 0) {
       this.loginTimer = setTimeout(() => {
@@ -171,9 +172,18 @@ export class ClientSession {
 
   // ---- the pass-through loop ------------------------------------------------
 
-  onData(chunk: Buffer): void {
+  /**
+   * Bytes from the client. `chunk` is a view of the thread's read buffer, valid
+   * during this call only: what is kept or written is copied first.
+   */
+  onBytes(chunk: Buffer): boolean {
+    this.onData(chunk)
+    return false
+  }
+
+  private onData(chunk: Buffer): void {
     if (this.state !== 'active') {
-      this.onLoginData(chunk)
+      if (this.state !== 'closed') this.onLoginData(Buffer.from(chunk))
       return
     }
     this.bytesReceived += chunk.length
@@ -214,7 +224,10 @@ export class ClientSession {
     }
   }
 
-  private toServer(buf: Buffer): void {
+  private toServer(view: Buffer): void {
+    // A copy: a write the kernel does not take whole keeps pointing at its bytes.
+    const buf = Buffer.allocUnsafe(view.length)
+    buf.set(view)
     const server = this.server
     if (server !== null) {
       this.writeServer(server, buf)
@@ -231,33 +244,39 @@ export class ClientSession {
     if (!server.write(buf) && !this.readPaused) {
       // Stop reading a client whose server is not draining.
       this.readPaused = true
-      this.socket.pause()
-      server.socket.once('drain', this.onServerDrain)
+      pauseReading(this.socket)
+      server.drainWaiter = this
     }
   }
 
-  private readonly onServerDrain = (): void => {
+  /** The server this client paused for took all its bytes. */
+  serverDrained(): void {
     this.readPaused = false
-    if (this.state !== 'closed') this.socket.resume()
+    if (this.state !== 'closed') resumeReading(this.socket)
   }
 
   /** Server bytes for this client, with backpressure toward the server. */
   forwardFromServer(buf: Buffer, server: Server): void {
-    if (!this.socket.write(buf) && this.pausedServer === null) {
+    if (!send(this.socket, this, buf) && this.pausedServer === null) {
       this.pausedServer = server
-      server.socket.pause()
-      this.socket.once('drain', this.onClientDrain)
+      pauseReading(server.socket)
     }
   }
 
-  private readonly onClientDrain = (): void => {
+  /** Everything written to the client is out: a server paused for it may read again. */
+  onDrained(): void {
     const server = this.pausedServer
     this.pausedServer = null
-    server?.socket.resume()
+    if (server !== null) resumeReading(server.socket)
   }
 
   write(buf: Buffer): void {
-    if (this.state !== 'closed') this.socket.write(buf)
+    if (this.state !== 'closed') send(this.socket, this, buf)
+  }
+
+  /** Several messages in one write. */
+  writeAll(messages: Buffer[]): void {
+    if (this.state !== 'closed') sendAll(this.socket, this, messages)
   }
 
   /**
@@ -284,7 +303,7 @@ export class ClientSession {
     this.server = null
     if (this.pausedServer === server) {
       this.pausedServer = null
-      server.socket.resume()
+      resumeReading(server.socket)
     }
     const settings = this.worker.settings
     if (settings.serverResetQueryAlways && settings.serverResetQuery !== '') {
@@ -389,7 +408,7 @@ export class ClientSession {
       case 'ssl':
       case 'gssenc':
         // TLS and GSSAPI encryption are not offered: the client goes on in plain text.
-        this.socket.write(NO_ENCRYPTION)
+        this.write(NO_ENCRYPTION)
         return
       case 'cancel':
         this.worker.cancel(startup.pid, startup.secret)
@@ -430,7 +449,7 @@ export class ClientSession {
     }
     if (this.database === '') this.database = this.user
     if (minor > 0 || protocolOptions.length > 0) {
-      this.socket.write(negotiateProtocolVersion(0, protocolOptions))
+      this.write(negotiateProtocolVersion(0, protocolOptions))
     }
     if (!this.worker.admitClient()) {
       this.fail(fatal(Texts.maxClientConn, SqlState.ProtocolViolation))
@@ -460,7 +479,7 @@ export class ClientSession {
 
   private authStep(step: ReturnType<ClientAuth['start']>): void {
     if (step.kind === 'send') {
-      this.socket.write(step.message)
+      this.write(step.message)
       return
     }
     if (step.kind === 'fail') {
@@ -469,7 +488,7 @@ export class ClientSession {
     }
     this.auth = null
     this.state = this.db === null ? 'admin' : 'welcome'
-    if (step.final !== null) this.socket.write(step.final)
+    if (step.final !== null) this.write(step.final)
     if (this.db !== null) {
       void this.enterPool(step.scramKeys)
       return
@@ -543,11 +562,7 @@ export class ClientSession {
       if (pool.welcomeHeads.size >= 64) pool.welcomeHeads.clear()
       pool.welcomeHeads.set(this.varsKey, head)
     }
-    this.socket.cork()
-    this.socket.write(head)
-    this.socket.write(backendKeyData(this.pid, this.secret))
-    this.socket.write(readyForQuery(TxStatus.Idle))
-    this.socket.uncork()
+    this.writeAll([head, backendKeyData(this.pid, this.secret), readyForQuery(TxStatus.Idle)])
     if (this.loginTimer !== null) {
       clearTimeout(this.loginTimer)
       this.loginTimer = null
@@ -563,7 +578,7 @@ export class ClientSession {
   /** Send a FATAL error and close. */
   fail(error: Buffer): void {
     if (this.state === 'closed') return
-    this.socket.write(error)
+    this.write(error)
     this.close(null)
   }
 
@@ -577,6 +592,8 @@ export class ClientSession {
     this.state = 'closed'
     if (this.loginTimer !== null) clearTimeout(this.loginTimer)
     this.socket.end()
+    // Read on until the client hangs up too: its end of stream closes the socket.
+    resumeReading(this.socket)
     if (this.requested && this.server === null) this.pool?.cancelWait(this)
     const server = this.server
     if (server !== null) this.detachOnClose(server)
@@ -595,7 +612,7 @@ export class ClientSession {
     this.server = null
     if (this.pausedServer === server) {
       this.pausedServer = null
-      server.socket.resume()
+      resumeReading(server.socket)
     }
     const clean =
       this.outstanding === 0 &&

@@ -21,6 +21,7 @@ import {
 import type { ClientSession } from './client.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
 import type { Pool } from './pool.ts'
+import { endWith, send, startReading } from './socket-io.ts'
 
 export type ServerState = 'login' | 'idle' | 'active' | 'closed'
 
@@ -71,6 +72,10 @@ export class Server {
   cancelsInFlight = 0
   /** Released while a cancel was in flight: waits out of the pool for it. */
   parked = false
+  /** Writes PostgreSQL has not taken yet (see socket-io.ts). */
+  queuedWrites = 0
+  /** The client that stopped reading until this server takes its bytes. */
+  drainWaiter: ClientSession | null = null
   private readonly scanner: FrameScanner
   private loginReader: FrameReader | null = new FrameReader()
   private scram: ScramClient | null = null
@@ -93,9 +98,6 @@ export class Server {
       port: db.port,
       noDelay: true,
       keepAlive: pool.worker.settings.tcpKeepalive,
-      // Reads land in our own buffer, reused while nothing holds on to it:
-      // no stream machinery and no allocation per read on the hot path.
-      onread: { buffer: this.readBuffer, callback: this.onRead },
     })
     this.socket.on('connect', this.onConnect)
     this.socket.on('error', this.onError)
@@ -113,13 +115,16 @@ export class Server {
   }
 
   private readonly onConnect = (): void => {
+    // Reads land in a buffer of this server's own, so results are forwarded
+    // to the client as subarrays of it (see socket-io.ts).
+    startReading(this.socket, this, true)
     const db = this.pool.database
     const params: Record<string, string> = { user: this.pool.user, database: db.dbname }
     if (db.clientEncoding) params.client_encoding = db.clientEncoding
     if (db.datestyle) params.DateStyle = db.datestyle
     if (db.timezone) params.TimeZone = db.timezone
     if (db.applicationName) params.application_name = db.applicationName
-    this.socket.write(startupMessage(params))
+    this.write(startupMessage(params))
   }
 
   private readonly onError = (err: Error): void => {
@@ -146,12 +151,12 @@ export class Server {
     this.pool.serverGone(this)
   }
 
-  private buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
-  private readonly readBuffer = (): Buffer => this.buffer
-
-  private readonly onRead = (nread: number, buf: Buffer): boolean => {
-    const chunk = buf.subarray(0, nread)
-    const client = this.client
+  /**
+   * Bytes from PostgreSQL. True when something still points into `chunk`
+   * after the call (the login reader, a message split across reads), so the
+   * next read must land in a new buffer.
+   */
+  onBytes(chunk: Buffer): boolean {
     try {
       this.onData(chunk)
     } catch (err) {
@@ -160,21 +165,17 @@ export class Server {
         { server: this.id, err: (err as Error).message },
         'bad data from server',
       )
-      this.buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
       this.close()
-      return false
+      return true
     }
-    // Something still points into the buffer (a write the kernel did not take
-    // at once, a message split across reads, the login reader): retire it.
-    if (
-      this.loginReader !== null ||
-      this.scanner.retainsInput ||
-      (client !== null && client.socket.writableLength > 0) ||
-      (this.client !== null && this.client !== client && this.client.socket.writableLength > 0)
-    ) {
-      this.buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
-    }
-    return true
+    return this.loginReader !== null || this.scanner.retainsInput
+  }
+
+  /** PostgreSQL took every queued byte: a client paused for it may go on. */
+  onDrained(): void {
+    const waiter = this.drainWaiter
+    this.drainWaiter = null
+    waiter?.serverDrained()
   }
 
   private onData(chunk: Buffer): void {
@@ -364,7 +365,7 @@ export class Server {
           this.noPassword('cleartext')
           return
         }
-        this.socket.write(passwordMessage(secret.password))
+        this.write(passwordMessage(secret.password))
         return
       case AuthCode.MD5Password: {
         const stored = secret.password ?? secret.md5
@@ -372,7 +373,7 @@ export class Server {
           this.noPassword('md5')
           return
         }
-        this.socket.write(passwordMessage(md5Response(user, stored, auth.salt!)))
+        this.write(passwordMessage(md5Response(user, stored, auth.salt!)))
         return
       }
       case AuthCode.SASL: {
@@ -390,7 +391,7 @@ export class Server {
           this.noPassword('SCRAM-SHA-256')
           return
         }
-        this.socket.write(saslInitialResponse('SCRAM-SHA-256', this.scram.clientFirstMessage()))
+        this.write(saslInitialResponse('SCRAM-SHA-256', this.scram.clientFirstMessage()))
         return
       }
       case AuthCode.SASLContinue:
@@ -402,7 +403,7 @@ export class Server {
         }
         try {
           if (auth.code === AuthCode.SASLContinue) {
-            this.socket.write(saslResponse(scram.clientFinalMessage(auth.data!)))
+            this.write(saslResponse(scram.clientFinalMessage(auth.data!)))
           } else {
             scram.verifyServerFinal(auth.data!)
           }
@@ -443,7 +444,7 @@ export class Server {
     const connectQuery = this.pool.database.connectQuery
     if (connectQuery) {
       this.swallow++
-      this.socket.write(query(connectQuery))
+      this.write(query(connectQuery))
     }
     this.pool.serverLoggedIn(this)
   }
@@ -459,7 +460,7 @@ export class Server {
   // ---- use ---------------------------------------------------------------
 
   write(buf: Buffer): boolean {
-    return this.socket.write(buf)
+    return send(this.socket, this, buf)
   }
 
   /** Usable for a new client: logged in, in no transaction, not past its life. */
@@ -484,7 +485,7 @@ export class Server {
     this.state = 'closed'
     if (this.connectTimer) clearTimeout(this.connectTimer)
     if (!wasLogin && !this.socket.destroyed) {
-      this.socket.end(terminate())
+      endWith(this.socket, this, terminate())
       // The permit returns when the socket has closed; a server that does not
       // hang up after Terminate is cut off.
       this.closeTimer = setTimeout(() => this.socket.destroy(), CLOSE_TIMEOUT_MS)
@@ -495,7 +496,6 @@ export class Server {
   }
 }
 
-const READ_BUFFER_SIZE = 64 * 1024
 const CLOSE_TIMEOUT_MS = 5000
 
 const ACTION_NONE = 0

@@ -78,7 +78,8 @@ export class PoolerWorker {
       logfile: data.config.settings.logfile || null,
       pretty: data.pretty,
     })
-    this.listener = net.createServer({ noDelay: true }, this.onConnection)
+    // Paused: a session reads through socket-io.ts, not through the stream.
+    this.listener = net.createServer({ noDelay: true, pauseOnConnect: true }, this.onConnection)
     this.listener.on('error', (err) => {
       this.log.error({ err: err.message }, 'listener error')
     })

@@ -1,0 +1,297 @@
+// Socket reads and writes for the pass-through path, below Node's streams.
+//
+// A net.Socket costs a lot per message on loopback, where a transaction is two
+// reads and two writes of a few dozen bytes: each read allocates a buffer and
+// goes through Readable's push/emit, each write through Writable's state
+// machine, a WriteWrap and a nextTick. PgBouncer does a recv() and a send().
+// Here a socket keeps its net.Socket for its life (connect, errors, end,
+// close, addresses) while reads and writes talk to its libuv handle, the way
+// net.js itself does:
+//
+//   reads   handle.useUserBuffer(buf) + handle.onread: the kernel copies into a
+//           buffer we own and our callback gets the byte count; nothing is
+//           allocated per read. End of stream and errors go back to net.js.
+//   writes  handle.writeBuffer(req, buf): uv_try_write first, so a write the
+//           kernel takes whole (nearly all of them) completes before the call
+//           returns, and its request object is reused for the next one. Only
+//           a write left queued in libuv keeps its request, and a reference to
+//           its bytes, until it completes.
+//
+// The handle API is the one net.js uses (process.binding('stream_wrap')). If a
+// Node build withholds it, the same functions fall back to the public stream
+// API, with the same behaviour and the old costs.
+
+import { Buffer } from 'node:buffer'
+import type net from 'node:net'
+import { getSystemErrorName } from 'node:util'
+
+/** The side of a connection that writes: told when its queued writes are out. */
+export interface WriteOwner {
+  /** Writes the kernel did not take at once, still queued. */
+  queuedWrites: number
+  /** Every queued write is out. */
+  onDrained(): void
+}
+
+/** The side that reads. */
+export interface ReadOwner {
+  /**
+   * New bytes. True when a reference into `chunk` outlives the call; only a
+   * reader with a buffer of its own may keep one (see startReading).
+   */
+  onBytes(chunk: Buffer): boolean
+}
+
+interface StreamState {
+  [index: number]: number
+}
+interface WriteReq {
+  oncomplete: (this: WriteReq, status: number) => void
+  owner: WriteOwner | null
+  socket: net.Socket | null
+  buffer: Uint8Array | Uint8Array[] | null
+}
+interface Handle {
+  reading: boolean
+  onread: (this: Handle) => Buffer | undefined
+  useUserBuffer(buf: Buffer): void
+  readStart(): number
+  readStop(): number
+  writeBuffer(req: WriteReq, buf: Uint8Array): number
+  writev(req: WriteReq, chunks: Uint8Array[], allBuffers: boolean): number
+  [kReader]?: ReadOwner
+  [kReadBuffer]?: Buffer
+}
+interface StreamWrap {
+  WriteWrap: new () => WriteReq
+  streamBaseState: StreamState
+  kReadBytesOrError: number
+  kLastWriteWasAsync: number
+}
+
+const kReader = Symbol('reader')
+const kReadBuffer = Symbol('readBuffer')
+
+function loadStreamWrap(): StreamWrap | null {
+  try {
+    const binding = (process as unknown as { binding(name: string): StreamWrap }).binding(
+      'stream_wrap',
+    )
+    return typeof binding.WriteWrap === 'function' && binding.streamBaseState !== undefined
+      ? binding
+      : null
+  } catch {
+    return null
+  }
+}
+
+const wrap = loadStreamWrap()
+/** False when this Node build does not expose its stream handles: streams are used instead. */
+export const handleIo = wrap !== null
+
+const READ_BUFFER_SIZE = 64 * 1024
+
+/**
+ * Incremented by every write the kernel did not take whole. A read callback
+ * that forwards subarrays of its buffer compares it before and after: if it
+ * moved, some forwarded bytes may still sit queued in that buffer, which must
+ * then not be read into again.
+ */
+export let queuedWriteCount = 0
+
+// One request object serves every write that completes at once.
+let spareReq: WriteReq | null = wrap !== null ? newReq() : null
+
+function newReq(): WriteReq {
+  const req = new wrap!.WriteWrap()
+  req.oncomplete = onQueuedWriteDone
+  req.owner = null
+  req.socket = null
+  req.buffer = null
+  return req
+}
+
+function handleOf(socket: net.Socket): Handle | null {
+  return (socket as unknown as { _handle: Handle | null })._handle
+}
+
+function writeError(status: number): Error {
+  const code = getSystemErrorName(status)
+  return Object.assign(new Error(`write ${code}`), { code, errno: status, syscall: 'write' })
+}
+
+function onQueuedWriteDone(this: WriteReq, status: number): void {
+  const owner = this.owner!
+  const socket = this.socket!
+  this.owner = null
+  this.socket = null
+  this.buffer = null
+  owner.queuedWrites--
+  if (status < 0) {
+    socket.destroy(writeError(status))
+    return
+  }
+  if (owner.queuedWrites === 0) owner.onDrained()
+}
+
+function afterWrite(
+  socket: net.Socket,
+  owner: WriteOwner,
+  err: number,
+  buffer: Uint8Array | Uint8Array[],
+): boolean {
+  if (err !== 0) {
+    socket.destroy(writeError(err))
+    return true
+  }
+  if (wrap!.streamBaseState[wrap!.kLastWriteWasAsync] === 0) return true
+  // Queued in libuv: the request now belongs to that write.
+  const req = spareReq!
+  req.owner = owner
+  req.socket = socket
+  req.buffer = buffer
+  spareReq = newReq()
+  owner.queuedWrites++
+  queuedWriteCount++
+  return false
+}
+
+/**
+ * Writes `buf` to the socket. True when the kernel took all of it; false when
+ * the rest is queued (stop feeding this socket until `owner.onDrained()`).
+ * A destroyed socket swallows the bytes.
+ */
+export function send(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): boolean {
+  if (wrap === null) return streamWrite(socket, owner, buf)
+  const handle = handleOf(socket)
+  if (handle === null || socket.destroyed) return true
+  return afterWrite(socket, owner, handle.writeBuffer(spareReq!, buf), buf)
+}
+
+/** Several buffers in one system call. */
+export function sendAll(socket: net.Socket, owner: WriteOwner, chunks: Uint8Array[]): boolean {
+  if (wrap === null) {
+    let all = true
+    for (const chunk of chunks) all = streamWrite(socket, owner, chunk)
+    return all
+  }
+  const handle = handleOf(socket)
+  if (handle === null || socket.destroyed) return true
+  return afterWrite(socket, owner, handle.writev(spareReq!, chunks, true), chunks)
+}
+
+/** Writes what is left to say, then half-closes once every queued write is out. */
+export function endWith(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): void {
+  send(socket, owner, buf)
+  socket.end()
+}
+
+function streamWrite(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): boolean {
+  if (socket.destroyed) return true
+  if (socket.write(buf)) return true
+  if (owner.queuedWrites++ === 0) {
+    socket.once('drain', () => {
+      owner.queuedWrites = 0
+      owner.onDrained()
+    })
+  }
+  queuedWriteCount++
+  return false
+}
+
+// ---- reads ------------------------------------------------------------------
+
+// Every client socket of this thread reads into this one buffer: its bytes are
+// forwarded or copied before the callback returns (see ClientSession.onBytes).
+const sharedReadBuffer = wrap !== null ? Buffer.allocUnsafeSlow(READ_BUFFER_SIZE) : null
+
+// net.js's own read callback, for what is not data: end of stream and errors.
+let netOnRead: Handle['onread'] | null = null
+
+function onSharedRead(this: Handle): undefined {
+  const nread = wrap!.streamBaseState[wrap!.kReadBytesOrError]
+  if (nread > 0) {
+    this[kReader]!.onBytes(sharedReadBuffer!.subarray(0, nread))
+    return undefined
+  }
+  if (nread < 0) netOnRead!.call(this)
+  return undefined
+}
+
+function onOwnRead(this: Handle): Buffer | undefined {
+  const nread = wrap!.streamBaseState[wrap!.kReadBytesOrError]
+  if (nread > 0) {
+    const buf = this[kReadBuffer]!
+    const before = queuedWriteCount
+    const kept = this[kReader]!.onBytes(buf.subarray(0, nread))
+    if (!kept && queuedWriteCount === before) return undefined
+    // Some of these bytes are still needed, or wait in a write queue: the
+    // next read goes to a new buffer.
+    const next = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
+    this[kReadBuffer] = next
+    return next
+  }
+  if (nread < 0) netOnRead!.call(this)
+  return undefined
+}
+
+function takeOver(
+  handle: Handle,
+  reader: ReadOwner,
+  buffer: Buffer,
+  onread: Handle['onread'],
+): void {
+  netOnRead ??= handle.onread
+  handle[kReader] = reader
+  handle.useUserBuffer(buffer)
+  handle.onread = onread
+  handle.reading = true
+  handle.readStart()
+}
+
+/**
+ * Starts delivering a connected socket's bytes to `reader`. With `ownBuffer`
+ * the socket reads into a buffer of its own, so `onBytes` may forward
+ * subarrays of it to writes that get queued; without, it shares the thread's
+ * buffer and `onBytes` must copy what it keeps. The socket must not be in
+ * flowing mode (accepted with pauseOnConnect, or called from 'connect').
+ */
+export function startReading(socket: net.Socket, reader: ReadOwner, ownBuffer: boolean): void {
+  if (wrap === null) {
+    socket.on('data', (chunk: Buffer) => reader.onBytes(chunk))
+    socket.resume()
+    return
+  }
+  const handle = handleOf(socket)
+  if (handle === null) return
+  if (ownBuffer) {
+    const buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
+    handle[kReadBuffer] = buffer
+    takeOver(handle, reader, buffer, onOwnRead)
+  } else {
+    takeOver(handle, reader, sharedReadBuffer!, onSharedRead)
+  }
+}
+
+/** Stops reading (the peer is not draining). */
+export function pauseReading(socket: net.Socket): void {
+  if (wrap === null) {
+    socket.pause()
+    return
+  }
+  const handle = handleOf(socket)
+  if (handle === null || !handle.reading) return
+  handle.reading = false
+  handle.readStop()
+}
+
+export function resumeReading(socket: net.Socket): void {
+  if (wrap === null) {
+    socket.resume()
+    return
+  }
+  const handle = handleOf(socket)
+  if (handle === null || handle.reading || socket.destroyed) return
+  handle.reading = true
+  handle.readStart()
+}
