@@ -1,3 +1,4 @@
+import { fstatSync } from 'node:fs'
 import pino from 'pino'
 
 export type Logger = pino.Logger
@@ -17,13 +18,15 @@ export interface LoggerOptions {
  * through the coordinator's stdout.
  */
 export function createLogger(opts: LoggerOptions): Logger {
-  const console = opts.pretty ? prettyDestination() : pino.destination({ dest: 1, sync: false })
+  const console = opts.pretty
+    ? prettyDestination()
+    : pino.destination({ dest: 1, sync: isRegularFile(1) })
   // Like PgBouncer in the foreground: a logfile gets every line, and so does stdout.
   const destination = opts.logfile
     ? pino.multistream([
         { stream: console, level: 'trace' },
         {
-          stream: pino.destination({ dest: opts.logfile, sync: false, mkdir: true }),
+          stream: pino.destination({ dest: opts.logfile, sync: true, mkdir: true }),
           level: 'trace',
         },
       ])
@@ -40,7 +43,20 @@ export function createLogger(opts: LoggerOptions): Logger {
   )
 }
 
-/** pino buffers asynchronously: a worker thread must flush before it ends. */
+// A regular file takes a write at once (into the page cache), so a line is
+// written in place, as PgBouncer writes its log: one system call, where an
+// asynchronous write costs two thread hand-offs through libuv's pool, a
+// tenth of the CPU a short connection costs. A pipe or a terminal can stall
+// a writer, so stdout as one of those is written asynchronously.
+function isRegularFile(fd: number): boolean {
+  try {
+    return fstatSync(fd).isFile()
+  } catch {
+    return false
+  }
+}
+
+/** Lines to a pipe are buffered asynchronously: a worker thread must flush before it ends. */
 export function flushLogger(log: Logger): void {
   try {
     log.flush()
