@@ -147,8 +147,11 @@ export class RawConnection {
     }
   }
 
-  /** Messages until one of type `type` arrived (included), the peer closed, or the timeout. */
-  async until(type: string, timeoutMs: number): Promise<BackendMessage[]> {
+  /**
+   * Messages until one of type `type` arrived (included), the peer closed, or
+   * the timeout; with `type` null, everything until the peer closes.
+   */
+  async until(type: string | null, timeoutMs: number): Promise<BackendMessage[]> {
     const deadline = Date.now() + timeoutMs
     const seen: BackendMessage[] = []
     for (;;) {
@@ -159,15 +162,9 @@ export class RawConnection {
     }
   }
 
-  /** Everything the peer sends until it closes; `closed` tells whether it did in time. */
-  async drain(timeoutMs: number): Promise<BackendMessage[]> {
-    const deadline = Date.now() + timeoutMs
-    const seen: BackendMessage[] = []
-    for (;;) {
-      const msg = await this.next(deadline - Date.now())
-      if (msg === null) return seen
-      seen.push(msg)
-    }
+  /** Everything the peer sends until it closes or the timeout passes. */
+  drain(timeoutMs: number): Promise<BackendMessage[]> {
+    return this.until(null, timeoutMs)
   }
 
   /** Logs in with a StartupMessage (trust auth) and waits for ReadyForQuery. */

@@ -143,7 +143,7 @@ export class ClientSession {
     this.socket = socket
     this.pid = pid
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
-    socket.setNoDelay(true)
+    // TCP_NODELAY is already set: the listener is created with noDelay.
     if (worker.settings.tcpKeepalive) socket.setKeepAlive(true)
     ;(socket as SessionSocket)[kSession] = this
     socket.on('error', onSocketError)
