@@ -44,7 +44,7 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
     })
     .option('targets', {
       type: 'string',
-      describe: 'comma-separated targets: direct, pgbouncer, cluster-1, cluster-<cpus>',
+      describe: 'comma-separated targets: direct, pgbouncer, cluster-1, cluster-<cpus>, node-relay',
     })
     .option('rounds', {
       type: 'number',

@@ -33,7 +33,7 @@ export interface RunSample {
 
 /** Why a target cannot run a workload at all (not a failure of the target). */
 export function skipReason(w: Workload, t: Target, pgMaxConnections: number): string | null {
-  if (t.kind === 'direct') {
+  if (t.kind === 'direct' || t.kind === 'relay') {
     const clients =
       w.kind === 'pgbench' ? w.clients : w.kind === 'pg-dynamic' ? w.maxConcurrency : w.concurrency
     // the poolers keep up to 3 × pool_size server connections open meanwhile
@@ -43,6 +43,9 @@ export function skipReason(w: Workload, t: Target, pgMaxConnections: number): st
   }
   return null
 }
+
+/** The workloads the bare Node relay runs: those the speed targets are stated for. */
+export const RELAY_WORKLOADS: ReadonlySet<string> = new Set(['select-simple'])
 
 export interface PlannedRun {
   w: Workload
@@ -65,6 +68,8 @@ export function planRuns(
   for (const w of workloads) {
     const runnable: Target[] = []
     for (const t of targets) {
+      // The relay is a yardstick for the speed targets, not a contender.
+      if (t.kind === 'relay' && !RELAY_WORKLOADS.has(w.name)) continue
       const reason =
         t.status === 'ready'
           ? skipReason(w, t, pgMaxConnections)

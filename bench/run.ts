@@ -89,7 +89,9 @@ async function main(): Promise<number> {
   const ready = set.targets.filter((t) => t.status === 'ready')
 
   const { plan, skips } = planRuns(workloads, set.targets, args.rounds, PG_MAX_CONNECTIONS)
-  const memoryTargets = wants('memory') ? ready.filter((t) => t.pid !== null) : []
+  const memoryTargets = wants('memory')
+    ? ready.filter((t) => t.pid !== null && t.kind !== 'relay')
+    : []
   const memoryEstimate = memoryTargets.length * (4 + memoryCount / 2000)
   const totalEstimate = plan.reduce((s, p) => s + estimateSeconds(p.w), 0) + memoryEstimate
   log(`${plan.length} runs, about ${fmtDuration(totalEstimate)}`)

@@ -1,5 +1,6 @@
 // Starts and stops what the benchmark compares: direct PostgreSQL, PgBouncer
-// and pgbouncer-cluster, the poolers from one generated pgbouncer.ini.
+// and pgbouncer-cluster, the poolers from one generated pgbouncer.ini, and a
+// bare Node relay as the yardstick of what Node itself costs.
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { existsSync, openSync, readFileSync } from 'node:fs'
@@ -13,7 +14,7 @@ import type { Endpoint } from './endpoint.ts'
 import { withNofile } from './pgbench.ts'
 import { poolerIni, userlist } from './pooler-config.ts'
 
-export type TargetKind = 'direct' | 'pgbouncer' | 'cluster'
+export type TargetKind = 'direct' | 'pgbouncer' | 'cluster' | 'relay'
 
 export interface Target {
   id: string
@@ -33,6 +34,7 @@ export const PGBOUNCER_BIN = process.env.BENCH_PGBOUNCER ?? '/usr/sbin/pgbouncer
 export const CLUSTER_CLI = fileURLToPath(
   new URL('../packages/coordinator/bin/pgbouncer-cluster.js', import.meta.url),
 )
+const RELAY_SCRIPT = fileURLToPath(new URL('./node-relay.ts', import.meta.url))
 export const POOL_SIZE = 20
 /** Enough for the 10,000 idle connections of the memory scenario. */
 export const MAX_CLIENT_CONN = 12000
@@ -44,7 +46,7 @@ export function clusterWorkerCounts(): number[] {
 }
 
 export function allTargetIds(): string[] {
-  return ['direct', 'pgbouncer', ...clusterWorkerCounts().map((n) => `cluster-${n}`)]
+  return ['direct', 'pgbouncer', ...clusterWorkerCounts().map((n) => `cluster-${n}`), 'node-relay']
 }
 
 export async function freePort(): Promise<number> {
@@ -197,6 +199,11 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
       continue
     }
     const port = await freePort()
+    if (id === 'node-relay') {
+      targets.push(await startRelay(id, port, o.pg, join(dir, `${id}.log`), endpoint(port)))
+      log(`${targets[targets.length - 1]!.label}: ${targets[targets.length - 1]!.status}`)
+      continue
+    }
     const ini = join(dir, `${id}.ini`)
     await writeFile(ini, poolerIni(base, port), { mode: 0o644 })
     const logFile = join(dir, `${id}.log`)
@@ -323,5 +330,34 @@ async function startCluster(
     status: 'ready',
     exitNote: () => exitNote(s),
     stop: () => stopSpawned(s, 5000),
+  }
+}
+
+/** A bare Node relay (node-relay.ts): one PostgreSQL connection per client, no pooling. */
+async function startRelay(
+  id: string,
+  port: number,
+  pg: PostgresInfo,
+  logFile: string,
+  ep: Endpoint,
+): Promise<Target> {
+  const label = 'bare Node relay'
+  const args = [RELAY_SCRIPT, String(port), pg.host, String(pg.port)]
+  const [cmd, argv] = withNofile(NOFILE, process.execPath, args)
+  const s = spawnLogged(cmd, argv, logFile)
+  const err = await waitReady(s, port, /listening/, 10_000)
+  if (err) {
+    await stopSpawned(s, 1000)
+    return notReady(id, label, 'relay', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
+  }
+  return {
+    id,
+    label,
+    kind: 'relay',
+    endpoint: ep,
+    pid: s.child.pid ?? null,
+    status: 'ready',
+    exitNote: () => exitNote(s),
+    stop: () => stopSpawned(s, 2000),
   }
 }

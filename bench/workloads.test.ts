@@ -124,3 +124,22 @@ test('planRuns alternates the targets round by round and lists every skip', () =
   )
   assert.equal(skips[0]!.reason, 'failed: failed to start: exited with code 2')
 })
+
+test('the bare Node relay runs only the workloads the speed targets name, with no skip listed', () => {
+  const ws = selectWorkloads({ quick: false }, ['select-simple', 'select-connect', 'clients-1000'])
+  const targets = [
+    { id: 'pgbouncer', kind: 'pgbouncer', status: 'ready' },
+    { id: 'node-relay', kind: 'relay', status: 'ready' },
+  ] as Target[]
+  const { plan, skips } = planRuns(ws, targets, 1, 200)
+  assert.deepEqual(
+    plan.map((p) => `${p.w.name}/${p.t.id}`),
+    [
+      'select-simple/pgbouncer',
+      'select-simple/node-relay',
+      'select-connect/pgbouncer',
+      'clients-1000/pgbouncer',
+    ],
+  )
+  assert.deepEqual(skips, [])
+})

@@ -120,7 +120,10 @@ export class ClientSession {
   private outstanding = 0
   /** Extended-protocol messages sent since the last Sync: the server holds state for them. */
   private extended = false
-  private readonly queued: Buffer[] = []
+  // Bytes that arrived before a server was linked. The slots are reused from
+  // one transaction to the next: truncating an array is a runtime call in V8.
+  private readonly queued: (Buffer | null)[] = []
+  private queuedCount = 0
   private requested = false
   private action = 0
   private readonly scanner: FrameScanner
@@ -233,7 +236,7 @@ export class ClientSession {
       this.writeServer(server, buf)
       return
     }
-    this.queued.push(buf)
+    this.queued[this.queuedCount++] = buf
     if (!this.requested) {
       this.requested = true
       this.pool!.request(this)
@@ -331,7 +334,7 @@ export class ClientSession {
     }
     if (this.state === 'welcome') {
       this.sendWelcome()
-      if (this.mode !== 'session' && this.queued.length === 0) {
+      if (this.mode !== 'session' && this.queuedCount === 0) {
         // The server was only needed for its parameters.
         this.server = null
         const pool = this.pool!
@@ -339,8 +342,12 @@ export class ClientSession {
         return
       }
     }
-    for (let i = 0; i < this.queued.length; i++) this.writeServer(server, this.queued[i])
-    this.queued.length = 0
+    const queued = this.queued
+    for (let i = 0; i < this.queuedCount; i++) {
+      this.writeServer(server, queued[i]!)
+      queued[i] = null
+    }
+    this.queuedCount = 0
   }
 
   /** The server reported a tracked parameter (the client ran SET): remember it. */
