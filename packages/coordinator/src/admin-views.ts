@@ -298,7 +298,7 @@ export function showConnections(type: 'C' | 'S', list: ConnectionInfo[]): View {
     c.ptr,
     c.link,
     String(c.remotePid),
-    '',
+    c.tls,
     c.applicationName,
   ])
   return { columns: COLUMNS.connections, rows }

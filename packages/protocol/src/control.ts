@@ -138,6 +138,8 @@ export interface ConnectionInfo {
   ptr: string
   link: string
   remotePid: number
+  /** protocol/cipher of a TLS connection, '' in plain text. */
+  tls: string
   applicationName: string
 }
 

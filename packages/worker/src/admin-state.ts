@@ -9,6 +9,7 @@ import type { ClientSession } from './client.ts'
 import { fatal } from './errors.ts'
 import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
+import { tlsInfo } from './tls.ts'
 import type { PoolerWorker } from './worker.ts'
 
 /** PgBouncer's text for the clients of a database dropped by KILL. */
@@ -198,6 +199,7 @@ export class WorkerAdmin {
       ptr: clientPtr(session),
       link: server === null ? '' : this.serverPtr(server),
       remotePid: 0,
+      tls: tlsInfo(socket),
       applicationName: session.vars.application_name ?? '',
     }
   }
@@ -220,6 +222,7 @@ export class WorkerAdmin {
       ptr: this.serverPtr(server),
       link: client === null ? '' : clientPtr(client),
       remotePid: server.pid,
+      tls: tlsInfo(server.socket),
       applicationName: server.vars.application_name ?? '',
     }
   }

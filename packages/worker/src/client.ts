@@ -32,6 +32,7 @@ import {
 import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
 import { pauseReading, resumeReading, send, sendAll, startReading } from './socket-io.ts'
+import { acceptTls, type TlsSetup, tlsRequired } from './tls.ts'
 import type { PoolerWorker } from './worker.ts'
 
 export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
@@ -96,7 +97,8 @@ function onLoginFrame(type: number, msg: Buffer): boolean {
  */
 export class ClientSession {
   readonly worker: PoolerWorker
-  readonly socket: net.Socket
+  /** The client's socket; a TLS socket over it once the client asked for TLS. */
+  socket: net.Socket
   state: ClientState = 'startup'
   /** Our BackendKeyData: the worker's id sits in the top bits so any worker can route a cancel. */
   readonly pid: number
@@ -138,6 +140,10 @@ export class ClientSession {
   private loginTimer: NodeJS.Timeout | null = null
   private pausedServer: Server | null = null
   private readPaused = false
+  /** Answered 'S' to SSLRequest; the handshake starts after this packet. */
+  private tlsAccepted = false
+  /** The connection is in TLS. */
+  encrypted = false
   /** Writes to the client the kernel has not taken yet (see socket-io.ts). */
   queuedWrites = 0
 
@@ -385,6 +391,16 @@ export class ClientSession {
       this.fail(fatal(e.message, e.sqlstate ?? SqlState.ProtocolViolation))
       return
     }
+    if (this.tlsAccepted && !this.encrypted) {
+      if (reader.takeRemainder().length > 0) {
+        // Sent before the handshake, so not protected by it: PostgreSQL and
+        // PgBouncer refuse it too, as a man-in-the-middle could have put it there.
+        this.fail(fatal(Texts.unencryptedAfterSslRequest))
+        return
+      }
+      this.startTls(this.worker.tls.client!)
+      return
+    }
     if (this.state === 'welcome' || this.state === 'active' || this.state === 'admin') {
       // Authenticated: what follows is for a server, not for the login reader.
       this.loginReader = null
@@ -406,15 +422,32 @@ export class ClientSession {
     } else {
       this.fail(fatal(`unexpected message '${String.fromCharCode(type)}' during login`))
     }
+    // Stop at an accepted SSLRequest: what follows must come through TLS.
+    if (this.tlsAccepted && !this.encrypted) return true
     return this.state !== 'startup' && this.state !== 'auth'
   }
 
   private onStartupPacket(packet: Buffer): void {
     const startup = parseStartupPacket(packet)
     switch (startup.kind) {
-      case 'ssl':
+      case 'ssl': {
+        if (this.encrypted) {
+          this.close('SSL req inside SSL')
+          return
+        }
+        const setup = this.worker.tls.client
+        if (setup === null) {
+          this.write(NO_ENCRYPTION)
+          return
+        }
+        // The handshake starts once the login reader has stopped at this
+        // packet (onLoginData): nothing may follow it in plain text.
+        this.write(ENCRYPTION_ACCEPTED)
+        this.tlsAccepted = true
+        return
+      }
       case 'gssenc':
-        // TLS and GSSAPI encryption are not offered: the client goes on in plain text.
+        // GSSAPI encryption is not offered: the client goes on without it.
         this.write(NO_ENCRYPTION)
         return
       case 'cancel':
@@ -422,6 +455,10 @@ export class ClientSession {
         this.close(null)
         return
       case 'startup':
+        if (!this.encrypted && tlsRequired(this.worker.tls.client?.mode ?? 'disable')) {
+          this.fail(fatal(Texts.sslRequired))
+          return
+        }
         this.loginReader!.startup = false
         this.onStartup(startup.params, startup.minor, startup.protocolOptions)
         return
@@ -582,6 +619,19 @@ export class ClientSession {
 
   // ---- the end ----------------------------------------------------------
 
+  /** The client asked for TLS and got 'S': the rest of its connection goes through TLS. */
+  private startTls(setup: TlsSetup): void {
+    const plain = this.socket
+    pauseReading(plain)
+    const secure = acceptTls(plain, setup)
+    ;(secure as net.Socket as SessionSocket)[kSession] = this
+    secure.on('error', onSocketError)
+    secure.on('close', onSocketClose)
+    this.socket = secure
+    this.encrypted = true
+    startReading(secure, this, false)
+  }
+
   /** Send a FATAL error and close. */
   fail(error: Buffer): void {
     if (this.state === 'closed') return
@@ -642,3 +692,4 @@ export class ClientSession {
 }
 
 const NO_ENCRYPTION = Buffer.from('N')
+const ENCRYPTION_ACCEPTED = Buffer.from('S')

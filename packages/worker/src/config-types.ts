@@ -4,6 +4,7 @@
  * (workerData at start, a control message on reload), already validated.
  */
 export type PoolMode = 'session' | 'transaction' | 'statement'
+export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
 export type AuthType = 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert' | 'hba' | 'pam'
 
 export interface DatabaseConfig {
@@ -64,8 +65,29 @@ export interface WorkerSettings {
   tcpKeepalive: boolean
 }
 
+/**
+ * One side's TLS (client_tls_* or server_tls_*), files already read and
+ * checked by the coordinator: what tls.createSecureContext takes, plus the mode.
+ */
+export interface TlsSide {
+  sslmode: SslMode
+  key?: string
+  cert?: string
+  ca?: string
+  ciphers?: string
+  minVersion: 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'
+  maxVersion: 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'
+}
+
+/** null: that side's sslmode is disable. */
+export interface TlsMaterial {
+  client: TlsSide | null
+  server: TlsSide | null
+}
+
 export interface WorkerConfig {
   settings: WorkerSettings
+  tls: TlsMaterial
   databases: Record<string, DatabaseConfig>
   fallbackDatabase: DatabaseConfig | null
   users: Record<string, UserConfig>

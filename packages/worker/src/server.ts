@@ -15,13 +15,16 @@ import {
   query,
   saslInitialResponse,
   saslResponse,
+  sslRequest,
   startupMessage,
   terminate,
 } from '@pgbouncer-cluster/protocol/serializer'
 import type { ClientSession } from './client.ts'
+import { Texts } from './errors.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
 import type { Pool } from './pool.ts'
-import { endWith, send, startReading } from './socket-io.ts'
+import { endWith, pauseReading, send, startReading } from './socket-io.ts'
+import { connectTls, tlsRequired } from './tls.ts'
 
 export type ServerState = 'login' | 'idle' | 'active' | 'closed'
 
@@ -51,7 +54,8 @@ let nextServerId = 1
 export class Server {
   readonly id = nextServerId++
   readonly pool: Pool
-  readonly socket: net.Socket
+  /** The connection to PostgreSQL; a TLS socket over it once PostgreSQL agreed to TLS. */
+  socket: net.Socket
   state: ServerState = 'login'
   client: ClientSession | null = null
   /** ParameterStatus values as the server last reported them. */
@@ -83,6 +87,8 @@ export class Server {
   private closeTimer: NodeJS.Timeout | null = null
   private segmentStart = 0
   private action = 0
+  /** Our SSLRequest awaits PostgreSQL's one-byte answer. */
+  private sslPending = false
 
   /** Which shared permits this connection holds (pool, database, user). */
   readonly permits: number
@@ -118,6 +124,51 @@ export class Server {
     // Reads land in a buffer of this server's own, so results are forwarded
     // to the client as subarrays of it (see socket-io.ts).
     startReading(this.socket, this, true)
+    if (this.pool.worker.tls.server !== null) {
+      // server_tls_sslmode: ask first; PostgreSQL answers one byte, S or N.
+      this.sslPending = true
+      this.write(sslRequest())
+      return
+    }
+    this.sendStartup()
+  }
+
+  /** PostgreSQL's answer to our SSLRequest. */
+  private onSslAnswer(chunk: Buffer): void {
+    this.sslPending = false
+    const setup = this.pool.worker.tls.server!
+    const answer = chunk.length === 1 ? chunk[0] : -1
+    if (answer === ASCII_N && !tlsRequired(setup.mode)) {
+      this.sendStartup()
+      return
+    }
+    if (answer !== ASCII_S) {
+      this.failLogin({
+        code: '08006',
+        message: answer === ASCII_N ? Texts.serverRefusedSsl : 'unexpected answer to SSLRequest',
+        fromServer: false,
+      })
+      return
+    }
+    const plain = this.socket
+    pauseReading(plain)
+    plain.off('error', this.onError)
+    plain.off('close', this.onClose)
+    // The TLS socket shares this socket's handle and reports its errors and
+    // its close; this listener only keeps an error on the plain side from
+    // being unhandled.
+    plain.on('error', ignoreError)
+    const secure = connectTls(plain, setup, this.pool.database.host)
+    secure.on('error', this.onError)
+    secure.on('close', this.onClose)
+    secure.once('secureConnect', () => {
+      startReading(secure, this, true)
+      this.sendStartup()
+    })
+    this.socket = secure
+  }
+
+  private sendStartup(): void {
     const db = this.pool.database
     const params: Record<string, string> = { user: this.pool.user, database: db.dbname }
     if (db.clientEncoding) params.client_encoding = db.clientEncoding
@@ -129,7 +180,10 @@ export class Server {
 
   private readonly onError = (err: Error): void => {
     if (this.state === 'login') {
-      this.failLogin({ code: '08006', message: err.message, fromServer: false })
+      // Node adds advice about its own flags to certificate errors; a pooler
+      // user's remedy is server_tls_ca_file.
+      const message = err.message.replace(/; if the root CA is installed locally.*$/, '')
+      this.failLogin({ code: '08006', message, fromServer: false })
     } else {
       this.pool.worker.log.warn({ server: this.id, err: err.message }, 'server socket error')
     }
@@ -180,7 +234,8 @@ export class Server {
 
   private onData(chunk: Buffer): void {
     if (this.loginReader !== null) {
-      this.onLoginData(chunk)
+      if (this.sslPending) this.onSslAnswer(chunk)
+      else this.onLoginData(chunk)
       return
     }
     const client = this.client
@@ -502,3 +557,7 @@ const ACTION_NONE = 0
 const ACTION_SKIP = 1
 const ACTION_RELEASE = 2
 const ACTION_CLOSE = 3
+const ASCII_S = 0x53
+const ASCII_N = 0x4e
+
+function ignoreError(): void {}

@@ -19,7 +19,7 @@
 //
 // The handle API is the one net.js uses (process.binding('stream_wrap')). If a
 // Node build withholds it, the same functions fall back to the public stream
-// API, with the same behaviour and the old costs.
+// API, with the same behaviour and the old costs; so do TLS sockets.
 
 import { Buffer } from 'node:buffer'
 import type net from 'node:net'
@@ -111,6 +111,15 @@ function newReq(): WriteReq {
   return req
 }
 
+/**
+ * Sockets whose bytes go through the stream API: every socket where the
+ * handles are withheld, and TLS sockets, whose handle is Node's TLS layer
+ * (it completes every write later, so the handle path would gain nothing).
+ */
+function viaStream(socket: net.Socket): boolean {
+  return wrap === null || (socket as { encrypted?: boolean }).encrypted === true
+}
+
 function handleOf(socket: net.Socket): Handle | null {
   return (socket as unknown as { _handle: Handle | null })._handle
 }
@@ -162,7 +171,7 @@ function afterWrite(
  * A destroyed socket swallows the bytes.
  */
 export function send(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): boolean {
-  if (wrap === null) return streamWrite(socket, owner, buf)
+  if (viaStream(socket)) return streamWrite(socket, owner, buf)
   const handle = handleOf(socket)
   if (handle === null || socket.destroyed) return true
   return afterWrite(socket, owner, handle.writeBuffer(spareReq!, buf), buf)
@@ -170,7 +179,7 @@ export function send(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): bo
 
 /** Several buffers in one system call. */
 export function sendAll(socket: net.Socket, owner: WriteOwner, chunks: Uint8Array[]): boolean {
-  if (wrap === null) {
+  if (viaStream(socket)) {
     let all = true
     for (const chunk of chunks) all = streamWrite(socket, owner, chunk)
     return all
@@ -188,7 +197,10 @@ export function endWith(socket: net.Socket, owner: WriteOwner, buf: Uint8Array):
 
 function streamWrite(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): boolean {
   if (socket.destroyed) return true
-  if (socket.write(buf)) return true
+  // A stream keeps what it is given until the write completes (a TLS socket:
+  // always later), and with handles at hand `buf` may be a view of a read
+  // buffer about to be read into again: the stream gets a copy.
+  if (socket.write(wrap === null ? buf : Buffer.from(buf))) return true
   if (owner.queuedWrites++ === 0) {
     socket.once('drain', () => {
       owner.queuedWrites = 0
@@ -257,7 +269,7 @@ function takeOver(
  * flowing mode (accepted with pauseOnConnect, or called from 'connect').
  */
 export function startReading(socket: net.Socket, reader: ReadOwner, ownBuffer: boolean): void {
-  if (wrap === null) {
+  if (viaStream(socket)) {
     socket.on('data', (chunk: Buffer) => reader.onBytes(chunk))
     socket.resume()
     return
@@ -275,7 +287,7 @@ export function startReading(socket: net.Socket, reader: ReadOwner, ownBuffer: b
 
 /** Stops reading (the peer is not draining). */
 export function pauseReading(socket: net.Socket): void {
-  if (wrap === null) {
+  if (viaStream(socket)) {
     socket.pause()
     return
   }
@@ -286,7 +298,7 @@ export function pauseReading(socket: net.Socket): void {
 }
 
 export function resumeReading(socket: net.Socket): void {
-  if (wrap === null) {
+  if (viaStream(socket)) {
     socket.resume()
     return
   }

@@ -19,6 +19,7 @@ import type {
 import { fatal, SqlState, Texts } from './errors.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
+import { type TlsSetups, tlsSetups } from './tls.ts'
 
 /** What the coordinator hands a worker thread at start. */
 export interface WorkerData {
@@ -44,6 +45,8 @@ export class PoolerWorker {
   readonly shared: SharedMemory
   readonly log: Logger
   config: WorkerConfig
+  /** Secure contexts for client_tls_* and server_tls_*, rebuilt on reload. */
+  tls: TlsSetups
   closing = false
   /** Milliseconds, refreshed by the janitor: timeouts are seconds, the hot path skips the clock. */
   now = Date.now()
@@ -70,6 +73,7 @@ export class PoolerWorker {
     this.id = data.id
     this.shared = new SharedMemory(data.sab)
     this.config = data.config
+    this.tls = tlsSetups(data.config.tls)
     this.listen = data.listen
     this.port = port
     this.log = createLogger({
@@ -331,6 +335,7 @@ export class PoolerWorker {
    */
   private reconfigure(config: WorkerConfig): void {
     this.config = config
+    this.tls = tlsSetups(config.tls)
     for (const pool of this.pools.values()) {
       const db = this.resolveDatabase(pool.database.name)
       if (db !== null) pool.reconfigure(db, this.poolModeFor(db, pool.user))

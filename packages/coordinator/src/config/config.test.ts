@@ -105,7 +105,7 @@ tcp_keepidle = 60
 log_connections = 0
 stats_period = 30
 ;; not implemented here
-server_tls_sslmode = disable
+client_tls_ecdhcurve = auto
 server_round_robin = 1
 dns_max_ttl = 30
 %include extra.ini
@@ -151,7 +151,7 @@ describe('loadConfig: a realistic pgbouncer.ini', () => {
       tcpKeepidle: 60,
       logConnections: false,
       statsPeriod: 30,
-      serverTlsSslmode: 'disable',
+      clientTlsEcdhcurve: 'auto',
       serverRoundRobin: true,
       dnsMaxTtl: 30,
       maxDbConnections: 100,
@@ -242,9 +242,9 @@ describe('loadConfig: a realistic pgbouncer.ini', () => {
     assert.equal(config.warnings.length, 1)
     const [w] = config.warnings
     assert.match(w!, /not implemented/)
-    for (const name of ['server_tls_sslmode', 'server_round_robin', 'dns_max_ttl'])
+    for (const name of ['client_tls_ecdhcurve', 'server_round_robin', 'dns_max_ttl'])
       assert.ok(w!.includes(name), name)
-    for (const name of ['listen_port', 'pool_mode', 'max_db_connections'])
+    for (const name of ['listen_port', 'pool_mode', 'max_db_connections', 'client_tls_sslmode'])
       assert.ok(!w!.includes(name), name)
   })
 
@@ -578,6 +578,102 @@ describe('PgBouncer accepts the same file', { skip: skipPgBouncer }, () => {
         if (pid > 0) process.kill(pid, 'SIGKILL')
         child.kill('SIGKILL')
       }
+    }
+  })
+})
+
+describe('loadConfig: client_tls_* and server_tls_*', () => {
+  // One self-signed certificate and its key, and a second key that is not its.
+  const dir = makeDir()
+  const make = (name: string) =>
+    spawnSync(
+      'openssl',
+      [
+        ...['req', '-x509', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'],
+        ...['-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.crt`)],
+        ...['-days', '2', '-subj', '/CN=127.0.0.1'],
+      ],
+      { stdio: 'ignore' },
+    )
+  make('a')
+  make('b')
+  const base = '[databases]\n[pgbouncer]\nlisten_port = 6432\n'
+
+  test('the files are read, relative to the ini, into the TLS material of each side', () => {
+    const file = join(dir, 'ok.ini')
+    writeFileSync(
+      file,
+      `${base}client_tls_sslmode = require\nclient_tls_key_file = a.key\nclient_tls_cert_file = a.crt\nclient_tls_protocols = tlsv1.3\nserver_tls_sslmode = verify-full\nserver_tls_ca_file = b.crt\n`,
+    )
+    const config = loadConfig(file)
+    assert.equal(config.tls.client?.sslmode, 'require')
+    assert.equal(config.tls.client?.key, readFileSync(join(dir, 'a.key'), 'utf8'))
+    assert.equal(config.tls.client?.cert, readFileSync(join(dir, 'a.crt'), 'utf8'))
+    assert.deepEqual(
+      [config.tls.client?.minVersion, config.tls.client?.maxVersion],
+      ['TLSv1.3', 'TLSv1.3'],
+    )
+    assert.equal(config.tls.server?.sslmode, 'verify-full')
+    assert.equal(config.tls.server?.ca, readFileSync(join(dir, 'b.crt'), 'utf8'))
+    assert.equal(config.tls.server?.key, undefined)
+    assert.deepEqual(
+      [config.tls.server?.minVersion, config.tls.server?.maxVersion],
+      ['TLSv1.2', 'TLSv1.3'],
+    )
+    assert.ok(!config.warnings.join('\n').includes('tls'), config.warnings.join('\n'))
+  })
+
+  test('sslmode disable on both sides needs no files and gives no material', () => {
+    const file = join(dir, 'off.ini')
+    writeFileSync(file, `${base}server_tls_sslmode = disable\n`)
+    assert.deepEqual(loadConfig(file).tls, { client: null, server: null })
+  })
+
+  test('what cannot work is an error naming the file, line and key', () => {
+    const cases: [string, number, string, RegExp][] = [
+      [
+        'client_tls_sslmode = require\nclient_tls_cert_file = a.crt\n',
+        4,
+        'client_tls_key_file',
+        /needs client_tls_key_file and client_tls_cert_file/,
+      ],
+      [
+        'client_tls_sslmode = prefer\nclient_tls_key_file = missing.key\nclient_tls_cert_file = a.crt\n',
+        5,
+        'client_tls_key_file',
+        /cannot read client_tls_key_file "missing.key"/,
+      ],
+      [
+        'client_tls_sslmode = require\nclient_tls_key_file = b.key\nclient_tls_cert_file = a.crt\n',
+        5,
+        'client_tls_key_file',
+        /TLS setup refused/,
+      ],
+      [
+        'client_tls_sslmode = verify-ca\nclient_tls_key_file = a.key\nclient_tls_cert_file = a.crt\n',
+        4,
+        'client_tls_ca_file',
+        /client_tls_ca_file, which is not set/,
+      ],
+      [
+        'server_tls_sslmode = require\nserver_tls_protocols = tlsv9\n',
+        5,
+        'server_tls_protocols',
+        /unknown TLS protocol "tlsv9"/,
+      ],
+      [
+        'server_tls_sslmode = require\nserver_tls_key_file = a.key\n',
+        5,
+        'server_tls_cert_file',
+        /go together/,
+      ],
+    ]
+    for (const [lines, line, key, re] of cases) {
+      const file = join(dir, `bad${line}${key}.ini`)
+      writeFileSync(file, base + lines)
+      // a key that is not set has no line: the error then names the file and key
+      const set = lines.includes(`${key} =`)
+      configError(() => loadConfig(file), file, set ? line : null, key, re)
     }
   })
 })

@@ -9,6 +9,7 @@
 
 import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
+import type { TlsMaterial } from '@pgbouncer-cluster/worker'
 import {
   ADMIN_DATABASE,
   type DatabaseConfig,
@@ -27,6 +28,7 @@ import {
   type SettingSpec,
   type Settings,
 } from './settings.ts'
+import { loadTls } from './tls.ts'
 import { parseUserlist } from './userlist.ts'
 
 export type { DatabaseConfig, UserConfig } from './connstring.ts'
@@ -41,6 +43,7 @@ export interface Config {
   fallbackDatabase: DatabaseConfig | null // the '*' entry
   users: Record<string, UserConfig>
   authUsers: Record<string, string> // auth_file: user -> plain text, md5 hash or SCRAM secret
+  tls: TlsMaterial // client_tls_* and server_tls_* files, read and checked
   warnings: string[]
 }
 
@@ -138,6 +141,7 @@ export function loadConfig(file: string, overrides: Partial<Settings> = {}): Con
     fallbackDatabase,
     users,
     authUsers,
+    tls: loadTls(settings, origins, file),
     warnings,
   }
 }
@@ -161,6 +165,7 @@ export function defaultConfig(overrides: Partial<Settings> = {}): Config {
     fallbackDatabase: { name: '*', host: '127.0.0.1', port: 5432, dbname: '*', line: 0 },
     users: Object.create(null),
     authUsers,
+    tls: loadTls(settings, origins, null),
     warnings,
   }
 }

@@ -182,11 +182,13 @@ describe('settings table', () => {
       'admin_users',
       'stats_users',
       'stats_period',
+      'client_tls_sslmode',
+      'server_tls_ca_file',
     ]) {
       assert.ok(impl.has(name), name)
     }
-    // No unix socket or TLS yet: those files get the one warning.
-    for (const name of ['server_tls_sslmode', 'auth_user', 'unix_socket_dir', 'syslog']) {
+    // No unix socket or auth_user yet: those files get the one warning.
+    for (const name of ['client_tls_ecdhcurve', 'auth_user', 'unix_socket_dir', 'syslog']) {
       assert.ok(!impl.has(name), name)
     }
     for (const name of impl) assert.ok(SETTINGS_BY_NAME.has(name))

@@ -13,10 +13,9 @@
 // the loader's extend them. cert, hba and pam are recognised so the error can
 // say "not supported by this version" rather than "unknown value"; config.ts
 // refuses them.
-import type { AuthType, PoolMode } from '@pgbouncer-cluster/worker'
+import type { AuthType, PoolMode, SslMode } from '@pgbouncer-cluster/worker'
 
-export type { AuthType, PoolMode }
-export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
+export type { AuthType, PoolMode, SslMode }
 
 export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement']
 export const AUTH_TYPES = [
@@ -192,14 +191,14 @@ const ROWS: Row[] = [
   ['client_idle_timeout', 'seconds', 0, N],
   ['client_login_timeout', 'seconds', 60, Y],
   ['client_tls13_ciphers', 'string', null, N, NULLABLE],
-  ['client_tls_ca_file', 'string', '', N],
-  ['client_tls_cert_file', 'string', '', N],
-  ['client_tls_ciphers', 'string', 'default', N], // 1.18: fast
+  ['client_tls_ca_file', 'string', '', Y],
+  ['client_tls_cert_file', 'string', '', Y],
+  ['client_tls_ciphers', 'string', 'default', Y], // 1.18: fast
   ['client_tls_dheparams', 'string', 'auto', N],
   ['client_tls_ecdhcurve', 'string', 'auto', N],
-  ['client_tls_key_file', 'string', '', N],
-  ['client_tls_protocols', 'string', 'secure', N],
-  ['client_tls_sslmode', 'enum', 'disable', N, { values: SSL_MODES }],
+  ['client_tls_key_file', 'string', '', Y],
+  ['client_tls_protocols', 'string', 'secure', Y],
+  ['client_tls_sslmode', 'enum', 'disable', Y, { values: SSL_MODES }],
   ['conffile', 'string', null, N, NULLABLE],
   ['default_pool_size', 'int', 20, Y],
   ['disable_pqexec', 'bool', false, N, NO_RELOAD],
@@ -250,12 +249,12 @@ const ROWS: Row[] = [
   ['server_reset_query_always', 'bool', false, Y],
   ['server_round_robin', 'bool', false, N],
   ['server_tls13_ciphers', 'string', null, N, NULLABLE],
-  ['server_tls_ca_file', 'string', '', N],
-  ['server_tls_cert_file', 'string', '', N],
-  ['server_tls_ciphers', 'string', 'default', N], // 1.18: fast
-  ['server_tls_key_file', 'string', '', N],
-  ['server_tls_protocols', 'string', 'secure', N],
-  ['server_tls_sslmode', 'enum', 'prefer', N, { values: SSL_MODES }], // 1.18: disable
+  ['server_tls_ca_file', 'string', '', Y],
+  ['server_tls_cert_file', 'string', '', Y],
+  ['server_tls_ciphers', 'string', 'default', Y], // 1.18: fast
+  ['server_tls_key_file', 'string', '', Y],
+  ['server_tls_protocols', 'string', 'secure', Y],
+  ['server_tls_sslmode', 'enum', 'prefer', Y, { values: SSL_MODES }], // 1.18: disable
   ['service_name', 'string', null, N, { nullable: true, reloadable: false }], // Windows alias of job_name
   ['so_reuseport', 'bool', false, Y, NO_RELOAD],
   ['stats_period', 'int', 60, Y, { min: 1 }],
