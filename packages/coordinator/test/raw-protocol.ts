@@ -52,6 +52,50 @@ export function queryMessage(sql: string): Buffer {
   return Buffer.concat([head, text])
 }
 
+function frontend(type: string, body: Buffer): Buffer {
+  const head = Buffer.alloc(5)
+  head[0] = type.charCodeAt(0)
+  head.writeInt32BE(4 + body.length, 1)
+  return Buffer.concat([head, body])
+}
+
+const cstr = (s: string) => Buffer.from(`${s}\0`)
+const int16 = (n: number) => {
+  const b = Buffer.alloc(2)
+  b.writeInt16BE(n)
+  return b
+}
+
+/** Extended protocol, text format throughout. */
+export const extended = {
+  parse: (name: string, sql: string) =>
+    frontend('P', Buffer.concat([cstr(name), cstr(sql), int16(0)])),
+  bind: (statement: string, params: (string | null)[] = [], portal = '') => {
+    const values = params.map((p) => {
+      if (p === null) return Buffer.from([0xff, 0xff, 0xff, 0xff])
+      const v = Buffer.from(p)
+      const len = Buffer.alloc(4)
+      len.writeInt32BE(v.length)
+      return Buffer.concat([len, v])
+    })
+    return frontend(
+      'B',
+      Buffer.concat([
+        cstr(portal),
+        cstr(statement),
+        int16(0),
+        int16(params.length),
+        ...values,
+        int16(0),
+      ]),
+    )
+  },
+  describeStatement: (name: string) => frontend('D', Buffer.concat([Buffer.from('S'), cstr(name)])),
+  execute: (portal = '') => frontend('E', Buffer.concat([cstr(portal), Buffer.alloc(4)])),
+  closeStatement: (name: string) => frontend('C', Buffer.concat([Buffer.from('S'), cstr(name)])),
+  sync: () => frontend('S', Buffer.alloc(0)),
+}
+
 /** The S/C/M fields of an ErrorResponse or NoticeResponse body. */
 export function errorFields(body: Buffer): ErrorFields {
   const out: ErrorFields = { severity: '', code: '', message: '' }
@@ -199,7 +243,7 @@ export class RawConnection {
   }
 }
 
-function dataRowValues(body: Buffer): (string | null)[] {
+export function dataRowValues(body: Buffer): (string | null)[] {
   const count = body.readInt16BE(0)
   const values: (string | null)[] = []
   let pos = 2

@@ -16,7 +16,11 @@ import { DEFAULT_MAX_PACKET_SIZE, MAX_STARTUP_PACKET_SIZE } from './messages.ts'
 
 // Return `true` to stop at this message boundary; anything else continues.
 export type MessageHandler = (type: number, msg: Buffer) => unknown
-export type ScanHandler = (type: number, msg: Buffer | null, end: number) => boolean
+/**
+ * `start`: where the message begins in the scanned chunk, or -1 when it began
+ * in an earlier one.
+ */
+export type ScanHandler = (type: number, msg: Buffer | null, end: number, start: number) => boolean
 
 // Interest flags of FrameScanner, indexed by type byte.
 export const Interest = { Skip: 0, Notify: 1, Whole: 2 } as const
@@ -230,6 +234,7 @@ export class FrameScanner {
   readonly #parts: Buffer[] = []
   #have = 0
   #need = 0
+  #partialStart = -1
 
   constructor(interesting: Uint8Array, maxLength: number = DEFAULT_MAX_PACKET_SIZE) {
     if (interesting.length < 256) throw new RangeError('interesting must have 256 entries')
@@ -260,9 +265,22 @@ export class FrameScanner {
     this.#need = 0
   }
 
+  /**
+   * The unfinished message at the end of the last scan: its type byte and
+   * where it began in that chunk (-1: in an earlier chunk). A caller that
+   * must see such a message whole can hold those bytes back, `reset()`, and
+   * scan them again in front of the next chunk.
+   */
+  get partial(): { type: number; start: number } | null {
+    if (this.#mode === 0) return null
+    const type = this.#mode === 1 ? (this.#hdrLen > 0 ? this.#hdr[0]! : -1) : this.#type
+    return { type, start: this.#partialStart }
+  }
+
   scan(chunk: Buffer, start: number, onMessage: ScanHandler): number {
     const len = chunk.length
     let pos = start
+    this.#partialStart = -1
     if (this.#mode !== 0) {
       if (this.#mode === 1) {
         const hdr = this.#hdr
@@ -283,7 +301,7 @@ export class FrameScanner {
         pos += this.#remaining
         this.#remaining = 0
         this.#mode = 0
-        if (this.#flag === 1 && onMessage(this.#type, null, pos) === true) return pos
+        if (this.#flag === 1 && onMessage(this.#type, null, pos, -1) === true) return pos
       } else {
         const want = this.#need - this.#have
         if (len - pos < want) {
@@ -297,7 +315,7 @@ export class FrameScanner {
         this.#parts.length = 0
         this.#have = 0
         this.#mode = 0
-        if (onMessage(this.#type, msg, pos) === true) return pos
+        if (onMessage(this.#type, msg, pos, -1) === true) return pos
       }
     }
     const interest = this.#interest
@@ -308,6 +326,7 @@ export class FrameScanner {
       if (length < 4 || length > max) checkLength(type, length, max)
       const end = pos + 1 + length
       if (end > len) {
+        this.#partialStart = pos
         chunk.copy(this.#hdr, 0, pos, pos + 5)
         this.#enter(type, length - 4)
         const body = len - pos - 5
@@ -319,12 +338,13 @@ export class FrameScanner {
         return len
       }
       const flag = interest[type]
-      if (flag !== 0 && onMessage(type, flag === 2 ? chunk.subarray(pos, end) : null, end)) {
+      if (flag !== 0 && onMessage(type, flag === 2 ? chunk.subarray(pos, end) : null, end, pos)) {
         return end
       }
       pos = end
     }
     if (pos < len) {
+      this.#partialStart = pos
       this.#mode = 1
       this.#hdrLen = 0
       while (pos < len) this.#hdr[this.#hdrLen++] = chunk[pos++]!

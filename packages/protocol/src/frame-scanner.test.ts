@@ -59,6 +59,34 @@ const offsetsArb = fc
   .map((a) => a.sort((x, y) => x - y))
 
 describe('FrameScanner', () => {
+  it('gives each message its start in the chunk, -1 when it began in an earlier one, and names the unfinished one', () => {
+    const flags = new Uint8Array(256).fill(1)
+    const scanner = new FrameScanner(flags)
+    const q = s.query('SELECT 1')
+    const sync = s.sync()
+    const parse = s.parse('stmt', 'SELECT $1::int', [])
+    const first = Buffer.concat([q, sync, parse.subarray(0, 3)])
+    const starts: number[] = []
+    scanner.scan(first, 0, (_t, _m, _end, start) => {
+      starts.push(start)
+      return false
+    })
+    assert.deepEqual(starts, [0, q.length])
+    assert.deepEqual(scanner.partial, { type: parse[0], start: q.length + sync.length })
+    starts.length = 0
+    scanner.scan(Buffer.concat([parse.subarray(3), sync]), 0, (_t, _m, _end, start) => {
+      starts.push(start)
+      return false
+    })
+    assert.deepEqual(starts, [-1, parse.length - 3])
+    assert.equal(scanner.partial, null)
+    // A body split across three chunks: the middle one reports the start as earlier.
+    scanner.scan(parse.subarray(0, 8), 0, () => false)
+    assert.deepEqual(scanner.partial, { type: parse[0], start: 0 })
+    scanner.scan(parse.subarray(8, 10), 0, () => false)
+    assert.deepEqual(scanner.partial, { type: parse[0], start: -1 })
+  })
+
   it('reports every flag-2 message as a view of the chunk', () => {
     const scanner = new FrameScanner(ALL)
     const views: Buffer[] = []

@@ -30,6 +30,15 @@ import {
   varsKey,
 } from './params.ts'
 import type { Pool } from './pool.ts'
+import {
+  applyEdits,
+  bindName,
+  type Edit,
+  parseName,
+  type Statement,
+  statementOf,
+  targetStatement,
+} from './prepared.ts'
 import type { Server } from './server.ts'
 import { pauseReading, resumeReading, send, sendAll, startReading } from './socket-io.ts'
 import { acceptTls, type TlsSetup, tlsRequired } from './tls.ts'
@@ -84,8 +93,9 @@ function onSocketClose(this: SessionSocket): void {
 // Scan callbacks run synchronously inside scan()/push(), one session at a
 // time per thread: the session being scanned is passed through this slot.
 let scanning: ClientSession
-function onScannedMessage(type: number): boolean {
-  return scanning.onClientMessage(type)
+let scanChunk: Buffer
+function onScannedMessage(type: number, _msg: Buffer | null, end: number, start: number): boolean {
+  return scanning.onClientMessage(type, end, start)
 }
 function onLoginFrame(type: number, msg: Buffer): boolean {
   return scanning.onLoginMessage(type, msg)
@@ -125,7 +135,18 @@ export class ClientSession {
   // Bytes that arrived before a server was linked. The slots are reused from
   // one transaction to the next: truncating an array is a runtime call in V8.
   private readonly queued: (Buffer | null)[] = []
+  private readonly queuedEdits: (Edit[] | null)[] = []
   private queuedCount = 0
+  /**
+   * Named prepared statements are mapped to the pooler's own names
+   * (transaction and statement mode with max_prepared_statements; prepared.ts).
+   */
+  private prepared = false
+  private statements: Map<string, Statement> | null = null
+  /** Rewrites found in the chunk being scanned. */
+  private edits: Edit[] | null = null
+  /** The start of a message the pooler must see whole, kept until the rest arrives. */
+  private held: Buffer | null = null
   private requested = false
   private action = 0
   private readonly scanner: FrameScanner
@@ -190,58 +211,134 @@ export class ClientSession {
     return false
   }
 
-  private onData(chunk: Buffer): void {
+  private onData(view: Buffer): void {
     if (this.state !== 'active') {
-      if (this.state !== 'closed') this.onLoginData(Buffer.from(chunk))
+      if (this.state !== 'closed') this.onLoginData(Buffer.from(view))
       return
     }
-    this.bytesReceived += chunk.length
+    this.bytesReceived += view.length
+    let chunk = view
+    if (this.held !== null) {
+      chunk = Buffer.concat([this.held, view])
+      this.held = null
+    }
     this.action = 0
+    this.edits = null
     let end: number
     try {
       scanning = this
+      scanChunk = chunk
       end = this.scanner.scan(chunk, 0, onScannedMessage)
     } catch (err) {
       this.fail(fatal((err as Error).message))
       return
     }
+    if (this.prepared) {
+      // A Parse (and, once the client has statements, a Bind, Describe or
+      // Close) split across reads is held back and scanned again whole.
+      const partial = this.scanner.partial
+      if (partial !== null && partial.start >= 0 && this.mustSeeWhole(partial.type)) {
+        this.held = Buffer.from(chunk.subarray(partial.start))
+        chunk = chunk.subarray(0, partial.start)
+        this.scanner.reset()
+      }
+    }
+    const edits = this.edits
     if (this.action === ACTION_TERMINATE) {
       // Terminate is ours to act on; the server stays for the next client.
-      if (end > 5) this.toServer(chunk.subarray(0, end - 5))
+      if (end > 5) this.toServer(chunk.subarray(0, end - 5), edits)
       this.close('client close request')
       return
     }
-    this.toServer(chunk)
+    this.toServer(chunk, edits)
   }
 
-  onClientMessage(type: number): boolean {
+  private get hasStatements(): boolean {
+    return this.statements !== null && this.statements.size > 0
+  }
+
+  private mustSeeWhole(type: number): boolean {
+    if (type === FrontendCode.Parse || type < 0) return true
+    return (
+      this.hasStatements &&
+      (type === FrontendCode.Bind || type === FrontendCode.Describe || type === FrontendCode.Close)
+    )
+  }
+
+  private addEdit(type: number, start: number, end: number, stmt?: Statement, name = ''): void {
+    ;(this.edits ??= []).push({ type, start, end, stmt, name })
+  }
+
+  /** A Parse, Bind, Describe or Close seen whole: note what must change for the server. */
+  private noteStatement(type: number, start: number, end: number): void {
+    const chunk = scanChunk
+    if (type === FrontendCode.Parse) {
+      // The unnamed statement (the name's first byte is its NUL) stays as it is.
+      const name = chunk[start + 5] === 0 ? '' : parseName(chunk, start, end)
+      if (name !== '') {
+        const stmt = statementOf(chunk, start, end)
+        ;(this.statements ??= new Map()).set(name, stmt)
+        this.addEdit(type, start, end, stmt)
+      } else if (this.hasStatements) {
+        this.addEdit(type, start, end)
+      }
+      return
+    }
+    if (!this.hasStatements) return
+    const statements = this.statements!
+    if (type === FrontendCode.Bind) {
+      const stmt = statements.get(bindName(chunk, start, end))
+      if (stmt !== undefined) this.addEdit(type, start, end, stmt)
+      return
+    }
+    const name = targetStatement(chunk, start, end)
+    if (name === null || name === '') return
+    const stmt = statements.get(name)
+    if (stmt === undefined) return
+    if (type === FrontendCode.Close) statements.delete(name)
+    this.addEdit(type, start, end, stmt, name)
+  }
+
+  onClientMessage(type: number, end: number, start: number): boolean {
     switch (type) {
       case FrontendCode.Query:
       case FrontendCode.FunctionCall:
         this.outstanding++
+        // The end of a request, which the server's ParseCompletes are counted against.
+        if (this.hasStatements) this.addEdit(type, start, end)
         return false
       case FrontendCode.Sync:
         this.outstanding++
         this.extended = false
+        if (this.hasStatements) this.addEdit(type, start, end)
         return false
       case FrontendCode.Terminate:
         this.action = ACTION_TERMINATE
         return true
       default:
         this.extended = true
+        if (
+          this.prepared &&
+          start >= 0 &&
+          type !== FrontendCode.Execute &&
+          type !== FrontendCode.Flush
+        ) {
+          this.noteStatement(type, start, end)
+        }
         return false
     }
   }
 
-  private toServer(view: Buffer): void {
+  private toServer(view: Buffer, edits: Edit[] | null): void {
     // A copy: a write the kernel does not take whole keeps pointing at its bytes.
     const buf = Buffer.allocUnsafe(view.length)
     buf.set(view)
     const server = this.server
     if (server !== null) {
-      this.writeServer(server, buf)
+      this.writeServer(server, edits === null ? buf : applyEdits(buf, edits, server))
       return
     }
+    this.queuedEdits[this.queuedCount] = edits
     this.queued[this.queuedCount++] = buf
     if (!this.requested) {
       this.requested = true
@@ -298,7 +395,8 @@ export class ClientSession {
     this.queryCount++
     if (status === TxStatus.Idle) this.xactCount++
     if (this.mode === 'session') return false
-    if (this.outstanding > 0 || this.extended || !this.scanner.atBoundary) return false
+    if (this.outstanding > 0 || this.extended || !this.scanner.atBoundary || this.held !== null)
+      return false
     if (status === TxStatus.Idle) return true
     if (this.mode === 'statement') {
       queueMicrotask(() => this.fail(fatal(Texts.statementModeTransaction)))
@@ -318,6 +416,9 @@ export class ClientSession {
     if (settings.serverResetQueryAlways && settings.serverResetQuery !== '') {
       server.swallow++
       server.write(query(settings.serverResetQuery))
+      server.statementsGone()
+    } else {
+      server.trimStatements(settings.maxPreparedStatements)
     }
     this.pool!.release(server)
   }
@@ -349,9 +450,12 @@ export class ClientSession {
       }
     }
     const queued = this.queued
+    const queuedEdits = this.queuedEdits
     for (let i = 0; i < this.queuedCount; i++) {
-      this.writeServer(server, queued[i]!)
+      const edits = queuedEdits[i]!
+      this.writeServer(server, edits === null ? queued[i]! : applyEdits(queued[i]!, edits, server))
       queued[i] = null
+      queuedEdits[i] = null
     }
     this.queuedCount = 0
   }
@@ -560,6 +664,7 @@ export class ClientSession {
     if (this.state === 'closed') return
     this.pool = pool
     this.mode = pool.mode
+    this.prepared = this.mode !== 'session' && this.worker.settings.maxPreparedStatements > 0
     if (scramKeys !== null && pool.user === this.user) pool.scramKeys = scramKeys
     if (this.worker.settings.logConnections) {
       this.worker.log.info(
@@ -675,6 +780,7 @@ export class ClientSession {
       this.outstanding === 0 &&
       !this.extended &&
       this.scanner.atBoundary &&
+      this.held === null &&
       server.swallow === 0 &&
       server.txStatus === TxStatus.Idle
     if (!clean) {
@@ -686,6 +792,9 @@ export class ClientSession {
     if (reset !== '' && (this.mode === 'session' || settings.serverResetQueryAlways)) {
       server.swallow++
       server.write(query(reset))
+      server.statementsGone()
+    } else {
+      server.trimStatements(settings.maxPreparedStatements)
     }
     this.pool!.release(server)
   }

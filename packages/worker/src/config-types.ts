@@ -55,6 +55,7 @@ export interface WorkerSettings {
   clientLoginTimeout: number
   ignoreStartupParameters: string[]
   maxPacketSize: number
+  maxPreparedStatements: number
   applicationNameAddHost: boolean
   adminUsers: string[]
   statsUsers: string[]

@@ -23,6 +23,7 @@ import type { ClientSession } from './client.ts'
 import { Texts } from './errors.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
 import type { Pool } from './pool.ts'
+import { ParseTracker, type PreparedServer } from './prepared.ts'
 import { endWith, pauseReading, send, startReading } from './socket-io.ts'
 import { connectTls, tlsRequired } from './tls.ts'
 
@@ -43,6 +44,8 @@ const SERVER_FLAGS = new Uint8Array(256)
 SERVER_FLAGS[BackendCode.ReadyForQuery] = 2
 SERVER_FLAGS[BackendCode.ParameterStatus] = 2
 SERVER_FLAGS[BackendCode.ErrorResponse] = 2
+// Counted against the Parses sent, to leave out those of the pooler's own (prepared.ts).
+SERVER_FLAGS[BackendCode.ParseComplete] = 1
 
 let nextServerId = 1
 
@@ -51,7 +54,7 @@ let nextServerId = 1
  * socket that has spoken cannot move between threads). It holds one permit of
  * its pool's shared semaphore from before it connects until it is closed.
  */
-export class Server {
+export class Server implements PreparedServer {
   readonly id = nextServerId++
   readonly pool: Pool
   /** The connection to PostgreSQL; a TLS socket over it once PostgreSQL agreed to TLS. */
@@ -89,6 +92,14 @@ export class Server {
   private action = 0
   /** Our SSLRequest awaits PostgreSQL's one-byte answer. */
   private sslPending = false
+  /** Prepared statements under our names (prepared.ts). */
+  preparedGen = 0
+  preparedCount = 0
+  readonly tracker = new ParseTracker()
+  /** Where the ParseComplete to leave out starts in the chunk. */
+  private dropStart = -1
+  /** The start of a ParseComplete split across reads, while one may be left out. */
+  private held: Buffer | null = null
 
   /** Which shared permits this connection holds (pool, database, user). */
   readonly permits: number
@@ -232,18 +243,23 @@ export class Server {
     waiter?.serverDrained()
   }
 
-  private onData(chunk: Buffer): void {
+  private onData(view: Buffer): void {
     if (this.loginReader !== null) {
-      if (this.sslPending) this.onSslAnswer(chunk)
-      else this.onLoginData(chunk)
+      if (this.sslPending) this.onSslAnswer(view)
+      else this.onLoginData(view)
       return
+    }
+    let chunk = view
+    if (this.held !== null) {
+      chunk = Buffer.concat([this.held, view])
+      this.held = null
     }
     const client = this.client
     if (client === null) {
       this.onIdleData(chunk)
       return
     }
-    client.bytesSent += chunk.length
+    client.bytesSent += view.length
     let start = 0
     this.segmentStart = 0
     while (start < chunk.length) {
@@ -252,6 +268,17 @@ export class Server {
       if (this.action === ACTION_NONE) break
       if (this.action === ACTION_SKIP) {
         this.segmentStart = start
+        continue
+      }
+      if (this.action === ACTION_DROP) {
+        // The ParseComplete of a Parse the pooler added: the client gets the rest.
+        const from = this.dropStart
+        if (from >= this.segmentStart) {
+          if (from > this.segmentStart && this.swallow === 0) {
+            client.forwardFromServer(chunk.subarray(this.segmentStart, from), this)
+          }
+          this.segmentStart = start
+        }
         continue
       }
       // ACTION_RELEASE: everything up to and including the ReadyForQuery goes
@@ -266,16 +293,39 @@ export class Server {
       if (start < chunk.length) this.onIdleData(chunk.subarray(start))
       return
     }
+    let stop = chunk.length
+    if (!this.tracker.idle) {
+      // A ParseComplete split across reads may be one to leave out: keep its start.
+      const partial = this.scanner.partial
+      if (partial !== null && partial.type === BackendCode.ParseComplete && partial.start >= 0) {
+        this.held = Buffer.from(chunk.subarray(partial.start))
+        stop = partial.start
+        this.scanner.reset()
+      }
+    }
     // While our own statement's reply is still arriving, none of it is the client's.
-    if (this.swallow === 0 && this.segmentStart < chunk.length) {
+    if (this.swallow === 0 && this.segmentStart < stop) {
       client.forwardFromServer(
-        this.segmentStart === 0 ? chunk : chunk.subarray(this.segmentStart),
+        this.segmentStart === 0 && stop === chunk.length
+          ? chunk
+          : chunk.subarray(this.segmentStart, stop),
         this,
       )
     }
   }
 
-  private readonly onServerMessage = (type: number, msg: Buffer | null): boolean => {
+  private readonly onServerMessage = (
+    type: number,
+    msg: Buffer | null,
+    _end: number,
+    start: number,
+  ): boolean => {
+    if (type === BackendCode.ParseComplete) {
+      if (!this.tracker.parseComplete()) return false
+      this.dropStart = start
+      this.action = ACTION_DROP
+      return true
+    }
     if (type === BackendCode.ReadyForQuery) {
       this.txStatus = readyForQueryStatus(msg!)
       if (this.swallow > 0) {
@@ -284,6 +334,7 @@ export class Server {
         this.action = ACTION_SKIP
         return true
       }
+      if (!this.tracker.idle) this.tracker.readyForQuery(this)
       const client = this.client!
       if (client.onReadyForQuery(this.txStatus)) {
         this.action = ACTION_RELEASE
@@ -518,6 +569,23 @@ export class Server {
     return send(this.socket, this, buf)
   }
 
+  /** DISCARD ALL or DEALLOCATE ALL went out: every statement of ours is gone. */
+  statementsGone(): void {
+    this.preparedGen++
+    this.preparedCount = 0
+  }
+
+  /**
+   * Past max_prepared_statements (statements of clients gone or linked
+   * elsewhere pile up), the server drops them all before its next client.
+   */
+  trimStatements(max: number): void {
+    if (this.preparedCount <= max) return
+    this.swallow++
+    this.write(DEALLOCATE_ALL)
+    this.statementsGone()
+  }
+
   /** Usable for a new client: logged in, in no transaction, not past its life. */
   isReusable(now: number): boolean {
     if (this.state !== 'idle' || this.closeNeeded || this.txStatus !== TxStatus.Idle) return false
@@ -557,6 +625,8 @@ const ACTION_NONE = 0
 const ACTION_SKIP = 1
 const ACTION_RELEASE = 2
 const ACTION_CLOSE = 3
+const ACTION_DROP = 4
+const DEALLOCATE_ALL = query('DEALLOCATE ALL')
 const ASCII_S = 0x53
 const ASCII_N = 0x4e
 

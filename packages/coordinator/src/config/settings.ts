@@ -221,7 +221,7 @@ const ROWS: Row[] = [
   ['max_db_client_connections', 'int', 0, N],
   ['max_db_connections', 'int', 0, Y],
   ['max_packet_size', 'int', 2147483647, Y, { max: 4294967295 }], // unsigned in PgBouncer
-  ['max_prepared_statements', 'int', 200, N], // 0 before 1.24
+  ['max_prepared_statements', 'int', 200, Y], // 0 before 1.24
   ['max_user_client_connections', 'int', 0, N],
   ['max_user_connections', 'int', 0, Y],
   ['min_pool_size', 'int', 0, Y],
