@@ -1,5 +1,6 @@
-import { rmSync, writeFileSync } from 'node:fs'
+import { existsSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
+import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import {
   type ControlMessage,
@@ -57,6 +58,7 @@ export class Cluster {
   private readonly options: ClusterOptions
   private readonly slots: WorkerSlot[] = []
   private listen = { host: '127.0.0.1', port: 6432 }
+  private unixSocket: { path: string; mode: number } | null = null
   private stopping: Promise<void> | null = null
   private readonly done = Promise.withResolvers<number>()
   private readonly breakers: Breakers
@@ -118,6 +120,12 @@ export class Cluster {
     // asks for exactly that, a port in use is an error, as it is for PgBouncer.
     if (listenPort !== 0 && !this.config.settings.soReuseport) await assertPortFree(host, port)
     this.listen = { host, port }
+    const { unixSocketDir, unixSocketMode } = this.config.settings
+    if (unixSocketDir !== '') {
+      const path = join(unixSocketDir, `.s.PGSQL.${port}`)
+      await assertUnixSocketFree(path)
+      this.unixSocket = { path, mode: unixSocketMode }
+    }
     for (let id = 0; id < this.options.workers; id++) {
       this.slots.push({
         thread: null,
@@ -132,9 +140,16 @@ export class Cluster {
     await Promise.all(this.slots.map((s) => s.ready!.promise))
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) writeFileSync(pidfile, `${process.pid}\n`)
+    const unix = this.unixSocket?.path ?? null
     this.log.info(
-      { host, port, workers: this.options.workers, pool_mode: this.config.settings.poolMode },
-      `listening on ${host}:${port}`,
+      {
+        host,
+        port,
+        unix_socket: unix,
+        workers: this.options.workers,
+        pool_mode: this.config.settings.poolMode,
+      },
+      `listening on ${host}:${port}${unix === null ? '' : ` and ${unix}`}`,
     )
     process.on('SIGINT', this.onStopSignal)
     process.on('SIGTERM', this.onStopSignal)
@@ -230,6 +245,7 @@ export class Cluster {
     process.off('SIGTERM', this.onStopSignal)
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) rmSync(pidfile, { force: true })
+    if (this.unixSocket !== null) rmSync(this.unixSocket.path, { force: true })
     this.log.info('stopped')
   }
 
@@ -240,6 +256,7 @@ export class Cluster {
       sab: this.sab,
       config: this.config,
       listen: this.listen,
+      unixSocket: this.unixSocket,
       logLevel: this.options.logLevel,
       pretty: this.options.pretty,
     }
@@ -365,6 +382,26 @@ export class Cluster {
     const data = encodeControl(msg)
     thread.postMessage(data, [data.buffer as ArrayBuffer])
   }
+}
+
+/**
+ * A socket file a live process answers on is an error, as a TCP port in use
+ * is; one nobody answers on was left by a process that died, and is removed.
+ */
+async function assertUnixSocketFree(path: string): Promise<void> {
+  if (!existsSync(path)) return
+  const answered = await new Promise<boolean>((resolve) => {
+    const probe = net.connect({ path })
+    probe.once('connect', () => {
+      probe.destroy()
+      resolve(true)
+    })
+    probe.once('error', () => resolve(false))
+  })
+  if (answered) {
+    throw new Error(`unix socket ${path} is in use by another process`)
+  }
+  rmSync(path, { force: true })
 }
 
 function assertPortFree(host: string, port: number): Promise<void> {

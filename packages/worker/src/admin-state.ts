@@ -184,7 +184,7 @@ export class WorkerAdmin {
       user: session.user,
       database: admin ? 'pgbouncer' : session.database,
       state: waiting ? 'waiting' : 'active',
-      addr: socket.remoteAddress ?? '',
+      addr: session.unix ? 'unix' : (socket.remoteAddress ?? ''),
       port: socket.remotePort ?? 0,
       localAddr: socket.localAddress ?? '',
       localPort: socket.localPort ?? 0,

@@ -165,6 +165,8 @@ export class ClientSession {
   private tlsAccepted = false
   /** The connection is in TLS. */
   encrypted = false
+  /** Came in through the unix socket: no TLS, none required (as PgBouncer). */
+  readonly unix: boolean
   /** Writes to the client the kernel has not taken yet (see socket-io.ts). */
   queuedWrites = 0
 
@@ -173,6 +175,7 @@ export class ClientSession {
     this.socket = socket
     this.pid = pid
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
+    this.unix = socket.remoteAddress === undefined
     // TCP_NODELAY is already set: the listener is created with noDelay.
     if (worker.settings.tcpKeepalive) socket.setKeepAlive(true)
     ;(socket as SessionSocket)[kSession] = this
@@ -197,7 +200,7 @@ export class ClientSession {
   }
 
   get remote(): string {
-    return `${this.socket.remoteAddress}:${this.socket.remotePort}`
+    return this.unix ? 'unix' : `${this.socket.remoteAddress}:${this.socket.remotePort}`
   }
 
   // ---- the pass-through loop ------------------------------------------------
@@ -540,7 +543,7 @@ export class ClientSession {
           return
         }
         const setup = this.worker.tls.client
-        if (setup === null) {
+        if (setup === null || this.unix) {
           this.write(NO_ENCRYPTION)
           return
         }
@@ -559,7 +562,11 @@ export class ClientSession {
         this.close(null)
         return
       case 'startup':
-        if (!this.encrypted && tlsRequired(this.worker.tls.client?.mode ?? 'disable')) {
+        if (
+          !this.encrypted &&
+          !this.unix &&
+          tlsRequired(this.worker.tls.client?.mode ?? 'disable')
+        ) {
           this.fail(fatal(Texts.sslRequired))
           return
         }

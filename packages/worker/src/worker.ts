@@ -1,3 +1,4 @@
+import { chmodSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import type { MessagePort } from 'node:worker_threads'
 import {
@@ -27,6 +28,8 @@ export interface WorkerData {
   sab: SharedArrayBuffer
   config: WorkerConfig
   listen: { host: string; port: number }
+  /** unix_socket_dir's socket; worker 0 listens on it (a path has one listener). */
+  unixSocket: { path: string; mode: number } | null
   logLevel: string
   pretty: boolean
 }
@@ -52,6 +55,8 @@ export class PoolerWorker {
   now = Date.now()
   private readonly port: MessagePort
   private readonly listen: { host: string; port: number }
+  private readonly unixSocket: { path: string; mode: number } | null
+  private unixListener: net.Server | null = null
   private readonly listener: net.Server
   /** Read by the admin console's views (admin-state.ts). */
   readonly pools = new Map<string, Pool>()
@@ -75,6 +80,7 @@ export class PoolerWorker {
     this.config = data.config
     this.tls = tlsSetups(data.config.tls)
     this.listen = data.listen
+    this.unixSocket = data.id === 0 ? data.unixSocket : null
     this.port = port
     this.log = createLogger({
       level: data.logLevel,
@@ -107,20 +113,43 @@ export class PoolerWorker {
     return this.config.settings.maxPacketSize
   }
 
-  start(): Promise<void> {
+  async start(): Promise<void> {
     const { host, port } = this.listen
-    return new Promise((resolve, reject) => {
+    await new Promise<void>((resolve, reject) => {
       this.listener.once('error', reject)
       this.listener.listen(
         { host, port, reusePort: true, backlog: this.settings.listenBacklog },
         () => {
           this.listener.off('error', reject)
-          this.janitor = setInterval(this.tick, JANITOR_INTERVAL_MS)
-          this.send({ type: 'worker-ready', worker: this.id, port })
           resolve()
         },
       )
     })
+    if (this.unixSocket !== null) await this.listenUnix(this.unixSocket)
+    this.janitor = setInterval(this.tick, JANITOR_INTERVAL_MS)
+    this.send({ type: 'worker-ready', worker: this.id, port })
+  }
+
+  /**
+   * The unix socket. The coordinator checked at start that no live process
+   * listens on the path; what is there now is ours, left by a worker that
+   * died, and is replaced.
+   */
+  private async listenUnix({ path, mode }: { path: string; mode: number }): Promise<void> {
+    rmSync(path, { force: true })
+    const listener = net.createServer({ pauseOnConnect: true }, this.onConnection)
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', reject)
+      listener.listen({ path, backlog: this.settings.listenBacklog }, () => {
+        listener.off('error', reject)
+        resolve()
+      })
+    })
+    listener.on('error', (err) => {
+      this.log.error({ err: err.message }, 'unix socket listener error')
+    })
+    chmodSync(path, mode)
+    this.unixListener = listener
   }
 
   private readonly onConnection = (socket: net.Socket): void => {
@@ -352,6 +381,7 @@ export class PoolerWorker {
     this.closing = true
     // Not awaited: close()'s callback waits for every accepted connection to end.
     this.listener.close()
+    this.unixListener?.close()
     if (mode === 'graceful') {
       const deadline = Date.now() + timeoutMs
       while (

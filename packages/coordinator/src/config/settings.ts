@@ -272,9 +272,9 @@ const ROWS: Row[] = [
   ['tcp_user_timeout', 'int', 0, N], // milliseconds
   ['track_extra_parameters', 'list', ['IntervalStyle'], N, NO_RELOAD],
   ['transaction_timeout', 'seconds', 0, N],
-  ['unix_socket_dir', 'string', '/tmp', N, NO_RELOAD],
+  ['unix_socket_dir', 'string', '/tmp', Y, NO_RELOAD],
   ['unix_socket_group', 'string', '', N, NO_RELOAD],
-  ['unix_socket_mode', 'int', 0o777, N, NO_RELOAD],
+  ['unix_socket_mode', 'int', 0o777, Y, NO_RELOAD],
   ['user', 'string', null, N, { nullable: true, reloadable: false }],
   ['verbose', 'int', 0, N],
 ]
