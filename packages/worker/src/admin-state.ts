@@ -241,7 +241,7 @@ function inScope(pool: Pool, scope: string | null): boolean {
 }
 
 /** A client's key already carries its worker's number: unique in the cluster. */
-function clientPtr(session: ClientSession): string {
+function clientPtr(session: { pid: number }): string {
   return `0x${session.pid.toString(16)}`
 }
 

@@ -618,14 +618,34 @@ export class ClientSession {
       return
     }
     this.state = 'auth'
-    const settings = this.worker.settings
-    this.auth = new ClientAuth(
-      settings.authType,
-      this.user,
-      this.worker.authUsers[this.user],
-      this.worker.hasAuthFile,
-    )
     this.db = db
+    const settings = this.worker.settings
+    const stored = this.worker.authUsers[this.user]
+    if (
+      stored === undefined &&
+      db !== null &&
+      PASSWORD_AUTH.has(settings.authType) &&
+      this.worker.authUserFor(db) !== null
+    ) {
+      void this.authenticateByQuery(db)
+      return
+    }
+    this.auth = new ClientAuth(settings.authType, this.user, stored, this.worker.hasAuthFile)
+    this.authStep(this.auth.start())
+  }
+
+  /** Not in auth_file: auth_query says what the password is, then the usual exchange. */
+  private async authenticateByQuery(db: DatabaseConfig): Promise<void> {
+    const lookup = await this.worker.authQuery(db, this.user)
+    if (this.state === 'closed') return
+    if (lookup.kind === 'error') {
+      this.fail(fatal(lookup.message, lookup.sqlstate))
+      return
+    }
+    // An unknown user, or one whose password is NULL, goes through the
+    // exchange all the same and fails it: the answer does not tell which.
+    const secret = lookup.kind === 'found' ? (lookup.secret ?? undefined) : undefined
+    this.auth = new ClientAuth(this.worker.settings.authType, this.user, secret, true)
     this.authStep(this.auth.start())
   }
 
@@ -808,4 +828,6 @@ export class ClientSession {
 }
 
 const NO_ENCRYPTION = Buffer.from('N')
+/** auth_type values that check a password; auth_query can supply it. */
+const PASSWORD_AUTH = new Set(['plain', 'md5', 'scram-sha-256'])
 const ENCRYPTION_ACCEPTED = Buffer.from('S')

@@ -24,6 +24,10 @@ export interface DatabaseConfig {
   datestyle?: string
   timezone?: string
   applicationName?: string
+  /** Per database: who runs auth_query, in which database, which query. */
+  authUser?: string
+  authDbname?: string
+  authQuery?: string
 }
 
 export interface UserConfig {
@@ -37,6 +41,9 @@ export interface WorkerSettings {
   listenAddr: string
   listenPort: number
   authType: AuthType
+  authUser: string | null
+  authQuery: string
+  authDbname: string | null
   poolMode: PoolMode
   maxClientConn: number
   defaultPoolSize: number

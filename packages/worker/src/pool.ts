@@ -3,11 +3,41 @@ import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
 import { Counter, type PoolCounters } from '@pgbouncer-cluster/protocol/counters'
 import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
 import { BreakerState, type BreakerWords } from '@pgbouncer-cluster/protocol/shared-memory'
-import type { ClientSession } from './client.ts'
 import type { DatabaseConfig, PoolMode } from './config-types.ts'
 import { fatal, Texts } from './errors.ts'
+import type { Vars } from './params.ts'
 import { type LoginFailure, Server } from './server.ts'
 import type { PoolerWorker } from './worker.ts'
+
+/**
+ * Whoever a server is linked to: a client session (client.ts), or the
+ * pooler's own auth_query (auth-query.ts).
+ */
+export interface PoolClient {
+  /** Our BackendKeyData pid for a client session; 0 for the pooler's own. */
+  readonly pid: number
+  waitingSince: number
+  xactCount: number
+  queryCount: number
+  bytesReceived: number
+  bytesSent: number
+  /** The pool links a server to it. */
+  attachServer(server: Server): void
+  /** The server's ReadyForQuery: true when the server may go back to the pool now. */
+  onReadyForQuery(status: number): boolean
+  /** The server's bytes up to and including the releasing ReadyForQuery. */
+  write(buf: Buffer): void
+  /** The server's bytes, with backpressure toward it. */
+  forwardFromServer(buf: Buffer, server: Server): void
+  /** Right after the releasing ReadyForQuery was written. */
+  releaseServer(): void
+  /** The server died under it. */
+  serverLost(server: Server): void
+  /** The server reported a tracked parameter. */
+  serverReportedVar(name: keyof Vars, value: string): void
+  /** A FATAL error, and the end of it (query_wait_timeout, breaker). */
+  fail(error: Buffer): void
+}
 
 export interface PoolSlots {
   pool: number
@@ -60,7 +90,7 @@ export class Pool {
 
   readonly idle: Server[] = []
   readonly servers = new Set<Server>()
-  private readonly waiting: ClientSession[] = []
+  private readonly waiting: PoolClient[] = []
   private waitingHead = 0
   /** Servers between open() and the end of their login. */
   private readonly loggingIn = new Set<Server>()
@@ -156,7 +186,8 @@ export class Pool {
     const stored =
       this.database.user !== undefined && this.database.password !== undefined
         ? this.database.password
-        : this.worker.authUsers[this.user]
+        : (this.worker.authUsers[this.user] ??
+          this.worker.queriedSecret(this.database.name, this.user))
     if (stored === undefined || stored === '')
       return { password: null, md5: null, scramKeys: this.scramKeys }
     if (isMd5Hash(stored)) return { password: null, md5: stored, scramKeys: null }
@@ -209,7 +240,7 @@ export class Pool {
    * PgBouncer does by default); otherwise the client queues in arrival order and
    * the pool grows if the shared limits allow, or waits for a permit.
    */
-  request(client: ClientSession): void {
+  request(client: PoolClient): void {
     const now = this.worker.now
     while (this.idle.length > 0) {
       const server = this.idle.pop()!
@@ -227,14 +258,14 @@ export class Pool {
   }
 
   /** A waiting client left (disconnect, timeout): forget it. */
-  cancelWait(client: ClientSession): void {
+  cancelWait(client: PoolClient): void {
     const i = this.waiting.indexOf(client, this.waitingHead)
     if (i < 0) return
     this.waiting.splice(i, 1)
     this.publishWaiting()
   }
 
-  private nextWaiting(): ClientSession | null {
+  private nextWaiting(): PoolClient | null {
     if (this.waitingHead >= this.waiting.length) return null
     const client = this.waiting[this.waitingHead++]
     if (this.waitingHead > 64 && this.waitingHead * 2 > this.waiting.length) {
@@ -245,7 +276,7 @@ export class Pool {
     return client
   }
 
-  private link(server: Server, client: ClientSession): void {
+  private link(server: Server, client: PoolClient): void {
     if (client.waitingSince !== 0) this.totals.waitUs += (Date.now() - client.waitingSince) * 1000
     server.state = 'active'
     server.client = client
@@ -607,7 +638,7 @@ export class Pool {
   }
 
   /** A client of this pool left: its counts join the pool's totals. */
-  retire(client: ClientSession): void {
+  retire(client: PoolClient): void {
     const t = this.totals
     t.xactCount += client.xactCount
     t.queryCount += client.queryCount

@@ -22,7 +22,7 @@ import {
 import type { ClientSession } from './client.ts'
 import { Texts } from './errors.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
-import type { Pool } from './pool.ts'
+import type { Pool, PoolClient } from './pool.ts'
 import { ParseTracker, type PreparedServer } from './prepared.ts'
 import { endWith, pauseReading, send, startReading } from './socket-io.ts'
 import { connectTls, tlsRequired } from './tls.ts'
@@ -60,7 +60,7 @@ export class Server implements PreparedServer {
   /** The connection to PostgreSQL; a TLS socket over it once PostgreSQL agreed to TLS. */
   socket: net.Socket
   state: ServerState = 'login'
-  client: ClientSession | null = null
+  client: PoolClient | null = null
   /** ParameterStatus values as the server last reported them. */
   readonly params = new Map<string, string>()
   /** The tracked subset, for the SET on link, and its key (see params.ts). */

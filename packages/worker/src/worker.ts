@@ -9,6 +9,7 @@ import {
 import { cancelRequest } from '@pgbouncer-cluster/protocol/serializer'
 import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { WorkerAdmin } from './admin-state.ts'
+import { AuthQuery, type Lookup } from './auth-query.ts'
 import { ClientSession } from './client.ts'
 import type {
   DatabaseConfig,
@@ -62,6 +63,7 @@ export class PoolerWorker {
   readonly pools = new Map<string, Pool>()
   private readonly poolRequests = new Map<string, PromiseWithResolvers<PoolSlots>>()
   readonly sessions = new Map<number, ClientSession>()
+  private readonly queriedSecrets = new Map<string, string>()
   readonly admin: WorkerAdmin
   private nextPid = 1
   private clients = 0
@@ -191,6 +193,42 @@ export class PoolerWorker {
     if (entry !== undefined) return entry
     const fallback = this.config.fallbackDatabase
     return fallback === null ? null : { ...fallback, name, dbname: name }
+  }
+
+  /** Who runs auth_query for this database: its own auth_user, else the global one. */
+  authUserFor(db: DatabaseConfig): string | null {
+    return db.authUser ?? this.settings.authUser
+  }
+
+  /**
+   * Looks a user who is not in auth_file up with auth_query, as auth_user, in
+   * auth_dbname or the client's database. A secret found is kept, per
+   * database, for logging in to PostgreSQL as that user.
+   */
+  async authQuery(db: DatabaseConfig, user: string): Promise<Lookup> {
+    const authUser = this.authUserFor(db)!
+    const dbname = db.authDbname ?? this.settings.authDbname
+    const authDb = dbname === null ? db : this.resolveDatabase(dbname)
+    if (authDb === null) {
+      this.log.error({ auth_dbname: dbname }, 'authentication database is not configured')
+      return {
+        kind: 'error',
+        sqlstate: SqlState.ProtocolViolation,
+        message: 'bouncer config error',
+      }
+    }
+    const pool = await this.getPool(authDb, authUser)
+    const lookup = await new AuthQuery(pool, db.authQuery ?? this.settings.authQuery, user).run()
+    const key = poolKey(db.name, user)
+    if (lookup.kind === 'found' && lookup.secret !== null)
+      this.queriedSecrets.set(key, lookup.secret)
+    else this.queriedSecrets.delete(key)
+    return lookup
+  }
+
+  /** The secret auth_query last gave for a user of a database. */
+  queriedSecret(database: string, user: string): string | undefined {
+    return this.queriedSecrets.get(poolKey(database, user))
   }
 
   userConfig(user: string): UserConfig | undefined {

@@ -82,13 +82,10 @@ describe('parseDatabase', () => {
       file: 'p.ini',
     })
     assert.deepEqual(unimplemented, [
-      'auth_user',
       'max_db_client_connections',
       'server_lifetime',
       'load_balance_hosts',
       'target_session_attrs',
-      'auth_dbname',
-      'auth_query',
       'query_wait_timeout',
     ])
   })

@@ -65,10 +65,7 @@ export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' 
 // listens in nearly every setup and works the same in containers.
 // dbname: defaults to name; '*' in the fallback entry stands for the client's name.
 export interface DatabaseConfig extends WorkerDatabaseConfig {
-  authUser?: string
   // Accepted, not implemented yet (see DATABASE_PARAMS).
-  authDbname?: string
-  authQuery?: string
   maxDbClientConnections?: number
   serverLifetime?: number
   loadBalanceHosts?: LoadBalanceHosts
@@ -116,9 +113,9 @@ export const DATABASE_PARAMS: readonly ParamSpec[] = [
   p('port', 'port', 'port', true),
   p('user', 'user', 'string', true),
   p('password', 'password', 'string', true),
-  p('auth_user', 'authUser', 'string', false),
-  p('auth_dbname', 'authDbname', 'string', false),
-  p('auth_query', 'authQuery', 'string', false),
+  p('auth_user', 'authUser', 'string', true),
+  p('auth_dbname', 'authDbname', 'string', true),
+  p('auth_query', 'authQuery', 'string', true),
   p('client_encoding', 'clientEncoding', 'string', true),
   p('datestyle', 'datestyle', 'string', true),
   p('timezone', 'timezone', 'string', true),
