@@ -304,6 +304,9 @@ describe('admin console', { timeout: 55_000 }, () => {
     // The 0.3 s transaction, on the workers' 100 ms clock.
     const xactTime = Number(mid.total_xact_time) - Number(before.total_xact_time)
     assert.ok(xactTime >= 150_000 && xactTime < 2_000_000, `xact time ${xactTime} µs`)
+    // The pg_sleep query within it, measured on the same clock.
+    const queryTime = Number(mid.total_query_time) - Number(before.total_query_time)
+    assert.ok(queryTime >= 150_000 && queryTime < 2_000_000, `query time ${queryTime} µs`)
     // A client that leaves takes nothing away.
     await c.end()
     const after = await stat()

@@ -28,9 +28,11 @@ const certDir = mkdtempSync(join(tmpdir(), 'pgbc-tls-'))
 process.on('exit', () => rmSync(certDir, { recursive: true, force: true }))
 
 /** A self-signed client certificate; it is also the CA that vouches for itself. */
-async function clientCert(): Promise<{ key: string; cert: string; certPath: string }> {
-  const keyPath = join(certDir, 'client.key')
-  const certPath = join(certDir, 'client.crt')
+async function clientCert(
+  name = 'client',
+): Promise<{ key: string; cert: string; certPath: string }> {
+  const keyPath = join(certDir, `${name}.key`)
+  const certPath = join(certDir, `${name}.crt`)
   await run('openssl', [
     ...['req', '-x509', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'],
     ...['-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', '/CN=postgres'],
@@ -180,7 +182,7 @@ describe('client_tls_sslmode = verify-ca', () => {
   })
   after(() => pooler.stop())
 
-  test('a client with a certificate the CA signed logs in; one without is refused in the handshake', async () => {
+  test('a client with a certificate the CA signed logs in; one without, or with another, is refused', async () => {
     const ok = await withClient(
       connection(pooler, { rejectUnauthorized: false, key: client.key, cert: client.cert }),
       async (c) => (await c.query('SELECT 7 AS n')).rows[0].n,
@@ -188,6 +190,54 @@ describe('client_tls_sslmode = verify-ca', () => {
     assert.equal(ok, 7)
     await assert.rejects(
       withClient(connection(pooler, { rejectUnauthorized: false }), (c) => c.query('SELECT 1')),
+    )
+    // A certificate of the right shape that client_tls_ca_file does not vouch for.
+    const stranger = await clientCert('stranger')
+    await assert.rejects(
+      withClient(
+        connection(pooler, { rejectUnauthorized: false, key: stranger.key, cert: stranger.cert }),
+        (c) => c.query('SELECT 1'),
+      ),
+    )
+  })
+})
+
+describe('auth_type = cert', () => {
+  let pooler: Pooler
+  let client: { key: string; cert: string; certPath: string }
+  before(async () => {
+    client = await clientCert()
+    const { certPath, keyPath } = serverCert()
+    pooler = await startPooler(
+      writeIni({
+        databases: database(),
+        pgbouncer: {
+          auth_type: 'cert',
+          client_tls_sslmode: 'verify-full',
+          client_tls_cert_file: certPath,
+          client_tls_key_file: keyPath,
+          client_tls_ca_file: client.certPath,
+          server_tls_sslmode: 'disable',
+        },
+      }),
+    )
+  })
+  after(() => pooler.stop())
+
+  test('the certificate’s CommonName is the user: postgres gets in, another user with it does not', async () => {
+    const ssl = { rejectUnauthorized: false, key: client.key, cert: client.cert }
+    const who = await withClient(
+      connection(pooler, ssl),
+      async (c) => (await c.query('SELECT current_user AS u')).rows[0].u,
+    )
+    assert.equal(who, 'postgres')
+    await assert.rejects(
+      withClient({ ...connection(pooler, ssl), user: 'someone_else' }, (c) => c.query('SELECT 1')),
+      (err: Error & { code?: string }) => {
+        assert.equal(err.message, 'certificate authentication failed')
+        assert.equal(err.code, '08P01')
+        return true
+      },
     )
   })
 })

@@ -273,7 +273,7 @@ function poolStats(pool: Pool, now: number): PoolStats {
     bytesReceived: t.bytesReceived,
     bytesSent: t.bytesSent,
     xactUs: t.xactUs,
-    queryUs: 0,
+    queryUs: t.queryUs,
     waitUs: t.waitUs,
   }
 }

@@ -160,7 +160,8 @@ function chooseMethod(
     case 'scram-sha-256':
       return 'scram'
     default:
-      // cert/hba/pam are refused by the config loader; without an auth file
+      // cert is checked by the session (client.ts); hba/pam are refused by
+      // the config loader. Without an auth file
       // there is nothing to check against.
       return hasAuthFile ? 'md5' : 'none'
   }

@@ -1,6 +1,7 @@
 import { Buffer } from 'node:buffer'
 import { randomFillSync } from 'node:crypto'
 import type net from 'node:net'
+import type tls from 'node:tls'
 import { FrameReader, FrameScanner } from '@pgbouncer-cluster/protocol/frame-reader'
 import {
   FrontendCode,
@@ -130,6 +131,8 @@ export class ClientSession {
 
   /** Requests sent to the server that still owe a ReadyForQuery. */
   private outstanding = 0
+  /** When the oldest of them was sent (the janitor's clock). */
+  private queryStart = 0
   /** Extended-protocol messages sent since the last Sync: the server holds state for them. */
   private extended = false
   // Bytes that arrived before a server was linked. The slots are reused from
@@ -163,6 +166,7 @@ export class ClientSession {
   private readPaused = false
   /** Answered 'S' to SSLRequest; the handshake starts after this packet. */
   private tlsAccepted = false
+  private forgetHandshake: (() => void) | null = null
   /** The connection is in TLS. */
   encrypted = false
   /** Came in through the unix socket: no TLS, none required (as PgBouncer). */
@@ -306,12 +310,12 @@ export class ClientSession {
     switch (type) {
       case FrontendCode.Query:
       case FrontendCode.FunctionCall:
-        this.outstanding++
+        if (this.outstanding++ === 0) this.queryStart = this.worker.now
         // The end of a request, which the server's ParseCompletes are counted against.
         if (this.hasStatements) this.addEdit(type, start, end)
         return false
       case FrontendCode.Sync:
-        this.outstanding++
+        if (this.outstanding++ === 0) this.queryStart = this.worker.now
         this.extended = false
         if (this.hasStatements) this.addEdit(type, start, end)
         return false
@@ -394,7 +398,10 @@ export class ClientSession {
    * unanswered or half-sent (invariant 4).
    */
   onReadyForQuery(status: number): boolean {
-    if (this.outstanding > 0) this.outstanding--
+    if (this.outstanding > 0 && --this.outstanding === 0) {
+      // Query time on the janitor's clock, as transaction time (pool.ts release()).
+      this.pool!.totals.queryUs += (this.worker.now - this.queryStart) * 1000
+    }
     this.queryCount++
     if (status === TxStatus.Idle) this.xactCount++
     if (this.mode === 'session') return false
@@ -620,6 +627,10 @@ export class ClientSession {
     this.state = 'auth'
     this.db = db
     const settings = this.worker.settings
+    if (settings.authType === 'cert') {
+      this.authenticateByCertificate()
+      return
+    }
     const stored = this.worker.authUsers[this.user]
     if (
       stored === undefined &&
@@ -632,6 +643,24 @@ export class ClientSession {
     }
     this.auth = new ClientAuth(settings.authType, this.user, stored, this.worker.hasAuthFile)
     this.authStep(this.auth.start())
+  }
+
+  /**
+   * auth_type cert: a TLS client whose certificate (checked against
+   * client_tls_ca_file) names the user in its CommonName, as in PgBouncer.
+   */
+  private authenticateByCertificate(): void {
+    const socket = this.socket as tls.TLSSocket
+    const commonName = this.encrypted ? socket.getPeerCertificate().subject?.CN : undefined
+    if (commonName !== this.user || !socket.authorized) {
+      this.worker.log.info(
+        { client: this.pid, user: this.user, tls: this.encrypted, cn: commonName ?? null },
+        'certificate authentication failed',
+      )
+      this.fail(fatal(Texts.certificateFailed))
+      return
+    }
+    this.authStep({ kind: 'ok', final: null, scramKeys: null })
   }
 
   /** Not in auth_file: auth_query says what the password is, then the usual exchange. */
@@ -753,15 +782,25 @@ export class ClientSession {
 
   /** The client asked for TLS and got 'S': the rest of its connection goes through TLS. */
   private startTls(setup: TlsSetup): void {
-    const plain = this.socket
-    pauseReading(plain)
-    const secure = acceptTls(plain, setup)
-    ;(secure as net.Socket as SessionSocket)[kSession] = this
-    secure.on('error', onSocketError)
-    secure.on('close', onSocketClose)
-    this.socket = secure
-    this.encrypted = true
-    startReading(secure, this, false)
+    pauseReading(this.socket)
+    this.forgetHandshake = acceptTls(this.socket, setup, (secure) => {
+      this.forgetHandshake = null
+      if (secure === null) {
+        // A failed handshake or a refused certificate: nothing to tell in plain text.
+        this.close(null)
+        return
+      }
+      if (this.state === 'closed') {
+        secure.destroy()
+        return
+      }
+      ;(secure as net.Socket as SessionSocket)[kSession] = this
+      secure.on('error', onSocketError)
+      secure.on('close', onSocketClose)
+      this.socket = secure
+      this.encrypted = true
+      startReading(secure, this, false)
+    })
   }
 
   /** Send a FATAL error and close. */
@@ -780,6 +819,7 @@ export class ClientSession {
     const wasActive = this.state === 'active' || this.state === 'welcome'
     this.state = 'closed'
     if (this.loginTimer !== null) clearTimeout(this.loginTimer)
+    this.forgetHandshake?.()
     this.socket.end()
     // Read on until the client hangs up too: its end of stream closes the socket.
     resumeReading(this.socket)

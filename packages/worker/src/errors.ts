@@ -28,6 +28,7 @@ export const Texts = {
   passwordFailed: (user: string) => `password authentication failed for user "${user}"`,
   maxClientConn: 'no more connections allowed (max_client_conn)',
   sslRequired: 'SSL required',
+  certificateFailed: 'certificate authentication failed',
   unencryptedAfterSslRequest: 'received unencrypted data after SSL request',
   serverRefusedSsl: 'server refused SSL',
   unsupportedParameter: (key: string) => `unsupported startup parameter: ${key}`,

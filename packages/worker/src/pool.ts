@@ -85,6 +85,7 @@ export class Pool {
     bytesReceived: 0,
     bytesSent: 0,
     xactUs: 0,
+    queryUs: 0,
     waitUs: 0,
   }
 

@@ -12,6 +12,11 @@ import type { SslMode, TlsMaterial, TlsSide } from './config-types.ts'
 export interface TlsSetup {
   mode: SslMode
   context: tls.SecureContext
+  /**
+   * Client side: a tls.Server that never listens. Accepted sockets are handed
+   * to it, so Node checks client certificates as it does for its own servers.
+   */
+  acceptor: Acceptor | null
   /** verify-ca or verify-full: the peer's certificate is checked. */
   verify: boolean
   /** verify-full: and it must name the host (server side). */
@@ -23,19 +28,47 @@ export interface TlsSetups {
   server: TlsSetup | null
 }
 
-function setup(side: TlsSide | null): TlsSetup | null {
+type Secured = (socket: tls.TLSSocket | null) => void
+
+interface Acceptor {
+  server: tls.Server
+  /** Handshakes under way, by the client's address and port. */
+  pending: Map<string, Secured>
+}
+
+function acceptor(options: tls.SecureContextOptions, verify: boolean): Acceptor {
+  const server = tls.createServer({ ...options, requestCert: verify, rejectUnauthorized: verify })
+  const pending = new Map<string, Secured>()
+  const settle = (socket: tls.TLSSocket, secured: boolean) => {
+    const key = `${socket.remoteAddress}:${socket.remotePort}`
+    const done = pending.get(key)
+    pending.delete(key)
+    done?.(secured ? socket : null)
+  }
+  server.on('secureConnection', (socket: tls.TLSSocket) => settle(socket, true))
+  server.on('tlsClientError', (_err: Error, socket: tls.TLSSocket) => {
+    settle(socket, false)
+    socket.destroy()
+  })
+  return { server, pending }
+}
+
+function setup(side: TlsSide | null, acceptsClients: boolean): TlsSetup | null {
   if (side === null) return null
   const { sslmode, ...options } = side
+  const context = tls.createSecureContext(options)
+  const verify = sslmode === 'verify-ca' || sslmode === 'verify-full'
   return {
     mode: sslmode,
-    context: tls.createSecureContext(options),
-    verify: sslmode === 'verify-ca' || sslmode === 'verify-full',
+    context,
+    acceptor: acceptsClients ? acceptor(options, verify) : null,
+    verify,
     checkName: sslmode === 'verify-full',
   }
 }
 
 export function tlsSetups(material: TlsMaterial): TlsSetups {
-  return { client: setup(material.client), server: setup(material.server) }
+  return { client: setup(material.client, true), server: setup(material.server, false) }
 }
 
 /** require, verify-ca and verify-full refuse to go on in plain text. */
@@ -43,14 +76,20 @@ export function tlsRequired(mode: SslMode): boolean {
   return mode === 'require' || mode === 'verify-ca' || mode === 'verify-full'
 }
 
-/** The server side of a client's handshake, on the socket that sent SSLRequest. */
-export function acceptTls(socket: net.Socket, s: TlsSetup): tls.TLSSocket {
-  return new tls.TLSSocket(socket, {
-    isServer: true,
-    secureContext: s.context,
-    requestCert: s.verify,
-    rejectUnauthorized: s.verify,
-  })
+/**
+ * The server side of a client's handshake, on the socket that sent
+ * SSLRequest. `done` gets the TLS socket once the handshake (and, with
+ * verify-ca/verify-full, the client's certificate) passed, or null; the
+ * returned function forgets the handshake if the client goes first.
+ */
+export function acceptTls(socket: net.Socket, s: TlsSetup, done: Secured): () => void {
+  const { server, pending } = s.acceptor!
+  const key = `${socket.remoteAddress}:${socket.remotePort}`
+  pending.set(key, done)
+  server.emit('connection', socket)
+  return () => {
+    if (pending.get(key) === done) pending.delete(key)
+  }
 }
 
 /** The client side of a handshake with PostgreSQL, after it answered 'S'. */

@@ -51,7 +51,7 @@ export interface Config {
 // we listen on 127.0.0.1 instead, since TCP is what our workers share a port on.
 const DEFAULT_LISTEN_ADDR = '127.0.0.1'
 const SECTIONS = new Set(['pgbouncer', 'databases', 'users', 'peers'])
-const UNSUPPORTED_AUTH = new Set(['cert', 'hba', 'pam', 'ldap'])
+const UNSUPPORTED_AUTH = new Set(['hba', 'pam', 'ldap'])
 const PASSWORD_AUTH = new Set(['md5', 'scram-sha-256', 'plain'])
 const BOOL_WORDS = /^(?:yes|no|on|off|true|false)$/i
 const SPEC_BY_PROP = new Map(SETTINGS.map((s) => [s.prop as string, s]))
