@@ -14,7 +14,7 @@ import {
   usePostgres,
 } from '@pgbouncer-cluster/scripts/pg-harness'
 import pg from 'pg'
-import { startupPacket } from './raw-protocol.ts'
+import { sendCancel, startupPacket } from './raw-protocol.ts'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 
 // TLS on both sides. PostgreSQL runs with ssl=on and a self-signed
@@ -321,6 +321,34 @@ describe('server_tls_sslmode', () => {
     } finally {
       await plainServer.stop()
     }
+  })
+
+  test('a cancel reaches a query running on a TLS server connection (57014), and the server is reused', async () => {
+    const p = await pooler({
+      server_tls_sslmode: 'verify-full',
+      server_tls_ca_file: serverCert().certPath,
+    })
+    await withClient(connection(p, false), async (c) => {
+      const sql = 'SELECT pg_sleep(10) /* cancel over TLS */'
+      const running = c.query(sql).then(
+        () => null,
+        (err: Error & { code?: string }) => err,
+      )
+      for (let i = 0; i < 250; i++) {
+        const { rows } = await db.server.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+          [sql],
+        )
+        if (rows[0].n > 0) break
+        await new Promise((r) => setTimeout(r, 20))
+      }
+      const key = c as unknown as { processID: number; secretKey: number }
+      await sendCancel(p.host, p.port, key.processID, key.secretKey)
+      const err = await running
+      assert.equal(err?.code, '57014')
+      const { rows } = await c.query(`SELECT 1 AS n, (${sslOfBackend}) AS ssl`)
+      assert.deepEqual(rows[0], { n: 1, ssl: true })
+    })
   })
 
   test('a TLS server connection PostgreSQL ends is noticed: the next query gets a new one', async () => {

@@ -6,7 +6,7 @@ import {
   decodeControl,
   encodeControl,
 } from '@pgbouncer-cluster/protocol/control'
-import { cancelRequest } from '@pgbouncer-cluster/protocol/serializer'
+import { cancelRequest, sslRequest } from '@pgbouncer-cluster/protocol/serializer'
 import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { WorkerAdmin } from './admin-state.ts'
 import { AuthQuery, type Lookup } from './auth-query.ts'
@@ -21,7 +21,7 @@ import type {
 import { fatal, SqlState, Texts } from './errors.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
-import { type TlsSetups, tlsSetups } from './tls.ts'
+import { connectTls, type TlsSetups, tlsRequired, tlsSetups } from './tls.ts'
 
 /** What the coordinator hands a worker thread at start. */
 export interface WorkerData {
@@ -313,13 +313,40 @@ export class PoolerWorker {
     // or it could cancel the next client's query instead.
     server.cancelsInFlight++
     const db = server.pool.database
-    const socket = net.connect({ host: db.host, port: db.port }, () => {
-      socket.end(cancelRequest(server.pid, server.secret))
-    })
-    socket.on('error', (err) => {
+    const request = cancelRequest(server.pid, server.secret)
+    const failed = (err: Error) => {
       this.log.warn({ err: err.message }, 'cancel request to server failed')
+    }
+    // Whichever socket reports its close first (plain or TLS), once.
+    let closed = false
+    const done = () => {
+      if (closed) return
+      closed = true
+      server.cancelDone()
+    }
+    const socket = net.connect({ host: db.host, port: db.port })
+    socket.on('error', failed)
+    socket.on('close', done)
+    const setup = this.tls.server
+    if (setup === null) {
+      socket.on('connect', () => socket.end(request))
+      return
+    }
+    // server_tls_sslmode: the cancel key goes the way the server connections do.
+    socket.on('connect', () => socket.write(sslRequest()))
+    socket.once('data', (answer: Buffer) => {
+      if (answer.length === 1 && answer[0] === 0x53 /* S */) {
+        const secure = connectTls(socket, setup, db.host)
+        secure.on('error', failed)
+        secure.on('close', done)
+        secure.once('secureConnect', () => secure.end(request))
+      } else if (answer.length === 1 && answer[0] === 0x4e /* N */ && !tlsRequired(setup.mode)) {
+        socket.end(request)
+      } else {
+        failed(new Error(Texts.serverRefusedSsl))
+        socket.destroy()
+      }
     })
-    socket.on('close', () => server.cancelDone())
   }
 
   // ---- control messages from the coordinator -------------------------------
