@@ -1,4 +1,4 @@
-import { existsSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
@@ -58,7 +58,7 @@ export class Cluster {
   private readonly options: ClusterOptions
   private readonly slots: WorkerSlot[] = []
   private listen = { host: '127.0.0.1', port: 6432 }
-  private unixSocket: { path: string; mode: number } | null = null
+  private unixSocket: { path: string; mode: number; gid: number } | null = null
   private stopping: Promise<void> | null = null
   private readonly done = Promise.withResolvers<number>()
   private readonly breakers: Breakers
@@ -120,11 +120,12 @@ export class Cluster {
     // asks for exactly that, a port in use is an error, as it is for PgBouncer.
     if (listenPort !== 0 && !this.config.settings.soReuseport) await assertPortFree(host, port)
     this.listen = { host, port }
-    const { unixSocketDir, unixSocketMode } = this.config.settings
+    const { unixSocketDir, unixSocketMode, unixSocketGroup } = this.config.settings
     if (unixSocketDir !== '') {
       const path = join(unixSocketDir, `.s.PGSQL.${port}`)
+      const gid = unixSocketGroup === '' ? -1 : groupId(unixSocketGroup)
       await assertUnixSocketFree(path)
-      this.unixSocket = { path, mode: unixSocketMode }
+      this.unixSocket = { path, mode: unixSocketMode, gid }
     }
     for (let id = 0; id < this.options.workers; id++) {
       this.slots.push({
@@ -382,6 +383,20 @@ export class Cluster {
     const data = encodeControl(msg)
     thread.postMessage(data, [data.buffer as ArrayBuffer])
   }
+}
+
+/** unix_socket_group: a group name from /etc/group, or a number. */
+function groupId(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group)
+  let lines: string[] = []
+  try {
+    lines = readFileSync('/etc/group', 'utf8').split('\n')
+  } catch {}
+  for (const line of lines) {
+    const [name, , gid] = line.split(':')
+    if (name === group && gid !== undefined && /^\d+$/.test(gid)) return Number(gid)
+  }
+  throw new Error(`unix_socket_group: no such group: ${group}`)
 }
 
 /**

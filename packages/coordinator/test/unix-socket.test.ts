@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
@@ -19,6 +19,15 @@ function socketDir(): string {
   return dir
 }
 
+function otherGroup(): { name: string; gid: number } | null {
+  if (process.getuid?.() !== 0) return null
+  for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
+    const [name, , gid] = line.split(':')
+    if (name && gid && Number(gid) !== process.getgid?.()) return { name, gid: Number(gid) }
+  }
+  return null
+}
+
 function ini(dir: string, extra: Record<string, string | number> = {}): string {
   return writeIni({
     databases: { postgres: `host=127.0.0.1 port=${db.server.port} dbname=postgres` },
@@ -34,11 +43,16 @@ function ini(dir: string, extra: Record<string, string | number> = {}): string {
 describe('unix_socket_dir', () => {
   test('psql and node-postgres connect through .s.PGSQL.<port>; the file goes when the pooler stops', async () => {
     const dir = socketDir()
-    const pooler = await startPooler(ini(dir, { unix_socket_mode: '0770' }))
+    // unix_socket_group by name: any group but our own (root may give the file to any).
+    const group = otherGroup()
+    const pooler = await startPooler(
+      ini(dir, { unix_socket_mode: '0770', ...(group ? { unix_socket_group: group.name } : {}) }),
+    )
     const path = join(dir, `.s.PGSQL.${pooler.port}`)
     try {
       assert.ok(statSync(path).isSocket())
       assert.equal(statSync(path).mode & 0o777, 0o770)
+      if (group) assert.equal(statSync(path).gid, group.gid)
       const psql = findPgTool('psql')
       assert.ok(psql, 'psql not found')
       const { stdout } = await run(psql!, [

@@ -1,4 +1,4 @@
-import { chmodSync, rmSync } from 'node:fs'
+import { chmodSync, chownSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import type { MessagePort } from 'node:worker_threads'
 import {
@@ -30,7 +30,7 @@ export interface WorkerData {
   config: WorkerConfig
   listen: { host: string; port: number }
   /** unix_socket_dir's socket; worker 0 listens on it (a path has one listener). */
-  unixSocket: { path: string; mode: number } | null
+  unixSocket: { path: string; mode: number; gid: number } | null
   logLevel: string
   pretty: boolean
 }
@@ -56,7 +56,7 @@ export class PoolerWorker {
   now = Date.now()
   private readonly port: MessagePort
   private readonly listen: { host: string; port: number }
-  private readonly unixSocket: { path: string; mode: number } | null
+  private readonly unixSocket: { path: string; mode: number; gid: number } | null
   private unixListener: net.Server | null = null
   private readonly listener: net.Server
   /** Read by the admin console's views (admin-state.ts). */
@@ -137,7 +137,15 @@ export class PoolerWorker {
    * listens on the path; what is there now is ours, left by a worker that
    * died, and is replaced.
    */
-  private async listenUnix({ path, mode }: { path: string; mode: number }): Promise<void> {
+  private async listenUnix({
+    path,
+    mode,
+    gid,
+  }: {
+    path: string
+    mode: number
+    gid: number
+  }): Promise<void> {
     rmSync(path, { force: true })
     const listener = net.createServer({ pauseOnConnect: true }, this.onConnection)
     await new Promise<void>((resolve, reject) => {
@@ -151,6 +159,7 @@ export class PoolerWorker {
       this.log.error({ err: err.message }, 'unix socket listener error')
     })
     chmodSync(path, mode)
+    if (gid >= 0) chownSync(path, -1, gid)
     this.unixListener = listener
   }
 

@@ -188,7 +188,7 @@ describe('settings table', () => {
       assert.ok(impl.has(name), name)
     }
     // Not honoured yet: those files get the one warning.
-    for (const name of ['client_tls_ecdhcurve', 'auth_hba_file', 'unix_socket_group', 'syslog']) {
+    for (const name of ['client_tls_ecdhcurve', 'auth_hba_file', 'syslog']) {
       assert.ok(!impl.has(name), name)
     }
     for (const name of impl) assert.ok(SETTINGS_BY_NAME.has(name))

@@ -273,7 +273,7 @@ const ROWS: Row[] = [
   ['track_extra_parameters', 'list', ['IntervalStyle'], N, NO_RELOAD],
   ['transaction_timeout', 'seconds', 0, N],
   ['unix_socket_dir', 'string', '/tmp', Y, NO_RELOAD],
-  ['unix_socket_group', 'string', '', N, NO_RELOAD],
+  ['unix_socket_group', 'string', '', Y, NO_RELOAD],
   ['unix_socket_mode', 'int', 0o777, Y, NO_RELOAD],
   ['user', 'string', null, N, { nullable: true, reloadable: false }],
   ['verbose', 'int', 0, N],
