@@ -199,15 +199,12 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
       continue
     }
     const port = await freePort()
-    if (id === 'node-relay') {
-      targets.push(await startRelay(id, port, o.pg, join(dir, `${id}.log`), endpoint(port)))
-      log(`${targets[targets.length - 1]!.label}: ${targets[targets.length - 1]!.status}`)
-      continue
-    }
-    const ini = join(dir, `${id}.ini`)
-    await writeFile(ini, poolerIni(base, port), { mode: 0o644 })
     const logFile = join(dir, `${id}.log`)
-    if (id === 'pgbouncer') {
+    const ini = join(dir, `${id}.ini`)
+    if (id !== 'node-relay') await writeFile(ini, poolerIni(base, port), { mode: 0o644 })
+    if (id === 'node-relay') {
+      targets.push(await startRelay(id, port, o.pg, logFile, endpoint(port)))
+    } else if (id === 'pgbouncer') {
       targets.push(await startPgbouncer(id, ini, port, logFile, pgUser !== null, endpoint(port)))
     } else if (/^cluster-\d+$/.test(id)) {
       const workers = Number(id.slice('cluster-'.length))
@@ -230,6 +227,27 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
       await rm(dir, { recursive: true, force: true })
       untrackDir()
     },
+  }
+}
+
+/** A started process that is ready: stopped with SIGTERM, then SIGKILL after `graceMs`. */
+function running(
+  id: string,
+  label: string,
+  kind: TargetKind,
+  ep: Endpoint,
+  s: Spawned,
+  graceMs: number,
+): Target {
+  return {
+    id,
+    label,
+    kind,
+    endpoint: ep,
+    pid: s.child.pid ?? null,
+    status: 'ready',
+    exitNote: () => exitNote(s),
+    stop: () => stopSpawned(s, graceMs),
   }
 }
 
@@ -281,17 +299,7 @@ async function startPgbouncer(
     await stopSpawned(s, 1000)
     return notReady(id, label, 'pgbouncer', ep, 'failed', `${err}\n${tail(logFile)}`)
   }
-  return {
-    id,
-    label,
-    kind: 'pgbouncer',
-    endpoint: ep,
-    pid: s.child.pid ?? null,
-    status: 'ready',
-    exitNote: () => exitNote(s),
-    // SIGINT is PgBouncer's safe shutdown; nothing is in flight by now anyway
-    stop: () => stopSpawned(s, 3000),
-  }
+  return running(id, label, 'pgbouncer', ep, s, 3000)
 }
 
 async function startCluster(
@@ -321,16 +329,7 @@ async function startCluster(
     await stopSpawned(s, 2000)
     return notReady(id, label, 'cluster', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
   }
-  return {
-    id,
-    label,
-    kind: 'cluster',
-    endpoint: ep,
-    pid: s.child.pid ?? null,
-    status: 'ready',
-    exitNote: () => exitNote(s),
-    stop: () => stopSpawned(s, 5000),
-  }
+  return running(id, label, 'cluster', ep, s, 5000)
 }
 
 /** A bare Node relay (node-relay.ts): one PostgreSQL connection per client, no pooling. */
@@ -350,14 +349,5 @@ async function startRelay(
     await stopSpawned(s, 1000)
     return notReady(id, label, 'relay', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
   }
-  return {
-    id,
-    label,
-    kind: 'relay',
-    endpoint: ep,
-    pid: s.child.pid ?? null,
-    status: 'ready',
-    exitNote: () => exitNote(s),
-    stop: () => stopSpawned(s, 2000),
-  }
+  return running(id, label, 'relay', ep, s, 2000)
 }

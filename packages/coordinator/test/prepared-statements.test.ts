@@ -26,6 +26,17 @@ function client(p: Pooler): pg.ClientConfig {
   return { host: p.host, port: p.port, user: 'postgres', database: 'postgres' }
 }
 
+/** A hand-rolled client logged in to the pooler, for messages drivers do not send this way. */
+async function withRaw(p: Pooler, fn: (conn: RawConnection) => Promise<void>): Promise<void> {
+  const conn = await RawConnection.connect(p.host, p.port)
+  try {
+    await conn.login({ user: 'postgres', database: 'postgres' })
+    await fn(conn)
+  } finally {
+    conn.destroy()
+  }
+}
+
 /** Rows (as text) and the types of what came back, up to ReadyForQuery. */
 async function exchange(conn: RawConnection, ...messages: Buffer[]) {
   conn.send(Buffer.concat(messages))
@@ -116,9 +127,7 @@ describe('transaction mode, pool_size 3, 2 workers', () => {
   })
 
   test('Describe, Close and a new Parse under the same name, in one pipeline', async () => {
-    const conn = await RawConnection.connect(p.host, p.port)
-    try {
-      await conn.login({ user: 'postgres', database: 'postgres' })
+    await withRaw(p, async (conn) => {
       const first = await exchange(
         conn,
         extended.parse('s', 'SELECT $1::text AS v'),
@@ -141,15 +150,11 @@ describe('transaction mode, pool_size 3, 2 workers', () => {
       assert.equal(second.error, null)
       assert.equal(second.types, '312DCZ')
       assert.deepEqual(second.rows, [['two', '2']])
-    } finally {
-      conn.destroy()
-    }
+    })
   })
 
   test('a Parse and a Bind larger than a read arrive whole and right', async () => {
-    const conn = await RawConnection.connect(p.host, p.port)
-    try {
-      await conn.login({ user: 'postgres', database: 'postgres' })
+    await withRaw(p, async (conn) => {
       const comment = `/* ${'x'.repeat(200_000)} */`
       const value = 'v'.repeat(300_000)
       const { error, rows, types } = await exchange(
@@ -162,9 +167,7 @@ describe('transaction mode, pool_size 3, 2 workers', () => {
       assert.equal(error, null)
       assert.equal(types, '12DCZ')
       assert.deepEqual(rows, [['300000']])
-    } finally {
-      conn.destroy()
-    }
+    })
   })
 })
 
@@ -178,9 +181,7 @@ describe('every transaction on a server whose statements were discarded', () => 
   after(() => p.stop())
 
   test('the statement is prepared again each time, and the client sees only its own ParseComplete', async () => {
-    const conn = await RawConnection.connect(p.host, p.port)
-    try {
-      await conn.login({ user: 'postgres', database: 'postgres' })
+    await withRaw(p, async (conn) => {
       const first = await exchange(
         conn,
         extended.parse('q', 'SELECT $1::int * 2 AS n'),
@@ -199,9 +200,7 @@ describe('every transaction on a server whose statements were discarded', () => 
         assert.equal(next.types, '2DCZ')
         assert.deepEqual(next.rows, [[String(i * 2)]])
       }
-    } finally {
-      conn.destroy()
-    }
+    })
   })
 
   test('a statement that can no longer be prepared fails with PostgreSQL’s error, and the session goes on', async () => {

@@ -53,6 +53,22 @@ function connection(pooler: Pooler, ssl: pg.ClientConfig['ssl']): pg.ClientConfi
   return { host: pooler.host, port: pooler.port, user: 'postgres', database: 'postgres', ssl }
 }
 
+/** A pooler that shows PostgreSQL's certificate to its clients; its servers in plain text. */
+function clientTlsPooler(settings: Record<string, string>): Promise<Pooler> {
+  const { certPath, keyPath } = serverCert()
+  return startPooler(
+    writeIni({
+      databases: database(),
+      pgbouncer: {
+        client_tls_cert_file: certPath,
+        client_tls_key_file: keyPath,
+        server_tls_sslmode: 'disable',
+        ...settings,
+      },
+    }),
+  )
+}
+
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex')
 }
@@ -60,21 +76,12 @@ function sha256(text: string): string {
 describe('client_tls_sslmode = require', () => {
   let pooler: Pooler
   before(async () => {
-    const { certPath, keyPath } = serverCert()
-    pooler = await startPooler(
-      writeIni({
-        databases: database(),
-        pgbouncer: {
-          pool_mode: 'transaction',
-          default_pool_size: 4,
-          client_tls_sslmode: 'require',
-          client_tls_cert_file: certPath,
-          client_tls_key_file: keyPath,
-          server_tls_sslmode: 'disable',
-          admin_users: 'postgres',
-        },
-      }),
-    )
+    pooler = await clientTlsPooler({
+      pool_mode: 'transaction',
+      default_pool_size: '4',
+      client_tls_sslmode: 'require',
+      admin_users: 'postgres',
+    })
   })
   after(() => pooler.stop())
 
@@ -166,19 +173,10 @@ describe('client_tls_sslmode = verify-ca', () => {
   let client: { key: string; cert: string; certPath: string }
   before(async () => {
     client = await clientCert()
-    const { certPath, keyPath } = serverCert()
-    pooler = await startPooler(
-      writeIni({
-        databases: database(),
-        pgbouncer: {
-          client_tls_sslmode: 'verify-ca',
-          client_tls_cert_file: certPath,
-          client_tls_key_file: keyPath,
-          client_tls_ca_file: client.certPath,
-          server_tls_sslmode: 'disable',
-        },
-      }),
-    )
+    pooler = await clientTlsPooler({
+      client_tls_sslmode: 'verify-ca',
+      client_tls_ca_file: client.certPath,
+    })
   })
   after(() => pooler.stop())
 
@@ -207,20 +205,11 @@ describe('auth_type = cert', () => {
   let client: { key: string; cert: string; certPath: string }
   before(async () => {
     client = await clientCert()
-    const { certPath, keyPath } = serverCert()
-    pooler = await startPooler(
-      writeIni({
-        databases: database(),
-        pgbouncer: {
-          auth_type: 'cert',
-          client_tls_sslmode: 'verify-full',
-          client_tls_cert_file: certPath,
-          client_tls_key_file: keyPath,
-          client_tls_ca_file: client.certPath,
-          server_tls_sslmode: 'disable',
-        },
-      }),
-    )
+    pooler = await clientTlsPooler({
+      auth_type: 'cert',
+      client_tls_sslmode: 'verify-full',
+      client_tls_ca_file: client.certPath,
+    })
   })
   after(() => pooler.stop())
 

@@ -342,7 +342,7 @@ export class ClientSession {
     buf.set(view)
     const server = this.server
     if (server !== null) {
-      this.writeServer(server, edits === null ? buf : applyEdits(buf, edits, server))
+      this.writeServer(server, buf, edits)
       return
     }
     this.queuedEdits[this.queuedCount] = edits
@@ -353,8 +353,10 @@ export class ClientSession {
     }
   }
 
-  private writeServer(server: Server, buf: Buffer): void {
-    if (!server.write(buf) && !this.readPaused) {
+  /** Our bytes to the server, with the prepared-statement edits made for it. */
+  private writeServer(server: Server, buf: Buffer, edits: Edit[] | null): void {
+    const bytes = edits === null ? buf : applyEdits(buf, edits, server)
+    if (!server.write(bytes) && !this.readPaused) {
       // Stop reading a client whose server is not draining.
       this.readPaused = true
       pauseReading(this.socket)
@@ -423,13 +425,11 @@ export class ClientSession {
       resumeReading(server.socket)
     }
     const settings = this.worker.settings
-    if (settings.serverResetQueryAlways && settings.serverResetQuery !== '') {
-      server.swallow++
-      server.write(query(settings.serverResetQuery))
-      server.statementsGone()
-    } else {
-      server.trimStatements(settings.maxPreparedStatements)
-    }
+    const reset = settings.serverResetQuery
+    server.cleanUp(
+      settings.serverResetQueryAlways && reset !== '' ? reset : null,
+      settings.maxPreparedStatements,
+    )
     this.pool!.release(server)
   }
 
@@ -444,10 +444,7 @@ export class ClientSession {
     }
     if (this.varsKey !== server.varsKey) {
       const sync = syncStatement(this.vars, server.vars)
-      if (sync !== null) {
-        server.swallow++
-        server.write(query(sync))
-      }
+      if (sync !== null) server.runOwn(query(sync))
     }
     if (this.state === 'welcome') {
       this.sendWelcome()
@@ -462,8 +459,7 @@ export class ClientSession {
     const queued = this.queued
     const queuedEdits = this.queuedEdits
     for (let i = 0; i < this.queuedCount; i++) {
-      const edits = queuedEdits[i]!
-      this.writeServer(server, edits === null ? queued[i]! : applyEdits(queued[i]!, edits, server))
+      this.writeServer(server, queued[i]!, queuedEdits[i] ?? null)
       queued[i] = null
       queuedEdits[i] = null
     }
@@ -856,13 +852,10 @@ export class ClientSession {
     }
     const settings = this.worker.settings
     const reset = settings.serverResetQuery
-    if (reset !== '' && (this.mode === 'session' || settings.serverResetQueryAlways)) {
-      server.swallow++
-      server.write(query(reset))
-      server.statementsGone()
-    } else {
-      server.trimStatements(settings.maxPreparedStatements)
-    }
+    server.cleanUp(
+      reset !== '' && (this.mode === 'session' || settings.serverResetQueryAlways) ? reset : null,
+      settings.maxPreparedStatements,
+    )
     this.pool!.release(server)
   }
 }

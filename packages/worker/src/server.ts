@@ -20,12 +20,11 @@ import {
   terminate,
 } from '@pgbouncer-cluster/protocol/serializer'
 import type { ClientSession } from './client.ts'
-import { Texts } from './errors.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
 import type { Pool, PoolClient } from './pool.ts'
 import { ParseTracker, type PreparedServer } from './prepared.ts'
 import { endWith, pauseReading, send, startReading } from './socket-io.ts'
-import { connectTls, tlsRequired } from './tls.ts'
+import { connectTls, sslAnswer } from './tls.ts'
 
 export type ServerState = 'login' | 'idle' | 'active' | 'closed'
 
@@ -148,17 +147,13 @@ export class Server implements PreparedServer {
   private onSslAnswer(chunk: Buffer): void {
     this.sslPending = false
     const setup = this.pool.worker.tls.server!
-    const answer = chunk.length === 1 ? chunk[0] : -1
-    if (answer === ASCII_N && !tlsRequired(setup.mode)) {
+    const outcome = sslAnswer(chunk, setup.mode)
+    if (outcome === 'plain') {
       this.sendStartup()
       return
     }
-    if (answer !== ASCII_S) {
-      this.failLogin({
-        code: '08006',
-        message: answer === ASCII_N ? Texts.serverRefusedSsl : 'unexpected answer to SSLRequest',
-        fromServer: false,
-      })
+    if (outcome instanceof Error) {
+      this.failLogin({ code: '08006', message: outcome.message, fromServer: false })
       return
     }
     const plain = this.socket
@@ -548,10 +543,7 @@ export class Server implements PreparedServer {
     this.scram = null
     this.state = 'idle'
     const connectQuery = this.pool.database.connectQuery
-    if (connectQuery) {
-      this.swallow++
-      this.write(query(connectQuery))
-    }
+    if (connectQuery) this.runOwn(query(connectQuery))
     this.pool.serverLoggedIn(this)
   }
 
@@ -569,21 +561,24 @@ export class Server implements PreparedServer {
     return send(this.socket, this, buf)
   }
 
-  /** DISCARD ALL or DEALLOCATE ALL went out: every statement of ours is gone. */
-  statementsGone(): void {
-    this.preparedGen++
-    this.preparedCount = 0
+  /** A statement of the pooler's own: its reply never reaches a client. */
+  runOwn(statement: Buffer): void {
+    this.swallow++
+    this.write(statement)
   }
 
   /**
-   * Past max_prepared_statements (statements of clients gone or linked
-   * elsewhere pile up), the server drops them all before its next client.
+   * On the way back to the pool: the reset query, if one is due, which drops
+   * the statements prepared under our names too (DISCARD ALL); else, past
+   * max_prepared_statements (statements of clients gone or linked elsewhere
+   * pile up), DEALLOCATE ALL.
    */
-  trimStatements(max: number): void {
-    if (this.preparedCount <= max) return
-    this.swallow++
-    this.write(DEALLOCATE_ALL)
-    this.statementsGone()
+  cleanUp(resetQuery: string | null, maxPrepared: number): void {
+    if (resetQuery !== null) this.runOwn(query(resetQuery))
+    else if (this.preparedCount > maxPrepared) this.runOwn(DEALLOCATE_ALL)
+    else return
+    this.preparedGen++
+    this.preparedCount = 0
   }
 
   /** Usable for a new client: logged in, in no transaction, not past its life. */
@@ -627,7 +622,5 @@ const ACTION_RELEASE = 2
 const ACTION_CLOSE = 3
 const ACTION_DROP = 4
 const DEALLOCATE_ALL = query('DEALLOCATE ALL')
-const ASCII_S = 0x53
-const ASCII_N = 0x4e
 
 function ignoreError(): void {}

@@ -8,6 +8,7 @@ import type net from 'node:net'
 import { isIP } from 'node:net'
 import tls from 'node:tls'
 import type { SslMode, TlsMaterial, TlsSide } from './config-types.ts'
+import { Texts } from './errors.ts'
 
 export interface TlsSetup {
   mode: SslMode
@@ -90,6 +91,17 @@ export function acceptTls(socket: net.Socket, s: TlsSetup, done: Secured): () =>
   return () => {
     if (pending.get(key) === done) pending.delete(key)
   }
+}
+
+/**
+ * PostgreSQL's one-byte answer to our SSLRequest, under server_tls_sslmode:
+ * go on in TLS, go on in plain text, or give up (with why).
+ */
+export function sslAnswer(answer: Buffer, mode: SslMode): 'tls' | 'plain' | Error {
+  const byte = answer.length === 1 ? answer[0] : -1
+  if (byte === 0x53 /* S */) return 'tls'
+  if (byte === 0x4e /* N */) return tlsRequired(mode) ? new Error(Texts.serverRefusedSsl) : 'plain'
+  return new Error('unexpected answer to SSLRequest')
 }
 
 /** The client side of a handshake with PostgreSQL, after it answered 'S'. */

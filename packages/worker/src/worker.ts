@@ -21,7 +21,7 @@ import type {
 import { fatal, SqlState, Texts } from './errors.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
-import { connectTls, type TlsSetups, tlsRequired, tlsSetups } from './tls.ts'
+import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
 
 /** What the coordinator hands a worker thread at start. */
 export interface WorkerData {
@@ -344,16 +344,17 @@ export class PoolerWorker {
     // server_tls_sslmode: the cancel key goes the way the server connections do.
     socket.on('connect', () => socket.write(sslRequest()))
     socket.once('data', (answer: Buffer) => {
-      if (answer.length === 1 && answer[0] === 0x53 /* S */) {
+      const outcome = sslAnswer(answer, setup.mode)
+      if (outcome === 'plain') {
+        socket.end(request)
+      } else if (outcome instanceof Error) {
+        failed(outcome)
+        socket.destroy()
+      } else {
         const secure = connectTls(socket, setup, db.host)
         secure.on('error', failed)
         secure.on('close', done)
         secure.once('secureConnect', () => secure.end(request))
-      } else if (answer.length === 1 && answer[0] === 0x4e /* N */ && !tlsRequired(setup.mode)) {
-        socket.end(request)
-      } else {
-        failed(new Error(Texts.serverRefusedSsl))
-        socket.destroy()
       }
     })
   }
