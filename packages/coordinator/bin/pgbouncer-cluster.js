@@ -1,5 +1,31 @@
 #!/usr/bin/env node
-// The published command. Node >= 24 runs the TypeScript sources directly.
-import { main } from '../src/cli.ts'
+// The command. This file is plain JavaScript that any Node.js parses, so that
+// an old Node gets one line saying what is needed instead of a syntax error or
+// a stack trace; everything else is imported only after the check.
+// In the repository it runs the TypeScript sources (Node strips the types);
+// the published package's copy imports the compiled ../lib/cli.js instead.
 
-process.exitCode = await main(process.argv.slice(2))
+const NEEDS = [22, 12]
+const [major, minor] = process.versions.node.split('.').map(Number)
+if (major < NEEDS[0] || (major === NEEDS[0] && minor < NEEDS[1])) {
+  process.stderr.write(
+    `pgbouncer-cluster needs Node.js >= ${NEEDS.join('.')} (this is ${process.versions.node})\n`,
+  )
+  process.exit(1)
+}
+
+let cli
+try {
+  cli = await import('../src/cli.ts')
+} catch (err) {
+  // An install that lost a dependency (npm install --omit, a pruned node_modules):
+  // name the package rather than print the loader's stack.
+  const missing = /Cannot find (?:package|module) '([^']+)'/.exec(String(err?.message))
+  process.stderr.write(
+    missing
+      ? `pgbouncer-cluster: cannot load ${missing[1]}, which it needs: reinstall pgbouncer-cluster with its dependencies\n`
+      : `pgbouncer-cluster: cannot load: ${err?.message ?? err}\n`,
+  )
+  process.exit(1)
+}
+process.exitCode = await cli.main(process.argv.slice(2))

@@ -1,5 +1,12 @@
 export type * from './config-types.ts'
 export type { WorkerData } from './worker.ts'
 
-/** The worker thread's entry file, for `new Worker(workerEntry)`. */
-export const workerEntry = new URL('./thread.ts', import.meta.url)
+/**
+ * The worker thread's entry file, for `new Worker(workerEntry)`: thread.ts
+ * beside this source, or thread.js beside the compiled file this code is built
+ * into (the published package, where Node does not strip types).
+ */
+export const workerEntry = new URL(
+  import.meta.url.endsWith('.ts') ? './thread.ts' : './thread.js',
+  import.meta.url,
+)
