@@ -1,5 +1,10 @@
 import { readFileSync } from 'node:fs'
-import type { ConnectionInfo, ControlMessage, ControlOf } from '@pgbouncer-cluster/protocol/control'
+import type {
+  ConnectionInfo,
+  ControlMessage,
+  ControlOf,
+  ShutdownMode,
+} from '@pgbouncer-cluster/protocol/control'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
 import {
   ADMIN_DATABASE,
@@ -32,8 +37,10 @@ export interface AdminHost {
   send(worker: number, msg: ControlMessage): void
   /** The RELOAD command: false when the file could not be used (logged, nothing changed). */
   reload(): boolean
-  /** The SHUTDOWN command: stop at once and exit 0. */
-  shutdown(): void
+  /** The SHUTDOWN command: stop in that mode, then exit 0. */
+  shutdown(mode: ShutdownMode): void
+  /** A shutdown is under way (listeners closed). */
+  draining(): boolean
   /** Pools the registry has handed slots to (databases the '*' entry made included). */
   pools(): Iterable<{ database: string; user: string }>
   port(): number
@@ -162,10 +169,18 @@ export class AdminConsole {
         // As PgBouncer: a file that cannot be used is logged, the command still succeeds.
         this.host.reload()
         return done('RELOAD')
-      case 'SHUTDOWN':
+      case 'SHUTDOWN': {
+        const wait = arg?.toUpperCase()
+        if (wait === 'WAIT_FOR_CLIENTS' || wait === 'WAIT_FOR_SERVERS') {
+          this.host.log.info(`SHUTDOWN ${wait} command issued`)
+          this.host.shutdown(wait === 'WAIT_FOR_CLIENTS' ? 'wait-for-clients' : 'wait-for-servers')
+          return done('SHUTDOWN')
+        }
         this.host.log.info('SHUTDOWN command issued')
-        this.host.shutdown()
+        this.host.shutdown('immediate')
+        // As PgBouncer: no answer, the connection ends with the process.
         return null
+      }
       default:
         return fail(`invalid command '${command}', use SHOW HELP;`)
     }
@@ -190,6 +205,7 @@ export class AdminConsole {
 
   private resume(database: string | undefined): Result {
     if (database === undefined) {
+      if (this.host.draining()) return fail('pooler is shutting down')
       if (!this.pausedAll) return fail('pooler is not paused/suspended')
       this.pausedAll = false
       this.broadcast({ type: 'resume' })

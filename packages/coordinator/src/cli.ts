@@ -58,7 +58,7 @@ export async function main(argv: string[]): Promise<number> {
     await cluster.start()
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'could not start')
-    await cluster.stop('fast', 0)
+    await cluster.stop('immediate')
     return 1
   }
   return cluster.run()

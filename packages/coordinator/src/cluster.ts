@@ -6,6 +6,7 @@ import {
   type ControlMessage,
   decodeControl,
   encodeControl,
+  type ShutdownMode,
 } from '@pgbouncer-cluster/protocol/control'
 import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
@@ -29,8 +30,14 @@ export interface ClusterOptions {
 const LAYOUT = { maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
 /** A worker that keeps dying is restarted no faster than this, doubling up to the cap. */
 const RESTART_BACKOFF_MS = { first: 100, max: 10_000 }
-/** SIGINT/SIGTERM wait this long for transactions in flight; a second signal stops at once. */
-const GRACEFUL_TIMEOUT_MS = 30_000
+/** An immediate stop gives a worker thread this long to close its sockets before it is terminated. */
+const IMMEDIATE_GRACE_MS = 2000
+/** What each shutdown mode logs once its wait is over (PgBouncer's lines). */
+const DRAINED_LINE: Record<ShutdownMode, string | null> = {
+  'wait-for-clients': 'client connections dropped, exiting',
+  'wait-for-servers': 'server connections dropped, exiting',
+  immediate: null,
+}
 
 interface WorkerSlot {
   thread: Worker | null
@@ -46,8 +53,9 @@ interface WorkerSlot {
  * The coordinator: owns the shared memory, the registry of pool slots, the
  * circuit breakers and the worker threads; routes what crosses workers (pool
  * slots, cancel requests), restarts a worker that dies (reclaiming its
- * permits first), and answers SIGINT/SIGTERM (graceful stop) and SIGHUP
- * (reload).
+ * permits first), and answers signals as PgBouncer 1.23+ does: SIGTERM waits
+ * for the clients to leave, SIGINT for the servers to be released, SIGQUIT
+ * (or either of them a second time) stops at once; SIGHUP reloads.
  */
 export class Cluster {
   config: Config
@@ -60,6 +68,13 @@ export class Cluster {
   private listen = { host: '127.0.0.1', port: 6432 }
   private unixSocket: { path: string; mode: number; gid: number } | null = null
   private stopping: Promise<void> | null = null
+  private shutdownMode: ShutdownMode | null = null
+  /** The wait a shutdown started with was cut short (a second signal, SHUTDOWN). */
+  private hurried = false
+  /** Under 'wait-for-servers': the workers with no transaction in flight any more. */
+  private readonly released = new Set<number>()
+  /** Per worker, the timer that terminates a thread an immediate stop did not end. */
+  private readonly killTimers = new Map<number, NodeJS.Timeout>()
   private readonly done = Promise.withResolvers<number>()
   private readonly breakers: Breakers
   private readonly admin: AdminConsole
@@ -85,7 +100,8 @@ export class Cluster {
       workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
       send: (worker, msg) => this.sendTo(this.slots[worker]?.thread ?? null, msg),
       reload: () => this.reload(),
-      shutdown: () => this.shutdown(),
+      shutdown: (mode) => this.shutdown(mode),
+      draining: () => this.draining,
       pools: () =>
         [...this.registry.entries()].map(([key]) => {
           const [database, user] = key.split('\u0000')
@@ -97,6 +113,21 @@ export class Cluster {
 
   get port(): number {
     return this.listen.port
+  }
+
+  /**
+   * True from the first SIGTERM or SIGINT (or the console's SHUTDOWN, in any
+   * mode) on: the listeners are closed, no new client will be served, and the
+   * process exits once the shutdown's wait is over. A readiness probe answers
+   * "not ready" from here; `draining` never goes back to false.
+   */
+  get draining(): boolean {
+    return this.shutdownMode !== null
+  }
+
+  /** How the cluster is stopping (the strongest mode asked for so far), or null while it runs. */
+  get stoppingMode(): ShutdownMode | null {
+    return this.shutdownMode
   }
 
   /** The live thread of worker `id` (null while it is being replaced): for supervision tests. */
@@ -154,6 +185,7 @@ export class Cluster {
     )
     process.on('SIGINT', this.onStopSignal)
     process.on('SIGTERM', this.onStopSignal)
+    process.on('SIGQUIT', this.onStopSignal)
     process.on('SIGHUP', this.onReloadSignal)
   }
 
@@ -162,16 +194,25 @@ export class Cluster {
     return this.done.promise
   }
 
+  /** PgBouncer 1.23+'s signals and log lines (1.18's SIGTERM stopped at once). */
   private readonly onStopSignal = (signal: NodeJS.Signals): void => {
-    if (this.stopping !== null) {
+    if (signal === 'SIGQUIT') {
+      this.log.info({ signal }, 'got SIGQUIT, fast exit')
+      this.shutdown('immediate')
+    } else if (this.shutdownMode !== null) {
       // The operator does not want to wait: end the transactions now.
-      this.log.info({ signal }, 'shutting down at once')
-      for (const slot of this.slots)
-        this.sendTo(slot.thread, { type: 'shutdown', mode: 'fast', timeoutMs: 0 })
-      return
+      this.log.info({ signal }, `got ${signal} while shutting down, fast exit`)
+      this.shutdown('immediate')
+    } else if (signal === 'SIGTERM') {
+      this.log.info({ signal }, 'got SIGTERM, shutting down, waiting for all clients disconnect')
+      this.shutdown('wait-for-clients')
+    } else {
+      this.log.info(
+        { signal },
+        'got SIGINT, shutting down, waiting for all servers connections to be released',
+      )
+      this.shutdown('wait-for-servers')
     }
-    this.log.info({ signal }, 'shutting down: letting transactions in flight finish')
-    void this.stop('graceful', GRACEFUL_TIMEOUT_MS).then(() => this.done.resolve(0))
   }
 
   private readonly onReloadSignal = (): void => {
@@ -218,32 +259,69 @@ export class Cluster {
     return true
   }
 
-  /** The admin console's SHUTDOWN: PgBouncer stops at once, and the process exits 0. */
-  shutdown(): void {
-    void this.stop('fast', 0).then(() => this.done.resolve(0))
+  /** Signals and the console's SHUTDOWN: stop in `mode`, then the process exits 0. */
+  shutdown(mode: ShutdownMode = 'immediate'): void {
+    void this.stop(mode).then(() => this.done.resolve(0))
   }
 
-  stop(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
-    this.stopping ??= this.stopWorkers(mode, timeoutMs)
+  /**
+   * Stops the cluster. A second call while a wait is on can only make it
+   * immediate (the second signal); otherwise it joins the stop in progress.
+   */
+  stop(mode: ShutdownMode = 'immediate'): Promise<void> {
+    if (this.stopping === null) {
+      this.shutdownMode = mode
+      this.stopping = this.stopWorkers(mode)
+    } else if (mode === 'immediate' && this.shutdownMode !== 'immediate') {
+      this.shutdownMode = 'immediate'
+      this.hurried = true
+      this.endWait()
+    }
     return this.stopping
   }
 
-  private async stopWorkers(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
+  /** Every worker stops waiting and drops what it still has. */
+  private endWait(): void {
+    this.slots.forEach((slot, id) => {
+      if (slot.thread !== null) this.stopWorker(id, slot.thread, 'immediate')
+    })
+  }
+
+  /** 'wait-for-servers' is over once no worker has a transaction in flight. */
+  private checkReleased(): void {
+    if (this.shutdownMode !== 'wait-for-servers') return
+    const live = this.slots.flatMap((s, id) => (s.thread === null ? [] : [id]))
+    if (live.every((id) => this.released.has(id))) this.endWait()
+  }
+
+  private stopWorker(id: number, thread: Worker, mode: ShutdownMode): void {
+    this.sendTo(thread, { type: 'shutdown', mode })
+    if (mode !== 'immediate' || this.killTimers.has(id)) return
+    const kill = setTimeout(() => void thread.terminate(), IMMEDIATE_GRACE_MS)
+    this.killTimers.set(id, kill)
+    thread.once('exit', () => clearTimeout(kill))
+  }
+
+  private async stopWorkers(mode: ShutdownMode): Promise<void> {
     process.off('SIGHUP', this.onReloadSignal)
     this.breakers.close()
-    this.admin.close()
-    const exits = this.slots.map((slot) => {
+    // The console's sampler keeps running: log_stats and SHOW STATS stay live while clients drain.
+    if (mode === 'immediate') this.admin.close()
+    const exits = this.slots.map((slot, id) => {
       slot.stopped = true
       const thread = slot.thread
       if (thread === null) return Promise.resolve()
       const exited = new Promise<void>((resolve) => thread.once('exit', () => resolve()))
-      this.sendTo(thread, { type: 'shutdown', mode, timeoutMs })
-      const kill = setTimeout(() => void thread.terminate(), timeoutMs + 2000)
-      return exited.finally(() => clearTimeout(kill))
+      this.stopWorker(id, thread, mode)
+      return exited
     })
     await Promise.all(exits)
+    this.admin.close()
+    const drained = DRAINED_LINE[mode]
+    if (drained !== null && !this.hurried) this.log.info(drained)
     process.off('SIGINT', this.onStopSignal)
     process.off('SIGTERM', this.onStopSignal)
+    process.off('SIGQUIT', this.onStopSignal)
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) rmSync(pidfile, { force: true })
     if (this.unixSocket !== null) rmSync(this.unixSocket.path, { force: true })
@@ -290,7 +368,10 @@ export class Cluster {
     const reclaimed = this.shared.reclaimWorker(id)
     this.breakers.workerDied()
     this.admin.workerGone(id)
-    if (slot.stopped) return
+    if (slot.stopped) {
+      this.checkReleased()
+      return
+    }
     if (slot.starting) {
       slot.ready?.reject(new Error(`worker ${id} exited with code ${code} before it listened`))
       return
@@ -361,6 +442,10 @@ export class Cluster {
       }
       case 'admin-request':
         this.admin.onRequest(msg)
+        return
+      case 'servers-released':
+        this.released.add(id)
+        this.checkReleased()
         return
       case 'stats':
         this.admin.onStats(msg)

@@ -42,7 +42,7 @@ describe('worker supervision', { timeout: 50_000 }, () => {
     })
     await cluster.start()
   })
-  after(() => cluster.stop('fast', 0))
+  after(() => cluster.stop('immediate'))
 
   /** Clients looping short transactions until stopped; a lost connection is counted and replaced. */
   function load(clients: number) {

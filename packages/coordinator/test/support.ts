@@ -56,7 +56,10 @@ export interface Pooler {
   output(): string
   url(opts?: { user?: string; password?: string; database?: string }): string
   client(opts?: pg.ClientConfig): pg.Client
-  /** Sends a signal and resolves with the exit code. */
+  /**
+   * Sends a signal (SIGQUIT, an immediate stop, unless told) and resolves with
+   * the exit code. SIGTERM would wait for every client to leave (PgBouncer 1.23+).
+   */
   stop(signal?: NodeJS.Signals): Promise<number | null>
   readonly exited: Promise<number | null>
 }
@@ -124,7 +127,7 @@ export async function startPooler(
       `postgres://${encodeURIComponent(o.user ?? 'postgres')}${o.password ? `:${encodeURIComponent(o.password)}` : ''}@${host}:${port}/${encodeURIComponent(o.database ?? 'postgres')}`,
     client: (config = {}) =>
       new pg.Client({ host, port, user: 'postgres', database: 'postgres', ...config }),
-    async stop(signal = 'SIGTERM') {
+    async stop(signal = 'SIGQUIT') {
       if (child.exitCode === null) child.kill(signal)
       return exited
     },

@@ -28,8 +28,9 @@ const EVERY_TYPE: ControlMessage[] = [
     },
   },
   { type: 'cancel', pid: 41_234, secret: -1_998_123_456 },
-  { type: 'shutdown', mode: 'graceful', timeoutMs: 2 ** 40 },
-  { type: 'shutdown', mode: 'fast', timeoutMs: 0 },
+  { type: 'shutdown', mode: 'wait-for-clients' },
+  { type: 'shutdown', mode: 'wait-for-servers' },
+  { type: 'shutdown', mode: 'immediate' },
   { type: 'pause' },
   { type: 'pause', database: 'app' },
   { type: 'paused', worker: 1 },
@@ -237,9 +238,8 @@ describe('control codec', () => {
       msgpackMap([
         ['type', 'shutdown'],
         ['mode', 'smart'],
-        ['timeoutMs', 1],
       ]),
-      /mode is not one of fast, graceful/,
+      /mode is not one of immediate, wait-for-servers, wait-for-clients/,
     )
     rejects(
       msgpackMap([

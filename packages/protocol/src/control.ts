@@ -35,7 +35,14 @@ export type ControlMessage =
   | { type: 'config'; config: unknown }
   /** either way: a CancelRequest for a backend key owned by another worker. */
   | { type: 'cancel'; pid: number; secret: number }
-  | { type: 'shutdown'; mode: 'fast' | 'graceful'; timeoutMs: number }
+  /**
+   * coordinator → workers: stop (PgBouncer 1.23+'s three ways). 'wait-for-clients'
+   * (SIGTERM) closes the listeners and ends once every client has left;
+   * 'wait-for-servers' (SIGINT) also lets no new transaction start and ends
+   * once none is in flight; 'immediate' (SIGQUIT, SHUTDOWN, a second signal)
+   * drops everyone now, and cuts a wait short.
+   */
+  | { type: 'shutdown'; mode: ShutdownMode }
   /**
    * coordinator → workers: PAUSE [db]. Hand out no server, close each one as
    * it comes free; answer 'paused' once none is left (the admin command waits).
@@ -85,12 +92,21 @@ export type ControlMessage =
   /** worker → coordinator: shut down cleanly, about to end. */
   | { type: 'worker-stopped'; worker: number }
   /**
+   * worker → coordinator: under 'wait-for-servers', no transaction is in
+   * flight here any more. Once every worker says so the coordinator ends the
+   * wait for all ('immediate'): a worker alone may not drop its console
+   * session while another still waits.
+   */
+  | { type: 'servers-released'; worker: number }
+  /**
    * coordinator → workers: the breaker of a database opened (state in shared
    * memory); the error its clients get meanwhile, for error sequence `seq`.
    */
   | { type: 'breaker'; database: string; seq: number; sqlstate: string; message: string }
   /** worker → coordinator: a server login succeeded while the breaker counted failures. */
   | { type: 'server-login-ok'; worker: number; database: string; user: string }
+
+export type ShutdownMode = 'immediate' | 'wait-for-servers' | 'wait-for-clients'
 
 /** A result column of the admin console: name and type OID (25 text, 23 int4, 20 int8, 1700 numeric). */
 export type AdminColumn = [name: string, typeOid: number]
@@ -176,7 +192,7 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   'pool-slot-error': { database: 'string', user: 'string', sqlstate: 'string', message: 'string' },
   config: { config: 'object' },
   cancel: { pid: 'int', secret: 'int' },
-  shutdown: { mode: ['fast', 'graceful'], timeoutMs: 'uint' },
+  shutdown: { mode: ['immediate', 'wait-for-servers', 'wait-for-clients'] },
   pause: { database: 'string?' },
   paused: { worker: 'uint', database: 'string?' },
   resume: { database: 'string?' },
@@ -212,6 +228,7 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     error: 'string?',
   },
   'worker-stopped': { worker: 'uint' },
+  'servers-released': { worker: 'uint' },
   breaker: { database: 'string', seq: 'uint', sqlstate: 'string', message: 'string' },
   'server-login-ok': { worker: 'uint', database: 'string', user: 'string' },
 }

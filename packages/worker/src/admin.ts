@@ -52,7 +52,9 @@ const SHOW_UNSUPPORTED = new Set(['FDS', 'SOCKETS', 'ACTIVE_SOCKETS', 'MEM'])
  * named after PAUSE, RESUME, RECONNECT and KILL (and that KILL names one).
  */
 const COMMANDS = new Set(['PAUSE', 'RESUME', 'RECONNECT', 'KILL', 'RELOAD', 'SHUTDOWN'])
-const WITHOUT_ARGUMENT = new Set(['RELOAD', 'SHUTDOWN'])
+const WITHOUT_ARGUMENT = new Set(['RELOAD'])
+/** SHUTDOWN's optional argument (PgBouncer 1.23+). */
+const SHUTDOWN_MODES = new Set(['WAIT_FOR_CLIENTS', 'WAIT_FOR_SERVERS'])
 const UNSUPPORTED_COMMANDS = new Set(['SUSPEND', 'DISABLE', 'ENABLE', 'WAIT_CLOSE', 'SET'])
 
 const HELP = [
@@ -66,6 +68,7 @@ const HELP = [
   'RECONNECT [<db>]',
   'KILL <db>',
   'SHUTDOWN',
+  'SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS',
 ]
   .map((line) => `\n\t${line}`)
   .join('')
@@ -222,7 +225,11 @@ export class AdminSession {
       else this.finish(error(Text.notSupported(verb), '0A000'))
       return
     } else {
-      if (!COMMANDS.has(verb) || (WITHOUT_ARGUMENT.has(verb) && arg !== undefined)) {
+      if (
+        !COMMANDS.has(verb) ||
+        (WITHOUT_ARGUMENT.has(verb) && arg !== undefined) ||
+        (verb === 'SHUTDOWN' && arg !== undefined && !SHUTDOWN_MODES.has(arg))
+      ) {
         this.finish(error(Text.invalid(text)))
         return
       }

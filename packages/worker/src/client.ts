@@ -173,6 +173,8 @@ export class ClientSession {
   readonly unix: boolean
   /** Writes to the client the kernel has not taken yet (see socket-io.ts). */
   queuedWrites = 0
+  /** Came in (through the unix socket) while a shutdown waits: the console only, as PgBouncer. */
+  private readonly arrivedClosing: boolean
 
   constructor(worker: PoolerWorker, socket: net.Socket, pid: number) {
     this.worker = worker
@@ -180,6 +182,7 @@ export class ClientSession {
     this.pid = pid
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
     this.unix = socket.remoteAddress === undefined
+    this.arrivedClosing = worker.closing
     // TCP_NODELAY is already set: the listener is created with noDelay.
     if (worker.settings.tcpKeepalive) socket.setKeepAlive(true)
     ;(socket as SessionSocket)[kSession] = this
@@ -615,6 +618,10 @@ export class ClientSession {
     }
     this.admitted = true
     const adminConsole = this.worker.isAdminDatabase(this.database)
+    if (this.arrivedClosing && !adminConsole) {
+      this.fail(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
+      return
+    }
     const db = adminConsole ? null : this.worker.resolveDatabase(this.database)
     if (db === null && !adminConsole) {
       this.fail(fatal(Texts.noSuchDatabase(this.database)))

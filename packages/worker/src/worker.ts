@@ -5,6 +5,7 @@ import {
   type ControlMessage,
   decodeControl,
   encodeControl,
+  type ShutdownMode,
 } from '@pgbouncer-cluster/protocol/control'
 import { cancelRequest, sslRequest } from '@pgbouncer-cluster/protocol/serializer'
 import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
@@ -36,6 +37,8 @@ export interface WorkerData {
 }
 
 const JANITOR_INTERVAL_MS = 100
+/** After a shutdown, how long sockets get to flush before the thread ends. */
+const EXIT_GRACE_MS = 100
 /** PgBouncer's text while a server login keeps failing, until the server's own error arrives. */
 const GENERIC_BREAKER_ERROR = fatal(Texts.serverLoginRetry)
 
@@ -51,6 +54,7 @@ export class PoolerWorker {
   config: WorkerConfig
   /** Secure contexts for client_tls_* and server_tls_*, rebuilt on reload. */
   tls: TlsSetups
+  /** Set by a shutdown: the TCP listener is closed and only the admin console may still log in. */
   closing = false
   /** Milliseconds, refreshed by the janitor: timeouts are seconds, the hot path skips the clock. */
   now = Date.now()
@@ -68,8 +72,9 @@ export class PoolerWorker {
   private nextPid = 1
   private clients = 0
   private janitor: NodeJS.Timeout | null = null
-  /** A second shutdown ('fast') cuts the graceful wait short. */
+  /** An 'immediate' shutdown cuts a wait for clients or servers short. */
   private hurry = false
+  private shutdownMode: ShutdownMode | null = null
   /** Per database: the error its clients get while its breaker is open, by error sequence. */
   private readonly breakerErrors = new Map<
     string,
@@ -164,7 +169,9 @@ export class PoolerWorker {
   }
 
   private readonly onConnection = (socket: net.Socket): void => {
-    if (this.closing) {
+    // While a shutdown waits, the unix socket still lets an operator reach the
+    // console (as PgBouncer's does); ClientSession refuses every other database.
+    if (this.closing && (socket.remoteAddress !== undefined || this.shutdownMode === 'immediate')) {
       socket.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
       return
     }
@@ -263,7 +270,7 @@ export class PoolerWorker {
     let pool = this.pools.get(key)
     if (pool === undefined) {
       pool = new Pool(this, db, user, this.poolModeFor(db, user), slots)
-      pool.paused = this.admin.isPaused(db.name)
+      pool.paused = this.admin.isPaused(db.name) || this.shutdownMode === 'wait-for-servers'
       this.pools.set(key, pool)
     }
     return pool
@@ -402,7 +409,7 @@ export class PoolerWorker {
         }
         return
       case 'shutdown':
-        void this.shutdown(msg.mode, msg.timeoutMs)
+        void this.shutdown(msg.mode)
         return
       case 'pause':
         this.admin.pause(msg.database)
@@ -447,26 +454,46 @@ export class PoolerWorker {
     this.log.info('configuration reloaded')
   }
 
-  /** Stop accepting; let linked clients finish (graceful) or not (fast); close servers. */
-  async shutdown(mode: 'fast' | 'graceful', timeoutMs: number): Promise<void> {
+  /**
+   * PgBouncer 1.23+'s shutdown modes. Every mode stops accepting TCP clients
+   * at once (the kernel sends the next connection to another process on the
+   * port, which is what a rolling restart with so_reuseport relies on).
+   * - 'wait-for-clients': connected clients keep working, with no time limit;
+   *   done when the last one (console sessions included) has left.
+   * - 'wait-for-servers': no server is handed out any more, clients waiting
+   *   for one are told at once; done when no transaction is in flight, then
+   *   the remaining clients are dropped.
+   * - 'immediate': every client is dropped now; also cuts either wait short.
+   */
+  async shutdown(mode: ShutdownMode): Promise<void> {
     if (this.closing) {
-      if (mode === 'fast') this.hurry = true
+      if (mode === 'immediate') {
+        this.hurry = true
+        this.shutdownMode = mode
+        this.unixListener?.close()
+      }
       return
     }
     this.closing = true
+    this.shutdownMode = mode
     // Not awaited: close()'s callback waits for every accepted connection to end.
     this.listener.close()
-    this.unixListener?.close()
-    if (mode === 'graceful') {
-      const deadline = Date.now() + timeoutMs
-      while (
-        !this.hurry &&
-        Date.now() < deadline &&
-        [...this.sessions.values()].some((s) => s.busy)
-      ) {
+    if (mode === 'immediate') this.unixListener?.close()
+    if (mode === 'wait-for-servers') {
+      for (const pool of this.pools.values()) pool.pause()
+    }
+    while (!this.hurry && !this.drained(mode)) {
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    if (mode === 'wait-for-servers' && !this.hurry) {
+      // The coordinator ends the wait once every worker got here.
+      this.send({ type: 'servers-released', worker: this.id })
+      while (!this.hurry) {
+        this.drained(mode)
         await new Promise((r) => setTimeout(r, 20))
       }
     }
+    this.unixListener?.close()
     for (const session of this.sessions.values())
       session.fail(fatal(Texts.shuttingDown, SqlState.AdminShutdown))
     for (const pool of this.pools.values()) pool.closeAll()
@@ -476,5 +503,21 @@ export class PoolerWorker {
     this.send({ type: 'worker-stopped', worker: this.id })
     this.port.off('message', this.onControl)
     this.port.close()
+    // Dropped clients may keep their end open; their errors have gone out by
+    // now, so the thread ends without waiting for them to hang up.
+    setTimeout(() => process.exit(0), EXIT_GRACE_MS).unref()
+  }
+
+  /** Whether a waiting shutdown may end now. */
+  private drained(mode: ShutdownMode): boolean {
+    if (mode === 'wait-for-clients') return this.sessions.size === 0
+    let busy = false
+    for (const session of this.sessions.values()) {
+      if (session.busy) busy = true
+      // PgBouncer's eager disconnect: no server will come for a client that waits for one.
+      else if (session.waitingSince !== 0 && session.server === null)
+        session.fail(fatal(Texts.shuttingDown, SqlState.AdminShutdown))
+    }
+    return !busy
   }
 }
