@@ -1,4 +1,5 @@
 import os from 'node:os'
+import { startAllocStats } from '@pgbouncer-cluster/worker/alloc-stats'
 import { createLogger } from '@pgbouncer-cluster/worker/log'
 import yargs from 'yargs'
 import { Cluster } from './cluster.ts'
@@ -38,6 +39,7 @@ export async function main(argv: string[]): Promise<number> {
   if (options === HELP_OR_VERSION) return 0
   for (const warning of config.warnings)
     process.stderr.write(`pgbouncer-cluster: warning: ${warning}\n`)
+  startAllocStats(process.env.PGBC_ALLOC_STATS, 'coordinator')
   const pretty = Boolean(process.stdout.isTTY)
   const log = createLogger({
     level: options.logLevel,
