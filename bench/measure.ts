@@ -1,6 +1,7 @@
 // One measured run: one workload against one target, with the pooler's CPU
 // and peak memory taken over exactly that run.
 
+import { startAllocWindow } from './alloc.ts'
 import type { LoadGenerator } from './loadgen.ts'
 import { type PgbenchResult, runPgbench } from './pgbench.ts'
 import { startWindow } from './proc-stats.ts'
@@ -27,6 +28,10 @@ export interface RunSample {
   poolerCpuS: number
   cpuUsPerTx: number
   peakRssBytes: number
+  /** V8 heap bytes the pooler's threads allocated per transaction (pgbouncer-cluster only). */
+  allocBytesPerTx: number
+  /** Milliseconds the pooler's threads spent collecting garbage, per 100,000 transactions. */
+  gcMsPer100kTx: number
   /** [lower bound µs, count] pairs, 4 log buckets per power of two. */
   histogramUs: [number, number][]
 }
@@ -115,7 +120,8 @@ export async function measure(
   round: number,
   ctx: MeasureContext,
 ): Promise<RunSample> {
-  const win = startWindow(t.pid)
+  const win = startWindow(t.pids)
+  const alloc = startAllocWindow(t.allocDir)
   let latenciesUs: Float64Array
   let transactions: number
   let failed: number
@@ -154,6 +160,7 @@ export async function measure(
     tps = elapsedS > 0 ? r.ok / elapsedS : 0
   }
   const proc = win.stop()
+  const heap = await alloc.stop()
   const s = summarize(latenciesUs)
   const ms = (us: number) => us / 1000
   return {
@@ -178,6 +185,8 @@ export async function measure(
     poolerCpuS: proc.cpuS,
     cpuUsPerTx: transactions > 0 ? (proc.cpuS * 1e6) / transactions : Number.NaN,
     peakRssBytes: proc.peakRssBytes,
+    allocBytesPerTx: transactions > 0 ? heap.allocatedBytes / transactions : Number.NaN,
+    gcMsPer100kTx: transactions > 0 ? (heap.gcMs * 100_000) / transactions : Number.NaN,
     histogramUs: logHistogram(latenciesUs),
   }
 }

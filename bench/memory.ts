@@ -2,7 +2,7 @@
 // open against each pooler, RSS before and with them, bytes per connection.
 
 import type { LoadGenerator } from './loadgen.ts'
-import { memoryBytes } from './proc-stats.ts'
+import { rssBytes } from './proc-stats.ts'
 import { fmtNumber } from './report.ts'
 import { median } from './stats.ts'
 import type { Target } from './targets.ts'
@@ -31,11 +31,11 @@ export interface MemoryOptions {
 const settle = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Median of a few RSS readings: a garbage-collected pooler's RSS moves between any two. */
-async function steadyRss(pid: number): Promise<number> {
+export async function steadyRss(pids: readonly number[]): Promise<number> {
   const readings: number[] = []
   for (let i = 0; i < 5; i++) {
     if (i > 0) await settle(200)
-    readings.push(memoryBytes(pid).rss)
+    readings.push(rssBytes(pids))
   }
   return median(readings)
 }
@@ -48,12 +48,12 @@ export async function memoryScenario(
 ): Promise<MemorySample[]> {
   const out: MemorySample[] = []
   for (const t of targets) {
-    if (t.pid === null || t.status !== 'ready') continue
+    if (t.pids.length === 0 || t.status !== 'ready') continue
     onTarget?.(t)
-    const before = await steadyRss(t.pid)
+    const before = await steadyRss(t.pids)
     const held = await loadgen.holdIdle(t.endpoint, o.count, o.batch, o.deadlineMs)
     await settle(500)
-    const withConns = await steadyRss(t.pid)
+    const withConns = await steadyRss(t.pids)
     await loadgen.releaseIdle()
     await settle(500)
     out.push({
@@ -64,7 +64,7 @@ export async function memoryScenario(
       openS: held.ms / 1000,
       rssBeforeBytes: before,
       rssWithBytes: withConns,
-      rssAfterReleaseBytes: await steadyRss(t.pid),
+      rssAfterReleaseBytes: await steadyRss(t.pids),
       bytesPerConnection: held.opened > 0 ? (withConns - before) / held.opened : Number.NaN,
       errors: held.errors,
     })
@@ -89,6 +89,34 @@ export function memoryTable(samples: readonly MemorySample[], labels: Map<string
     const opened = `${s.opened}/${s.requested}${s.failed ? ` (${s.failed} failed: ${s.errors[0] ?? ''})` : ''}`
     lines.push(
       `| ${labels.get(s.target) ?? s.target} | ${opened.replaceAll('|', '\\|')} | ${s.openS.toFixed(1)} | ${mb(s.rssBeforeBytes)} | ${mb(s.rssWithBytes)} | ${mb(s.rssAfterReleaseBytes)} | ${perConn} | ${ratio} |`,
+    )
+  }
+  return lines.join('\n')
+}
+
+export interface RestSample {
+  target: string
+  rssBytes: number
+}
+
+/** Each pooler's RSS right after start, before any client: what it costs to have it running. */
+export async function restRss(targets: readonly Target[]): Promise<RestSample[]> {
+  const out: RestSample[] = []
+  for (const t of targets) {
+    if (t.pids.length === 0 || t.status !== 'ready') continue
+    out.push({ target: t.id, rssBytes: await steadyRss(t.pids) })
+  }
+  return out
+}
+
+export function restTable(samples: readonly RestSample[], labels: Map<string, string>): string {
+  const base = samples.find((s) => s.target === 'pgbouncer')
+  const lines = ['| target | RSS at rest MB | vs PgBouncer |', '| --- | ---: | ---: |']
+  for (const s of samples) {
+    const ratio =
+      base && s !== base && base.rssBytes > 0 ? `${(s.rssBytes / base.rssBytes).toFixed(1)}×` : '–'
+    lines.push(
+      `| ${labels.get(s.target) ?? s.target} | ${fmtNumber(s.rssBytes / (1024 * 1024))} | ${ratio} |`,
     )
   }
   return lines.join('\n')

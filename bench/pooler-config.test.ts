@@ -28,6 +28,13 @@ test('the ini asks for what the benchmark compares', () => {
   assert.match(ini, /^listen_addr = 127\.0\.0\.1$/m)
 })
 
+test('PgBouncer ×N: each process shares the port and its part of the pool', () => {
+  const a = poolerIni({ ...OPTS, poolSize: 10, soReuseport: true }, 6001)
+  assert.match(a, /^so_reuseport = 1$/m)
+  assert.match(a, /^default_pool_size = 10$/m)
+  assert.doesNotMatch(poolerIni(OPTS, 6001), /so_reuseport/)
+})
+
 test('userlist quotes names PgBouncer-style', () => {
   assert.equal(userlist(['postgres', 'a"b']), '"postgres" ""\n"a""b" ""\n')
 })

@@ -7,6 +7,8 @@ export interface PoolerConfigOptions {
   authFile: string
   maxClientConn: number
   poolSize: number
+  /** One of several PgBouncer processes sharing the port (their pool split between them). */
+  soReuseport?: boolean
 }
 
 export function poolerIni(o: PoolerConfigOptions, listenPort: number): string {
@@ -28,7 +30,7 @@ ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
-`
+${o.soReuseport ? 'so_reuseport = 1\n' : ''}`
 }
 
 /** userlist.txt for auth_type trust: PgBouncer still wants the user listed. */

@@ -39,3 +39,11 @@ test('a process that is gone reads as NaN, not a crash', () => {
   const w = startWindow(null).stop()
   assert.ok(Number.isNaN(w.cpuS) && Number.isNaN(w.peakRssBytes))
 })
+
+test('a pooler of two processes costs both', () => {
+  const one = startWindow([process.pid]).stop()
+  const two = startWindow([process.pid, process.pid]).stop()
+  // the same process counted twice: twice its peak, within what moved meanwhile
+  assert.ok(two.peakRssBytes > 1.8 * one.peakRssBytes, `${two.peakRssBytes} vs ${one.peakRssBytes}`)
+  assert.ok(Number.isNaN(startWindow([]).stop().cpuS))
+})

@@ -66,9 +66,28 @@ export interface ProcWindow {
   peakRssBytes: number
 }
 
-/** Measures one process over one run; a null pid (direct PostgreSQL) yields NaN. */
-export function startWindow(pid: number | null): { stop(): ProcWindow } {
-  if (pid === null) return { stop: () => ({ cpuS: Number.NaN, peakRssBytes: Number.NaN }) }
+/**
+ * Measures a pooler over one run: its processes' CPU and their peaks summed
+ * (a pooler of two processes costs both); no pid (direct PostgreSQL) yields NaN.
+ */
+export function startWindow(pids: number | null | readonly number[]): { stop(): ProcWindow } {
+  const list = pids === null ? [] : typeof pids === 'number' ? [pids] : pids
+  if (list.length === 0) {
+    return { stop: () => ({ cpuS: Number.NaN, peakRssBytes: Number.NaN }) }
+  }
+  const windows = list.map(startOne)
+  return {
+    stop(): ProcWindow {
+      const each = windows.map((w) => w.stop())
+      return {
+        cpuS: each.reduce((s, w) => s + w.cpuS, 0),
+        peakRssBytes: each.reduce((s, w) => s + w.peakRssBytes, 0),
+      }
+    },
+  }
+}
+
+function startOne(pid: number): { stop(): ProcWindow } {
   const peakResettable = resetPeakRss(pid)
   const cpu0 = cpuSeconds(pid)
   let sampledPeak = memoryBytes(pid).rss
@@ -88,4 +107,9 @@ export function startWindow(pid: number | null): { stop(): ProcWindow } {
       }
     },
   }
+}
+
+/** The RSS of a pooler's processes, summed. */
+export function rssBytes(pids: readonly number[]): number {
+  return pids.reduce((s, pid) => s + memoryBytes(pid).rss, 0)
 }

@@ -24,6 +24,8 @@ function sample(
     poolerCpuS: Number.NaN,
     cpuUsPerTx: cpu,
     peakRssBytes: Number.NaN,
+    allocBytesPerTx: Number.NaN,
+    gcMsPer100kTx: Number.NaN,
     histogramUs: [],
   }
 }
@@ -89,6 +91,27 @@ test('markdownTable shows values with both ratios, skipped targets with their re
   assert.match(md, /not run: failed: CLI \\\| missing/)
   assert.match(lines[2]!, /^\| w \| PostgreSQL/)
   assert.match(lines[3]!, /^\| {2}\| PgBouncer/)
+})
+
+test('heap bytes and GC time per transaction show for the targets that report them', () => {
+  const withAlloc = (round: number, b: number) => ({
+    ...sample('cluster-1', round, 100, 1, 10),
+    allocBytesPerTx: b,
+    gcMsPer100kTx: b / 10,
+  })
+  const rows = aggregate([sample('pgbouncer', 1, 100, 1, 5), withAlloc(1, 120), withAlloc(2, 80)])
+  const md = markdownTable({
+    rows,
+    skips: [],
+    workloads: [{ name: 'w', title: 'W' }],
+    targets: [
+      { id: 'pgbouncer', label: 'PgBouncer' },
+      { id: 'cluster-1', label: 'cluster ×1' },
+    ],
+  })
+  const [, , pgb, cluster] = md.split('\n')
+  assert.match(cluster!, /\| 100 \| 10\.0 \| 0 \|$/) // medians, no ratio: PgBouncer has none
+  assert.match(pgb!, /\| – \| – \| 0 \|$/)
 })
 
 test('fmtNumber keeps about three significant digits', () => {

@@ -12,6 +12,8 @@ export const METRICS = [
   'p99Ms',
   'cpuUsPerTx',
   'peakRssMb',
+  'allocBPerTx',
+  'gcMsPer100kTx',
 ] as const
 export type Metric = (typeof METRICS)[number]
 export type Figures = Record<Metric, number>
@@ -45,6 +47,8 @@ function figuresOf(s: RunSample): Figures {
     p99Ms: s.latency.p99,
     cpuUsPerTx: s.cpuUsPerTx,
     peakRssMb: s.peakRssBytes / (1024 * 1024),
+    allocBPerTx: s.allocBytesPerTx,
+    gcMsPer100kTx: s.gcMsPer100kTx,
   }
 }
 
@@ -128,9 +132,21 @@ const HEADER = [
   'p99 ms',
   'CPU µs/tx',
   'peak RSS MB',
+  'heap B/tx',
+  'GC ms/100k tx',
   'failed',
 ]
-const COLUMNS: Metric[] = ['tps', 'avgMs', 'p50Ms', 'p95Ms', 'p99Ms', 'cpuUsPerTx', 'peakRssMb']
+const COLUMNS: Metric[] = [
+  'tps',
+  'avgMs',
+  'p50Ms',
+  'p95Ms',
+  'p99Ms',
+  'cpuUsPerTx',
+  'peakRssMb',
+  'allocBPerTx',
+  'gcMsPer100kTx',
+]
 
 const esc = (s: string) => s.replaceAll('|', '\\|').replaceAll('\n', ' ')
 
@@ -148,7 +164,9 @@ export function markdownTable(input: TableInput): string {
       if (!row && !skip) continue
       first = false
       if (!row) {
-        lines.push(`| ${name} | ${t.label} | ${esc(`not run: ${skip!.reason}`)} |${' |'.repeat(7)}`)
+        lines.push(
+          `| ${name} | ${t.label} | ${esc(`not run: ${skip!.reason}`)} |${' |'.repeat(COLUMNS.length)}`,
+        )
         continue
       }
       const failed =
@@ -162,4 +180,4 @@ export function markdownTable(input: TableInput): string {
 }
 
 export const TABLE_LEGEND =
-  'Medians over rounds. In parentheses: ratio to PgBouncer / ratio to direct PostgreSQL (tps: higher is better; latency, CPU, RSS: lower is better).'
+  "Medians over rounds. In parentheses: ratio to PgBouncer / ratio to direct PostgreSQL (tps: higher is better; latency, CPU, RSS: lower is better). heap B/tx and GC ms/100k tx: what the pooler's V8 heaps allocated per transaction and the time its garbage collections took (pgbouncer-cluster only, from PGBC_ALLOC_STATS)."

@@ -8,7 +8,14 @@ import { parseArgs } from './args.ts'
 import { cleanupAll, installSignalHandlers, isStopping, onCleanup, trackPid } from './cleanup.ts'
 import { describeMachine, machineInfo } from './machine.ts'
 import { measure, planRuns, type RunSample, warmUp } from './measure.ts'
-import { type MemorySample, memoryScenario, memoryTable } from './memory.ts'
+import {
+  type MemorySample,
+  memoryScenario,
+  memoryTable,
+  type RestSample,
+  restRss,
+  restTable,
+} from './memory.ts'
 import { type MicroResult, microTable, runMicro } from './micro.ts'
 import { fmtDuration, Progress } from './progress.ts'
 import { aggregate, markdownTable, TABLE_LEGEND } from './report.ts'
@@ -90,12 +97,19 @@ async function main(): Promise<number> {
 
   const { plan, skips } = planRuns(workloads, set.targets, args.rounds, PG_MAX_CONNECTIONS)
   const memoryTargets = wants('memory')
-    ? ready.filter((t) => t.pid !== null && t.kind !== 'relay')
+    ? ready.filter((t) => t.pids.length > 0 && t.kind !== 'relay')
     : []
   const memoryEstimate = memoryTargets.length * (4 + memoryCount / 2000)
   const totalEstimate = plan.reduce((s, p) => s + estimateSeconds(p.w), 0) + memoryEstimate
   log(`${plan.length} runs, about ${fmtDuration(totalEstimate)}`)
   const progress = new Progress(totalEstimate, plan.length + memoryTargets.length)
+
+  // What each pooler costs just to run, before any client has touched it
+  let rest: RestSample[] = []
+  if (!isStopping()) {
+    await new Promise((r) => setTimeout(r, 1000))
+    rest = await restRss(ready.filter((t) => t.kind !== 'relay'))
+  }
 
   // Memory first, while the poolers are fresh: a Node pooler's RSS after the
   // load runs is mostly garbage awaiting collection, which swamps the signal.
@@ -180,6 +194,8 @@ async function main(): Promise<number> {
   }
   const errorNotes = rows.filter((r) => r.errors.length > 0)
   for (const r of errorNotes) out.push(`- ${r.workload} on ${labels.get(r.target)}: ${r.errors[0]}`)
+  if (rest.length > 0)
+    out.push('', '### RSS at rest (started, no client yet)', '', restTable(rest, labels))
   if (memory.length > 0) {
     out.push(
       '',
@@ -218,6 +234,7 @@ async function main(): Promise<number> {
     skips,
     summary: rows,
     memory,
+    rest,
   }
   await writeFile(
     `${base}.json`,

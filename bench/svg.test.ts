@@ -37,6 +37,8 @@ function sample(workload: string, target: string, tps: number): RunSample {
     poolerCpuS: 1,
     cpuUsPerTx: 1,
     peakRssBytes: 1,
+    allocBytesPerTx: Number.NaN,
+    gcMsPer100kTx: Number.NaN,
     histogramUs: [],
   }
 }

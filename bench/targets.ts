@@ -4,7 +4,7 @@
 
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { existsSync, openSync, readFileSync } from 'node:fs'
-import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { connect, createServer } from 'node:net'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -21,8 +21,10 @@ export interface Target {
   label: string
   kind: TargetKind
   endpoint: Endpoint
-  /** The process whose CPU and memory count as the pooler's; null for direct. */
-  pid: number | null
+  /** The processes whose CPU and memory count as the pooler's; none for direct. */
+  pids: number[]
+  /** Where the target's threads write their allocation totals (PGBC_ALLOC_STATS); null if they do not. */
+  allocDir: string | null
   status: 'ready' | 'skipped' | 'failed'
   reason?: string
   /** null while the process runs (always for direct); else how it ended, with its log's tail. */
@@ -46,7 +48,10 @@ export function clusterWorkerCounts(): number[] {
 }
 
 export function allTargetIds(): string[] {
-  return ['direct', 'pgbouncer', ...clusterWorkerCounts().map((n) => `cluster-${n}`), 'node-relay']
+  const [one, many] = clusterWorkerCounts()
+  // PgBouncer ×N (N processes on one port) sits beside pgbouncer-cluster ×N
+  const scaled = many ? [`pgbouncer-${many}`, `cluster-${many}`] : []
+  return ['direct', 'pgbouncer', `cluster-${one}`, ...scaled, 'node-relay']
 }
 
 export async function freePort(): Promise<number> {
@@ -85,9 +90,18 @@ interface Spawned {
   exited: Promise<number | null>
 }
 
-function spawnLogged(cmd: string, args: string[], logFile: string): Spawned {
+function spawnLogged(
+  cmd: string,
+  args: string[],
+  logFile: string,
+  env?: Record<string, string>,
+): Spawned {
   const fd = openSync(logFile, 'a')
-  const child = spawn(cmd, args, { stdio: ['ignore', fd, fd], detached: false })
+  const child = spawn(cmd, args, {
+    stdio: ['ignore', fd, fd],
+    detached: false,
+    env: env ? { ...process.env, ...env } : process.env,
+  })
   const untrack = child.pid === undefined ? () => {} : trackPid(child.pid)
   const exited = new Promise<number | null>((resolve) => {
     child.once('exit', (code, signal) => {
@@ -191,7 +205,8 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
         label: 'PostgreSQL (direct)',
         kind: 'direct',
         endpoint: { ...o.pg },
-        pid: null,
+        pids: [],
+        allocDir: null,
         status: 'ready',
         exitNote: () => null,
         stop: async () => {},
@@ -201,14 +216,29 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
     const port = await freePort()
     const logFile = join(dir, `${id}.log`)
     const ini = join(dir, `${id}.ini`)
-    if (id !== 'node-relay') await writeFile(ini, poolerIni(base, port), { mode: 0o644 })
+    if (id !== 'node-relay' && !id.startsWith('pgbouncer-')) {
+      await writeFile(ini, poolerIni(base, port), { mode: 0o644 })
+    }
     if (id === 'node-relay') {
       targets.push(await startRelay(id, port, o.pg, logFile, endpoint(port)))
-    } else if (id === 'pgbouncer') {
-      targets.push(await startPgbouncer(id, ini, port, logFile, pgUser !== null, endpoint(port)))
+    } else if (id === 'pgbouncer' || /^pgbouncer-\d+$/.test(id)) {
+      const n = id === 'pgbouncer' ? 1 : Number(id.slice('pgbouncer-'.length))
+      // each process gets its part of the pool, so the PostgreSQL side is the same
+      const inis: string[] = []
+      for (let i = 0; i < n; i++) {
+        const file = n === 1 ? ini : join(dir, `${id}.${i}.ini`)
+        if (n > 1) {
+          const part = { ...base, poolSize: Math.ceil(POOL_SIZE / n), soReuseport: true }
+          await writeFile(file, poolerIni(part, port), { mode: 0o644 })
+        }
+        inis.push(file)
+      }
+      targets.push(await startPgbouncer(id, inis, port, dir, pgUser !== null, endpoint(port)))
     } else if (/^cluster-\d+$/.test(id)) {
       const workers = Number(id.slice('cluster-'.length))
-      targets.push(await startCluster(id, workers, ini, port, logFile, endpoint(port)))
+      const allocDir = join(dir, `${id}.alloc`)
+      await mkdir(allocDir)
+      targets.push(await startCluster(id, workers, ini, port, logFile, allocDir, endpoint(port)))
     } else {
       throw Object.assign(new Error(`unknown target ${id}; known: ${allTargetIds().join(', ')}`), {
         code: 'BENCH_UNKNOWN_TARGET',
@@ -230,24 +260,28 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
   }
 }
 
-/** A started process that is ready: stopped with SIGTERM, then SIGKILL after `graceMs`. */
+/** Started processes that are ready: stopped with SIGTERM, then SIGKILL after `graceMs`. */
 function running(
   id: string,
   label: string,
   kind: TargetKind,
   ep: Endpoint,
-  s: Spawned,
+  procs: readonly Spawned[],
   graceMs: number,
+  allocDir: string | null = null,
 ): Target {
   return {
     id,
     label,
     kind,
     endpoint: ep,
-    pid: s.child.pid ?? null,
+    pids: procs.flatMap((s) => (s.child.pid === undefined ? [] : [s.child.pid])),
+    allocDir,
     status: 'ready',
-    exitNote: () => exitNote(s),
-    stop: () => stopSpawned(s, graceMs),
+    exitNote: () => procs.map(exitNote).find((n) => n !== null) ?? null,
+    stop: async () => {
+      await Promise.all(procs.map((s) => stopSpawned(s, graceMs)))
+    },
   }
 }
 
@@ -264,7 +298,8 @@ function notReady(
     label,
     kind,
     endpoint: ep,
-    pid: null,
+    pids: [],
+    allocDir: null,
     status,
     reason,
     exitNote: () => null,
@@ -272,15 +307,16 @@ function notReady(
   }
 }
 
+/** PgBouncer, or N PgBouncer processes sharing one port (so_reuseport), one per ini. */
 async function startPgbouncer(
   id: string,
-  ini: string,
+  inis: readonly string[],
   port: number,
-  logFile: string,
+  dir: string,
   asRoot: boolean,
   ep: Endpoint,
 ): Promise<Target> {
-  const label = 'PgBouncer'
+  const label = inis.length === 1 ? 'PgBouncer' : `PgBouncer ×${inis.length}`
   if (!existsSync(PGBOUNCER_BIN)) {
     return notReady(
       id,
@@ -291,15 +327,21 @@ async function startPgbouncer(
       `${PGBOUNCER_BIN} not found: apt-get install -y pgbouncer`,
     )
   }
-  const args = asRoot ? ['-u', 'postgres', ini] : [ini]
-  const [cmd, argv] = withNofile(NOFILE, PGBOUNCER_BIN, args)
-  const s = spawnLogged(cmd, argv, logFile)
-  const err = await waitReady(s, port, null, 10_000)
-  if (err) {
-    await stopSpawned(s, 1000)
-    return notReady(id, label, 'pgbouncer', ep, 'failed', `${err}\n${tail(logFile)}`)
+  const procs: Spawned[] = []
+  for (const [i, ini] of inis.entries()) {
+    const logFile = join(dir, inis.length === 1 ? `${id}.log` : `${id}.${i}.log`)
+    const args = asRoot ? ['-u', 'postgres', ini] : [ini]
+    const [cmd, argv] = withNofile(NOFILE, PGBOUNCER_BIN, args)
+    const s = spawnLogged(cmd, argv, logFile)
+    procs.push(s)
+    // with a shared port, a connect may reach an older process: wait for this one's line
+    const err = await waitReady(s, port, inis.length === 1 ? null : /listening on/, 10_000)
+    if (err) {
+      await Promise.all(procs.map((p) => stopSpawned(p, 1000)))
+      return notReady(id, label, 'pgbouncer', ep, 'failed', `${err}\n${tail(logFile)}`)
+    }
   }
-  return running(id, label, 'pgbouncer', ep, s, 3000)
+  return running(id, label, 'pgbouncer', ep, procs, 3000)
 }
 
 async function startCluster(
@@ -308,6 +350,7 @@ async function startCluster(
   ini: string,
   port: number,
   logFile: string,
+  allocDir: string,
   ep: Endpoint,
 ): Promise<Target> {
   const label = `pgbouncer-cluster ×${workers}`
@@ -323,13 +366,14 @@ async function startCluster(
   }
   const args = [CLUSTER_CLI, ini, '--workers', String(workers), '--log-level', 'info']
   const [cmd, argv] = withNofile(NOFILE, process.execPath, args)
-  const s = spawnLogged(cmd, argv, logFile)
+  // the threads' allocation totals, for the bytes per transaction and GC columns
+  const s = spawnLogged(cmd, argv, logFile, { PGBC_ALLOC_STATS: allocDir })
   const err = await waitReady(s, port, /listening/i, 20_000)
   if (err) {
     await stopSpawned(s, 2000)
     return notReady(id, label, 'cluster', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
   }
-  return running(id, label, 'cluster', ep, s, 5000)
+  return running(id, label, 'cluster', ep, [s], 5000, allocDir)
 }
 
 /** A bare Node relay (node-relay.ts): one PostgreSQL connection per client, no pooling. */
@@ -349,5 +393,5 @@ async function startRelay(
     await stopSpawned(s, 1000)
     return notReady(id, label, 'relay', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
   }
-  return running(id, label, 'relay', ep, s, 2000)
+  return running(id, label, 'relay', ep, [s], 2000)
 }
