@@ -31,6 +31,8 @@ export interface StartOptions {
   hba?: string[]
   /** Runs `pgbench -i -q -s <scale>` as postgres (database default 'postgres'). */
   pgbenchInit?: { scale: number; database?: string }
+  /** No "PostgreSQL x at host:port" line on stderr (npm start prints its own). */
+  quiet?: boolean
 }
 
 export interface TlsFiles {

@@ -320,9 +320,11 @@ async function startCluster(opts: StartOptions): Promise<Cluster> {
               split_part(current_setting('server_version'), ' ', 1) AS text`,
     )
     cluster.version = rows[0]!.num
-    process.stderr.write(
-      `pg-harness: PostgreSQL ${rows[0]!.text} at ${HOST}:${cluster.port} (${binDir})\n`,
-    )
+    if (!opts.quiet) {
+      process.stderr.write(
+        `pg-harness: PostgreSQL ${rows[0]!.text} at ${HOST}:${cluster.port} (${binDir})\n`,
+      )
+    }
     return cluster
   } catch (err) {
     const tail = readLogTail(cluster.logPath, 30)

@@ -322,7 +322,7 @@ export class AdminConsole {
     return userNames(this.host.config(), users)
   }
 
-  private async clusterStats(): Promise<ClusterStats> {
+  async clusterStats(): Promise<ClusterStats> {
     const reports = await this.gather(undefined)
     let adminSessions = 0
     let adminQueries = 0

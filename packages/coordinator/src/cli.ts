@@ -5,6 +5,7 @@ import yargs from 'yargs'
 import { Cluster } from './cluster.ts'
 import type { Settings } from './config/config.ts'
 import { type Config, ConfigError, defaultConfig, loadConfig } from './config/config.ts'
+import { describeConfig } from './config/summary.ts'
 
 const VERSION = '0.1.0'
 
@@ -17,6 +18,8 @@ export interface CliOptions {
   listen: { host: string; port: number } | null
   poolMode: 'session' | 'transaction' | 'statement' | null
   logLevel: string
+  /** --check: validate the configuration, say what it serves, and exit. */
+  check: boolean
 }
 
 /**
@@ -37,6 +40,10 @@ export async function main(argv: string[]): Promise<number> {
     throw err
   }
   if (options === HELP_OR_VERSION) return 0
+  if (options.check) {
+    process.stdout.write(`${describeConfig(config, options.workers).join('\n')}\n`)
+    return 0
+  }
   for (const warning of config.warnings)
     process.stderr.write(`pgbouncer-cluster: warning: ${warning}\n`)
   startAllocStats(process.env.PGBC_ALLOC_STATS, 'coordinator')
@@ -60,6 +67,7 @@ export async function main(argv: string[]): Promise<number> {
     await cluster.start()
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'could not start')
+    process.stderr.write(`pgbouncer-cluster: could not start: ${(err as Error).message}\n`)
     await cluster.stop('immediate')
     return 1
   }
@@ -94,6 +102,10 @@ export function parseArgs(argv: string[]): CliOptions {
       choices: ['session', 'transaction', 'statement'],
       describe: 'pool mode (overrides pool_mode)',
     })
+    .option('check', {
+      type: 'boolean',
+      describe: 'check the configuration, print what it serves, and exit (0: good, 2: error)',
+    })
     .option('log-level', {
       type: 'string',
       default: 'info',
@@ -124,6 +136,7 @@ export function parseArgs(argv: string[]): CliOptions {
     listen: args.listen === undefined ? null : parseListen(args.listen),
     poolMode: (args['pool-mode'] as CliOptions['poolMode']) ?? null,
     logLevel: args['log-level'],
+    check: args.check === true,
   }
 }
 

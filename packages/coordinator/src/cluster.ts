@@ -12,6 +12,7 @@ import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/sh
 import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
 import { AdminConsole } from './admin.ts'
+import type { ClusterStats } from './admin-views.ts'
 import { Breakers } from './breaker.ts'
 import { type Config, ConfigError } from './config/config.ts'
 import { SlotRegistry } from './registry.ts'
@@ -25,6 +26,8 @@ export interface ClusterOptions {
   log: Logger
   /** Reads the config file again with the same command-line overrides (SIGHUP); throws ConfigError. */
   load?: () => Config
+  /** Answer SIGINT/SIGTERM/SIGHUP (the command); a program embedding the pooler keeps its own. */
+  signals?: boolean
 }
 
 const LAYOUT = { maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
@@ -111,6 +114,10 @@ export class Cluster {
     })
   }
 
+  get host(): string {
+    return this.listen.host
+  }
+
   get port(): number {
     return this.listen.port
   }
@@ -183,10 +190,16 @@ export class Cluster {
       },
       `listening on ${host}:${port}${unix === null ? '' : ` and ${unix}`}`,
     )
+    if (this.options.signals === false) return
     process.on('SIGINT', this.onStopSignal)
     process.on('SIGTERM', this.onStopSignal)
     process.on('SIGQUIT', this.onStopSignal)
     process.on('SIGHUP', this.onReloadSignal)
+  }
+
+  /** What the workers report, summed per pool: SHOW POOLS and STATS, and the API's stats(). */
+  stats(): Promise<ClusterStats> {
+    return this.admin.clusterStats()
   }
 
   /** Resolves with the exit status once the cluster has stopped. */
@@ -507,7 +520,15 @@ async function assertUnixSocketFree(path: string): Promise<void> {
 function assertPortFree(host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const probe = net.createServer()
-    probe.once('error', reject)
+    probe.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        err.code === 'EADDRINUSE'
+          ? Object.assign(new Error(`cannot listen on ${host}:${port}: the port is in use`), {
+              code: err.code,
+            })
+          : err,
+      ),
+    )
     probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()))
   })
 }

@@ -1,2 +1,12 @@
-export { main, parseArgs } from './cli.ts'
-export { Cluster } from './cluster.ts'
+// The package's entry: `import { startPooler } from 'pgbouncer-cluster'`.
+export { ConfigError } from './config/ini.ts'
+export type {
+  LogLevel,
+  Pooler,
+  PoolerConfig,
+  PoolerStats,
+  PoolMode,
+  PoolStats,
+  StartPoolerOptions,
+} from './pooler.ts'
+export { startPooler } from './pooler.ts'

@@ -62,7 +62,79 @@ interface Place {
 }
 
 export function loadConfig(file: string, overrides: Partial<Settings> = {}): Config {
-  const items = readIniFile(file)
+  return buildConfig(readIniFile(file), file, overrides)
+}
+
+/**
+ * The sections of pgbouncer.ini given as an object (the API's `config`):
+ * `{ databases: { app: 'host=... dbname=...' }, pgbouncer: { pool_mode: 'transaction' } }`.
+ * Values are checked exactly as the file's are. An error carries no file or
+ * line; its key is the path in the object, e.g. `pgbouncer.default_pool_size`.
+ */
+export function configFromObject(
+  sections: ConfigSections,
+  overrides: Partial<Settings> = {},
+): Config {
+  const items: IniItem[] = []
+  const paths: string[] = []
+  const entry = (section: string, key: string, value: string) => {
+    paths.push(`${section}.${key}`)
+    items.push({ kind: 'entry', key, quoted: false, value, file: OBJECT_FILE, line: paths.length })
+  }
+  if (sections === null || typeof sections !== 'object') {
+    throw new ConfigError('config must be an object of sections', { key: 'config' })
+  }
+  for (const [section, entries] of Object.entries(sections)) {
+    if (entries === undefined) continue
+    paths.push(section)
+    items.push({ kind: 'section', name: section, file: OBJECT_FILE, line: paths.length })
+    if (entries === null || typeof entries !== 'object') {
+      throw new ConfigError('must be an object of settings', { key: section })
+    }
+    for (const [key, value] of Object.entries(entries)) {
+      entry(section, key, iniValue(value, `${section}.${key}`))
+    }
+  }
+  try {
+    return buildConfig(items, null, overrides)
+  } catch (err) {
+    if (!(err instanceof ConfigError) || err.file !== OBJECT_FILE) throw err
+    const path = err.line === null ? null : (paths[err.line - 1] ?? null)
+    throw new ConfigError(err.reason, { key: path ?? err.key })
+  }
+}
+
+/** What `configFromObject` takes: pgbouncer.ini's sections, values as in the file. */
+export type ConfigSections = Record<
+  string,
+  Record<string, string | number | boolean | Record<string, string | number>> | undefined
+>
+
+// Stands for the object in error places until configFromObject replaces them with key paths.
+const OBJECT_FILE = '\u0000config'
+
+// A number or boolean as the file would spell it; an object of connection
+// parameters (a [databases] or [users] entry) as its key=value string.
+function iniValue(value: unknown, path: string): string {
+  if (typeof value === 'string') return value
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value)
+  if (typeof value === 'boolean') return value ? '1' : '0'
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    return Object.entries(value)
+      .map(([k, v]) => `${k}=${quoteParam(iniValue(v, `${path}.${k}`))}`)
+      .join(' ')
+  }
+  throw new ConfigError('must be a string, number, boolean or object of parameters', {
+    key: path,
+  })
+}
+
+// PgBouncer's connection strings quote with '...' and double a quote inside.
+function quoteParam(v: string): string {
+  return v !== '' && !/[\s']/.test(v) ? v : `'${v.replaceAll("'", "''")}'`
+}
+
+function buildConfig(items: IniItem[], file: string | null, overrides: Partial<Settings>): Config {
   const settings = defaultSettings()
   const origins = new Map<string, Place>() // setting name -> where the file set it
   const databases: Record<string, DatabaseConfig> = Object.create(null)
@@ -113,12 +185,12 @@ export function loadConfig(file: string, overrides: Partial<Settings> = {}): Con
   }
 
   if (!origins.has('listen_addr')) settings.listenAddr = DEFAULT_LISTEN_ADDR
-  if (!origins.has('conffile')) settings.conffile = file
+  if (!origins.has('conffile') && file !== null) settings.conffile = file
 
   const warnings: string[] = []
   if (unimplemented.size > 0) {
     warnings.push(
-      `${file}: these settings are accepted but not implemented by this version, so they have no effect: ${[...unimplemented].join(', ')}`,
+      `${file ?? 'config'}: these settings are accepted but not implemented by this version, so they have no effect: ${[...unimplemented].join(', ')}`,
     )
   }
   if (pgbouncerHeaders.length > 1) {
@@ -135,7 +207,7 @@ export function loadConfig(file: string, overrides: Partial<Settings> = {}): Con
   applyOverrides(settings, overrides, origins)
   const authUsers = finish(settings, origins, warnings)
   return {
-    file: resolve(file),
+    file: file === null ? null : resolve(file),
     settings,
     databases,
     fallbackDatabase,
@@ -278,4 +350,4 @@ function set(settings: Settings, spec: SettingSpec, value: unknown): void {
   ;(settings as unknown as Record<string, unknown>)[spec.prop] = value
 }
 
-const at = (p: Place) => `${p.file}:${p.line}`
+const at = (p: Place) => (p.file === OBJECT_FILE ? 'config' : `${p.file}:${p.line}`)

@@ -1,0 +1,203 @@
+// The programmatic API: a Node program (or its test suite) runs a pooler in
+// its own process. Same configuration checks and errors as the command; no
+// signal handlers and no process.exit, which belong to the program.
+//
+// The types here are written out rather than imported from the worker or
+// protocol packages: they are the published declarations, which must stand
+// alone.
+
+import os from 'node:os'
+import { createLogger } from '@pgbouncer-cluster/worker/log'
+import { Cluster } from './cluster.ts'
+import {
+  type Config,
+  ConfigError,
+  type ConfigSections,
+  configFromObject,
+  defaultConfig,
+  loadConfig,
+  type Settings,
+} from './config/config.ts'
+
+export type PoolMode = 'session' | 'transaction' | 'statement'
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
+
+/** pgbouncer.ini's sections as an object; values are written as in the file. */
+export interface PoolerConfig {
+  /** name → connection string (`host=... port=... dbname=...`) or its parameters as an object. */
+  databases?: Record<string, string | Record<string, string | number>>
+  /** Setting name (as in the file, e.g. `pool_mode`) → value. */
+  pgbouncer?: Record<string, string | number | boolean>
+  /** user → `pool_mode=... max_user_connections=...` or those parameters as an object. */
+  users?: Record<string, string | Record<string, string | number>>
+}
+
+export interface StartPoolerOptions {
+  /** Path of a pgbouncer.ini. Give this or `config`; with neither, the command's defaults. */
+  configFile?: string
+  /** The same sections as an object. */
+  config?: PoolerConfig
+  /** Worker threads accepting clients; default: the number of CPUs (`--workers`). */
+  workers?: number
+  /** `HOST:PORT` or `PORT`, over listen_addr/listen_port (`--listen`); port 0 picks a free one. */
+  listen?: string
+  /** Over pool_mode (`--pool-mode`). */
+  poolMode?: PoolMode
+  /** Default 'info' (`--log-level`); log lines go to stdout as JSON. */
+  logLevel?: LogLevel
+}
+
+/** One (database, user) pool, summed over the workers: SHOW POOLS and SHOW STATS in one. */
+export interface PoolStats {
+  database: string
+  user: string
+  mode: string
+  clActive: number
+  clWaiting: number
+  svActive: number
+  svIdle: number
+  svUsed: number
+  svLogin: number
+  svBeingCanceled: number
+  /** How long the oldest waiting client has waited, µs (0: none waits). */
+  maxWaitUs: number
+  xactCount: number
+  queryCount: number
+  bytesReceived: number
+  bytesSent: number
+  xactUs: number
+  queryUs: number
+  waitUs: number
+}
+
+export interface PoolerStats {
+  workers: number
+  pools: PoolStats[]
+}
+
+export interface Pooler {
+  /** The address clients connect to. */
+  readonly host: string
+  readonly port: number
+  /**
+   * Reads the configuration again (the file, or `config` when given) and hands
+   * it to the workers; connected clients stay. Throws ConfigError and keeps
+   * the running configuration when it is bad.
+   */
+  reload(config?: PoolerConfig): void
+  /** Asks every worker for its numbers (as SHOW POOLS does) and sums them. */
+  stats(): Promise<PoolerStats>
+  /**
+   * Stops the pooler; afterwards nothing of it keeps the process alive. By
+   * default at once, closing every connection (SIGQUIT); 'wait-for-servers'
+   * lets transactions in flight finish (SIGINT), 'wait-for-clients' waits for
+   * the clients to leave (SIGTERM).
+   */
+  close(options?: { mode?: 'immediate' | 'wait-for-servers' | 'wait-for-clients' }): Promise<void>
+}
+
+/** Starts a pooler; resolves once every worker listens. */
+export async function startPooler(options: StartPoolerOptions = {}): Promise<Pooler> {
+  const workers = options.workers ?? os.availableParallelism()
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
+    throw new ConfigError(`must be an integer from 1 to 64, got ${options.workers}`, {
+      key: 'workers',
+    })
+  }
+  if (options.configFile !== undefined && options.config !== undefined) {
+    throw new ConfigError('give configFile or config, not both', { key: 'config' })
+  }
+  const logLevel = options.logLevel ?? 'info'
+  if (!LOG_LEVELS.has(logLevel)) {
+    throw new ConfigError(`must be one of ${[...LOG_LEVELS].join(', ')}`, { key: 'logLevel' })
+  }
+  const overrides = commandLineSettings(options)
+  let sections = options.config
+  const read = (): Config =>
+    options.configFile !== undefined
+      ? loadConfig(options.configFile, overrides)
+      : sections !== undefined
+        ? configFromObject(sections as ConfigSections, overrides)
+        : defaultConfig(overrides)
+  const config = read()
+  const log = createLogger({
+    level: logLevel,
+    worker: 'coordinator',
+    logfile: config.settings.logfile || null,
+  })
+  for (const warning of config.warnings) log.warn(warning)
+  const cluster = new Cluster({
+    config,
+    workers,
+    logLevel,
+    pretty: false,
+    log,
+    load: read,
+    signals: false,
+  })
+  try {
+    await cluster.start()
+  } catch (err) {
+    await cluster.stop('immediate')
+    throw err
+  }
+  const { host, port } = cluster
+  return {
+    host,
+    port,
+    reload(next?: PoolerConfig) {
+      const previous = sections
+      if (next !== undefined) {
+        if (options.configFile !== undefined) {
+          throw new ConfigError('this pooler reads a file: change the file', { key: 'config' })
+        }
+        sections = next
+      }
+      try {
+        read() // throws the ConfigError the cluster would only log
+      } catch (err) {
+        sections = previous
+        throw err
+      }
+      if (!cluster.reload()) throw new Error('the pooler is stopping')
+    },
+    async stats() {
+      const { pools } = await cluster.stats()
+      return { workers, pools: pools.map((p): PoolStats => ({ ...p })) }
+    },
+    async close(opts = {}) {
+      await cluster.stop(opts.mode ?? 'immediate')
+    },
+  }
+}
+
+const LOG_LEVELS = new Set<string>(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+const POOL_MODES = new Set<string>(['session', 'transaction', 'statement'])
+
+// The flags win over the file, as on the command line.
+function commandLineSettings(options: StartPoolerOptions): Partial<Settings> {
+  const out: Partial<Settings> = {}
+  if (options.listen !== undefined) {
+    const { host, port } = parseListen(String(options.listen))
+    out.listenAddr = host
+    out.listenPort = port
+  }
+  if (options.poolMode !== undefined) {
+    if (!POOL_MODES.has(options.poolMode)) {
+      throw new ConfigError(`must be one of ${[...POOL_MODES].join(', ')}`, { key: 'poolMode' })
+    }
+    out.poolMode = options.poolMode
+  }
+  return out
+}
+
+/** `HOST:PORT`, `[v6]:PORT` or `PORT` (host 127.0.0.1), as `--listen` takes it. */
+export function parseListen(value: string): { host: string; port: number } {
+  const i = value.lastIndexOf(':')
+  const host = i < 0 ? '127.0.0.1' : value.slice(0, i).replace(/^\[(.*)\]$/, '$1') || '127.0.0.1'
+  const port = Number(i < 0 ? value : value.slice(i + 1))
+  if (value.trim() === '' || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new ConfigError(`bad port in "${value}"`, { key: 'listen' })
+  }
+  return { host, port }
+}
