@@ -437,6 +437,19 @@ export class Cluster {
         })
         return
       }
+      case 'client-slot-request': {
+        const slots = this.registry.clientSlotsFor(msg.database, msg.user)
+        if (slots.databaseSlot < 0 || slots.userSlot < 0) {
+          this.log.error({ database: msg.database, user: msg.user }, 'out of client-count slots')
+        }
+        this.sendTo(this.slots[id].thread, {
+          type: 'client-slot',
+          database: msg.database,
+          user: msg.user,
+          ...slots,
+        })
+        return
+      }
       case 'cancel': {
         const owner = (msg.pid >>> 24) - 1
         const thread = this.slots[owner]?.thread ?? null

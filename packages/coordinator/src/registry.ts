@@ -29,6 +29,14 @@ export class SlotRegistry {
     return { pool, databaseSlot, userSlot }
   }
 
+  /** The database's and the user's slots alone (client counts); -1 where the table is full. */
+  clientSlotsFor(database: string, user: string): { databaseSlot: number; userSlot: number } {
+    return {
+      databaseSlot: assign(this.databases, database, this.layout.maxDatabases),
+      userSlot: assign(this.users, user, this.layout.maxUsers),
+    }
+  }
+
   /** Slots of every pool, for the admin views. */
   entries(): IterableIterator<[string, number]> {
     return this.pools.entries()

@@ -29,6 +29,13 @@ export type ControlMessage =
       databaseSlot: number
       userSlot: number
     }
+  /**
+   * worker → coordinator: first login to a database, or of a user, on this
+   * worker: the slots their client counts live in.
+   */
+  | { type: 'client-slot-request'; worker: number; database: string; user: string }
+  /** coordinator → worker: those slots; -1 when the table is full (not counted). */
+  | { type: 'client-slot'; database: string; user: string; databaseSlot: number; userSlot: number }
   /** coordinator → worker: no such (database, user) to give a slot to. */
   | { type: 'pool-slot-error'; database: string; user: string; sqlstate: string; message: string }
   /** coordinator → worker: the (re)loaded configuration, a plain object. */
@@ -189,6 +196,8 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     databaseSlot: 'uint',
     userSlot: 'uint',
   },
+  'client-slot-request': { worker: 'uint', database: 'string', user: 'string' },
+  'client-slot': { database: 'string', user: 'string', databaseSlot: 'int', userSlot: 'int' },
   'pool-slot-error': { database: 'string', user: 'string', sqlstate: 'string', message: 'string' },
   config: { config: 'object' },
   cancel: { pid: 'int', secret: 'int' },

@@ -32,6 +32,10 @@
  *  users     + S*u ...            same, limit max_user_connections
  *  clients   + 0 ...              same, one semaphore: client connections
  *                                 of the whole cluster, limit max_client_conn
+ *  dbClients + S*d ...            same, client connections of database d,
+ *                                 limit max_db_client_connections
+ *  userClients + S*u ...          same, client connections of user u,
+ *                                 limit max_user_client_connections
  *  ─── counters (byte offset, Float64 rows, see counters.ts) ──────────────────────
  *  counters                       row per (worker, pool), written by that worker only
  *
@@ -93,7 +97,7 @@ export interface BreakerWords {
 }
 
 const MAGIC = 0x50474243 // 'PGBC'
-const VERSION = 1
+const VERSION = 2
 const HEADER_WORDS = 16
 const BREAKER_WORDS = 68
 const BREAKER_TEXT_BYTES = (BREAKER_WORDS - 4) * 4
@@ -108,6 +112,8 @@ interface Offsets {
   databases: number // Int32 word
   users: number // Int32 word
   clients: number // Int32 word
+  dbClients: number // Int32 word
+  userClients: number // Int32 word
   stride: number // Int32 words per semaphore
   counters: number // byte offset
   byteLength: number
@@ -120,9 +126,22 @@ function offsets(layout: SharedLayout): Offsets {
   const databases = pools + layout.maxPools * stride
   const users = databases + layout.maxDatabases * stride
   const clients = users + layout.maxUsers * stride
-  const counters = (clients + stride) * 4
+  const dbClients = clients + stride
+  const userClients = dbClients + layout.maxDatabases * stride
+  const counters = (userClients + layout.maxUsers * stride) * 4
   const byteLength = counters + PoolCounters.byteLength(layout.maxPools, layout.maxWorkers)
-  return { breakers, pools, databases, users, clients, stride, counters, byteLength }
+  return {
+    breakers,
+    pools,
+    databases,
+    users,
+    clients,
+    dbClients,
+    userClients,
+    stride,
+    counters,
+    byteLength,
+  }
 }
 
 function checkLayout(layout: SharedLayout): void {
@@ -174,6 +193,8 @@ export class SharedMemory {
   readonly #pools: (Semaphore | undefined)[]
   readonly #databases: (Semaphore | undefined)[]
   readonly #users: (Semaphore | undefined)[]
+  readonly #dbClients: (Semaphore | undefined)[]
+  readonly #userClients: (Semaphore | undefined)[]
   readonly #breakers: (BreakerWords | undefined)[]
   #clients: Semaphore | undefined
 
@@ -208,6 +229,8 @@ export class SharedMemory {
     this.#pools = new Array(layout.maxPools)
     this.#databases = new Array(layout.maxDatabases)
     this.#users = new Array(layout.maxUsers)
+    this.#dbClients = new Array(layout.maxDatabases)
+    this.#userClients = new Array(layout.maxUsers)
     this.#breakers = new Array(layout.maxDatabases)
     this.counters = new PoolCounters(sab, o.counters, layout.maxPools, layout.maxWorkers)
   }
@@ -237,6 +260,20 @@ export class SharedMemory {
   /** Client connections of the whole cluster: max_client_conn. */
   clients(): Semaphore {
     return (this.#clients ??= this.#semaphore(this.#offsets.clients, 0))
+  }
+
+  /** Client connections of one database, over the cluster: max_db_client_connections. */
+  databaseClients(slot: number): Semaphore {
+    return (this.#dbClients[this.#slot(slot, this.layout.maxDatabases, 'database')] ??=
+      this.#semaphore(this.#offsets.dbClients, slot))
+  }
+
+  /** Client connections of one user, over the cluster: max_user_client_connections. */
+  userClients(slot: number): Semaphore {
+    return (this.#userClients[this.#slot(slot, this.layout.maxUsers, 'user')] ??= this.#semaphore(
+      this.#offsets.userClients,
+      slot,
+    ))
   }
 
   breaker(dbSlot: number): BreakerWords {
@@ -306,6 +343,8 @@ export class SharedMemory {
     for (let d = 0; d < this.layout.maxDatabases; d++) n += this.database(d).reclaim(worker)
     for (let u = 0; u < this.layout.maxUsers; u++) n += this.user(u).reclaim(worker)
     n += this.clients().reclaim(worker)
+    for (let d = 0; d < this.layout.maxDatabases; d++) n += this.databaseClients(d).reclaim(worker)
+    for (let u = 0; u < this.layout.maxUsers; u++) n += this.userClients(u).reclaim(worker)
     this.counters.resetWorker(worker)
     return n
   }

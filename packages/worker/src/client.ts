@@ -43,7 +43,7 @@ import {
 import type { Server } from './server.ts'
 import { pauseReading, resumeReading, send, sendAll, startReading } from './socket-io.ts'
 import { acceptTls, type TlsSetup, tlsRequired } from './tls.ts'
-import type { PoolerWorker } from './worker.ts'
+import type { ClientSlots, PoolerWorker } from './worker.ts'
 
 export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
 
@@ -629,6 +629,34 @@ export class ClientSession {
     }
     this.state = 'auth'
     this.db = db
+    if (db !== null) {
+      void this.countAndAuthenticate(db)
+      return
+    }
+    this.authenticate(db)
+  }
+
+  /** max_db_client_connections, max_user_client_connections: checked before the password, as PgBouncer. */
+  private async countAndAuthenticate(db: DatabaseConfig): Promise<void> {
+    // auth_type any logs every client in as the database's forced user.
+    const user = this.worker.settings.authType === 'any' && db.user ? db.user : this.user
+    const admitted = await this.worker.admitToLimits(db, user)
+    if (admitted === 'db' || admitted === 'user') {
+      this.fail(
+        fatal(admitted === 'db' ? Texts.maxDbClientConnections : Texts.maxUserClientConnections),
+      )
+      return
+    }
+    this.counted = admitted
+    if (this.state === 'closed') {
+      // Gone while the slots were looked up: give them back the usual way.
+      this.worker.releaseCounted(this)
+      return
+    }
+    this.authenticate(db)
+  }
+
+  private authenticate(db: DatabaseConfig | null): void {
     const settings = this.worker.settings
     if (settings.authType === 'cert') {
       this.authenticateByCertificate()
@@ -683,6 +711,8 @@ export class ClientSession {
 
   private db: DatabaseConfig | null = null
   private admitted = false
+  /** The client-count slots this login holds (max_db/user_client_connections). */
+  counted: ClientSlots | null = null
 
   private authStep(step: ReturnType<ClientAuth['start']>): void {
     if (step.kind === 'send') {

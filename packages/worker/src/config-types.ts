@@ -19,6 +19,7 @@ export interface DatabaseConfig {
   reservePoolSize?: number
   poolMode?: PoolMode
   maxDbConnections?: number
+  maxDbClientConnections?: number
   connectQuery?: string
   clientEncoding?: string
   datestyle?: string
@@ -34,6 +35,7 @@ export interface UserConfig {
   name: string
   poolMode?: PoolMode
   maxUserConnections?: number
+  maxUserClientConnections?: number
   poolSize?: number
 }
 
@@ -46,6 +48,8 @@ export interface WorkerSettings {
   authDbname: string | null
   poolMode: PoolMode
   maxClientConn: number
+  maxDbClientConnections: number
+  maxUserClientConnections: number
   defaultPoolSize: number
   minPoolSize: number
   reservePoolSize: number

@@ -27,6 +27,8 @@ export const Texts = {
   noSuchUser: (user: string) => `no such user: ${user}`,
   passwordFailed: (user: string) => `password authentication failed for user "${user}"`,
   maxClientConn: 'no more connections allowed (max_client_conn)',
+  maxDbClientConnections: 'client connections exceeded (max_db_client_connections)',
+  maxUserClientConnections: 'client connections exceeded (max_user_client_connections)',
   sslRequired: 'SSL required',
   certificateFailed: 'certificate authentication failed',
   unencryptedAfterSslRequest: 'received unencrypted data after SSL request',

@@ -36,6 +36,18 @@ export interface WorkerData {
   pretty: boolean
 }
 
+/** Shared-memory slots of a database's and a user's client counts; -1: not counted. */
+export interface ClientSlots {
+  databaseSlot: number
+  userSlot: number
+}
+
+/** A per-database or per-user limit overrides the global one when above 0; 0 means none. */
+function limitOf(own: number | undefined, global: number): number {
+  const limit = own !== undefined && own > 0 ? own : global
+  return limit > 0 ? limit : 0x7fffffff
+}
+
 const JANITOR_INTERVAL_MS = 100
 /** After a shutdown, how long sockets get to flush before the thread ends. */
 const EXIT_GRACE_MS = 100
@@ -66,6 +78,9 @@ export class PoolerWorker {
   /** Read by the admin console's views (admin-state.ts). */
   readonly pools = new Map<string, Pool>()
   private readonly poolRequests = new Map<string, PromiseWithResolvers<PoolSlots>>()
+  /** Per (database, user): the slots of their client counts, asked of the coordinator once. */
+  private readonly clientSlotRequests = new Map<string, PromiseWithResolvers<ClientSlots>>()
+  private readonly clientSlotsKnown = new Map<string, ClientSlots>()
   readonly sessions = new Map<number, ClientSession>()
   private readonly queriedSecrets = new Map<string, string>()
   readonly admin: WorkerAdmin
@@ -190,10 +205,57 @@ export class PoolerWorker {
     return true
   }
 
+  /**
+   * max_db_client_connections and max_user_client_connections, across the
+   * whole cluster. Every login is counted, limit or not (as PgBouncer does),
+   * so a limit set by a reload sees the clients already connected. The
+   * answer: the slots taken, or which limit refused.
+   */
+  async admitToLimits(db: DatabaseConfig, user: string): Promise<ClientSlots | 'db' | 'user'> {
+    const key = poolKey(db.name, user)
+    let slots = this.clientSlotsKnown.get(key)
+    if (slots === undefined) {
+      let request = this.clientSlotRequests.get(key)
+      if (request === undefined) {
+        request = Promise.withResolvers<ClientSlots>()
+        this.clientSlotRequests.set(key, request)
+        this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user })
+      }
+      slots = await request.promise
+    }
+    const dbLimit = limitOf(db.maxDbClientConnections, this.settings.maxDbClientConnections)
+    const userLimit = limitOf(
+      this.config.users[user]?.maxUserClientConnections,
+      this.settings.maxUserClientConnections,
+    )
+    const { databaseSlot, userSlot } = slots
+    if (
+      databaseSlot >= 0 &&
+      !this.shared.databaseClients(databaseSlot).tryAcquire(dbLimit, this.id)
+    )
+      return 'db'
+    if (userSlot >= 0 && !this.shared.userClients(userSlot).tryAcquire(userLimit, this.id)) {
+      if (databaseSlot >= 0) this.shared.databaseClients(databaseSlot).release(this.id)
+      return 'user'
+    }
+    return slots
+  }
+
+  /** Gives back a session's client-count slots, once. */
+  releaseCounted(session: ClientSession): void {
+    const counted = session.counted
+    if (counted === null) return
+    session.counted = null
+    if (counted.databaseSlot >= 0)
+      this.shared.databaseClients(counted.databaseSlot).release(this.id)
+    if (counted.userSlot >= 0) this.shared.userClients(counted.userSlot).release(this.id)
+  }
+
   /** A session ended; `admitted` sessions also give back their max_client_conn slot. */
   clientClosed(session: ClientSession, admitted: boolean): void {
     this.sessions.delete(session.pid)
     session.pool?.retire(session)
+    this.releaseCounted(session)
     if (!admitted) return
     this.clients--
     if (this.settings.maxClientConn > 0) this.shared.clients().release(this.id)
@@ -387,6 +449,15 @@ export class PoolerWorker {
         const request = this.poolRequests.get(key)
         this.poolRequests.delete(key)
         request?.resolve({ pool: msg.pool, databaseSlot: msg.databaseSlot, userSlot: msg.userSlot })
+        return
+      }
+      case 'client-slot': {
+        const key = poolKey(msg.database, msg.user)
+        const slots = { databaseSlot: msg.databaseSlot, userSlot: msg.userSlot }
+        this.clientSlotsKnown.set(key, slots)
+        const request = this.clientSlotRequests.get(key)
+        this.clientSlotRequests.delete(key)
+        request?.resolve(slots)
         return
       }
       case 'cancel':

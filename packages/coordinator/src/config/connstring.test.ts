@@ -82,7 +82,6 @@ describe('parseDatabase', () => {
       file: 'p.ini',
     })
     assert.deepEqual(unimplemented, [
-      'max_db_client_connections',
       'server_lifetime',
       'load_balance_hosts',
       'target_session_attrs',
@@ -163,8 +162,9 @@ describe('parseUser', () => {
       line: 9,
       file: 'p.ini',
     })
-    assert.equal(unimplemented.length, 7)
+    assert.equal(unimplemented.length, 6)
     assert.ok(!unimplemented.includes('pool_size'))
+    assert.ok(!unimplemented.includes('max_user_client_connections'))
   })
 
   test('unknown user key and bad values', () => {

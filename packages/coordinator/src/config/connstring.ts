@@ -128,7 +128,7 @@ export const DATABASE_PARAMS: readonly ParamSpec[] = [
   p('reserve_pool_size', 'reservePoolSize', 'count', true),
   p('pool_mode', 'poolMode', 'enum', true, { values: POOL_MODES }),
   p('max_db_connections', 'maxDbConnections', 'count', true),
-  p('max_db_client_connections', 'maxDbClientConnections', 'count', false),
+  p('max_db_client_connections', 'maxDbClientConnections', 'count', true),
   p('server_lifetime', 'serverLifetime', 'seconds', false),
   p('load_balance_hosts', 'loadBalanceHosts', 'enum', false, {
     values: ['disable', 'round-robin'],
@@ -144,7 +144,7 @@ export const USER_PARAMS: readonly ParamSpec[] = [
   p('max_user_connections', 'maxUserConnections', 'count', true),
   p('pool_size', 'poolSize', 'count', true),
   p('reserve_pool_size', 'reservePoolSize', 'count', false),
-  p('max_user_client_connections', 'maxUserClientConnections', 'count', false),
+  p('max_user_client_connections', 'maxUserClientConnections', 'count', true),
   p('query_timeout', 'queryTimeout', 'seconds', false),
   p('query_wait_timeout', 'queryWaitTimeout', 'seconds', false, { unsetValue: -1 }),
   p('idle_transaction_timeout', 'idleTransactionTimeout', 'seconds', false),

@@ -218,11 +218,11 @@ const ROWS: Row[] = [
   ['logfile', 'string', '', Y],
   ['login_notify_message', 'string', '', N], // newer than 1.24
   ['max_client_conn', 'int', 100, Y],
-  ['max_db_client_connections', 'int', 0, N],
+  ['max_db_client_connections', 'int', 0, Y],
   ['max_db_connections', 'int', 0, Y],
   ['max_packet_size', 'int', 2147483647, Y, { max: 4294967295 }], // unsigned in PgBouncer
   ['max_prepared_statements', 'int', 200, Y], // 0 before 1.24
-  ['max_user_client_connections', 'int', 0, N],
+  ['max_user_client_connections', 'int', 0, Y],
   ['max_user_connections', 'int', 0, Y],
   ['min_pool_size', 'int', 0, Y],
   ['peer_id', 'int', 0, N, { max: 16383 }],
