@@ -2,9 +2,11 @@ import type { AdminColumn, ConnectionInfo, PoolStats } from '@pgbouncer-cluster/
 import { type Config, resolveDatabase } from './config/config.ts'
 import { formatSettingValue, SETTINGS } from './config/settings.ts'
 
-// The admin console's SHOW views, with PgBouncer 1.18's column names, types
-// and order (tooling such as pgbouncer_exporter reads them by name), built
-// from the workers' reports summed over the cluster.
+// The admin console's SHOW views, with PgBouncer's column names, types and
+// order (tooling such as pgbouncer_exporter reads them by name), built from
+// the workers' reports summed over the cluster. The statistics and the
+// client/server lists are 1.24's; the other views are as 1.18 had them,
+// which 1.24 only extends at the end.
 
 export type Row = (string | null)[]
 export interface View {
@@ -22,6 +24,62 @@ const cols = (type: number, ...names: string[]): AdminColumn[] => names.map((n) 
 export const ADMIN_DATABASE = 'pgbouncer'
 /** What PgBouncer's console reports as its own pool and user. */
 const ADMIN_USER = 'pgbouncer'
+
+/** SHOW STATS' counters in PgBouncer 1.24's order, under the names each view gives them. */
+const STAT_NAMES = {
+  stats: [
+    'server_assignment_count',
+    'xact_count',
+    'query_count',
+    'received',
+    'sent',
+    'xact_time',
+    'query_time',
+    'wait_time',
+    'client_parse_count',
+    'server_parse_count',
+    'bind_count',
+  ],
+  averages: [
+    'server_assignment_count',
+    'xact_count',
+    'query_count',
+    'recv',
+    'sent',
+    'xact_time',
+    'query_time',
+    'wait_time',
+    'client_parse_count',
+    'server_parse_count',
+    'bind_count',
+  ],
+  parts: [
+    'server_assignment_count',
+    'xact_count',
+    'query_count',
+    'bytes_received',
+    'bytes_sent',
+    'xact_time',
+    'query_time',
+    'wait_time',
+    'client_parse_count',
+    'server_parse_count',
+    'bind_count',
+  ],
+  totals: [
+    'server_assignment_count',
+    'xact_count',
+    'query_count',
+    'client_bytes',
+    'server_bytes',
+    'xact_time',
+    'query_time',
+    'wait_time',
+    'ps_client_parse_count',
+    'ps_server_parse_count',
+    'ps_bind_count',
+  ],
+} as const
 
 export const COLUMNS = {
   pools: [
@@ -46,40 +104,22 @@ export const COLUMNS = {
   ],
   stats: [
     ...cols(TEXT, 'database'),
-    ...cols(
-      NUMERIC,
-      'total_xact_count',
-      'total_query_count',
-      'total_received',
-      'total_sent',
-      'total_xact_time',
-      'total_query_time',
-      'total_wait_time',
-      'avg_xact_count',
-      'avg_query_count',
-      'avg_recv',
-      'avg_sent',
-      'avg_xact_time',
-      'avg_query_time',
-      'avg_wait_time',
-    ),
+    ...cols(NUMERIC, ...STAT_NAMES.stats.map((n) => `total_${n}`)),
+    ...cols(NUMERIC, ...STAT_NAMES.averages.map((n) => `avg_${n}`)),
   ],
-  statsPart: [
+  statsTotals: [...cols(TEXT, 'database'), ...cols(NUMERIC, ...STAT_NAMES.parts)],
+  // 1.24 names the prepared-statement columns of STATS_AVERAGES with their avg_ prefix.
+  statsAverages: [
     ...cols(TEXT, 'database'),
     ...cols(
       NUMERIC,
-      'xact_count',
-      'query_count',
-      'bytes_received',
-      'bytes_sent',
-      'xact_time',
-      'query_time',
-      'wait_time',
+      ...STAT_NAMES.parts.map((n, i) => (i >= STAT_NAMES.parts.length - 3 ? `avg_${n}` : n)),
     ),
   ],
   totals: [...cols(TEXT, 'name'), ...cols(NUMERIC, 'value')],
+  // 1.23+: `replication` after `database`; `prepared_statements` (1.21) and `id` at the end.
   connections: [
-    ...cols(TEXT, 'type', 'user', 'database', 'state', 'addr'),
+    ...cols(TEXT, 'type', 'user', 'database', 'replication', 'state', 'addr'),
     ...cols(INT4, 'port'),
     ...cols(TEXT, 'local_addr'),
     ...cols(INT4, 'local_port'),
@@ -88,7 +128,10 @@ export const COLUMNS = {
     ...cols(TEXT, 'ptr', 'link'),
     ...cols(INT4, 'remote_pid'),
     ...cols(TEXT, 'tls', 'application_name'),
+    ...cols(INT4, 'prepared_statements'),
+    ...cols(INT8, 'id'),
   ],
+  state: cols(TEXT, 'key', 'value'),
   databases: [
     ...cols(TEXT, 'name', 'host'),
     ...cols(INT4, 'port'),
@@ -108,10 +151,22 @@ export const COLUMNS = {
 /** One SHOW STATS line: the counters of a database (or of all), as totals or per-period averages. */
 export type StatLine = Pick<
   PoolStats,
-  'xactCount' | 'queryCount' | 'bytesReceived' | 'bytesSent' | 'xactUs' | 'queryUs' | 'waitUs'
+  | 'serverAssignmentCount'
+  | 'xactCount'
+  | 'queryCount'
+  | 'bytesReceived'
+  | 'bytesSent'
+  | 'xactUs'
+  | 'queryUs'
+  | 'waitUs'
+  | 'clientParseCount'
+  | 'serverParseCount'
+  | 'bindCount'
 >
 
+/** Also the columns' order. */
 export const ZERO_STATS: StatLine = {
+  serverAssignmentCount: 0,
   xactCount: 0,
   queryCount: 0,
   bytesReceived: 0,
@@ -119,7 +174,11 @@ export const ZERO_STATS: StatLine = {
   xactUs: 0,
   queryUs: 0,
   waitUs: 0,
+  clientParseCount: 0,
+  serverParseCount: 0,
+  bindCount: 0,
 }
+const STAT_KEYS = Object.keys(ZERO_STATS) as (keyof StatLine)[]
 
 /** What the workers reported, summed: pools by (database, user), plus the console itself. */
 export interface ClusterStats {
@@ -166,6 +225,10 @@ const SUMMED = [
   'xactUs',
   'queryUs',
   'waitUs',
+  'serverAssignmentCount',
+  'clientParseCount',
+  'serverParseCount',
+  'bindCount',
 ] as const satisfies (keyof PoolStats)[]
 
 /** Per database (and '' for all of them): the totals SHOW STATS starts from. */
@@ -173,7 +236,7 @@ export function statTotals(stats: ClusterStats): Map<string, StatLine> {
   const out = new Map<string, StatLine>()
   const add = (key: string, s: StatLine) => {
     const line = out.get(key) ?? { ...ZERO_STATS }
-    for (const k of Object.keys(ZERO_STATS) as (keyof StatLine)[]) line[k] += s[k]
+    for (const k of STAT_KEYS) line[k] += s[k]
     out.set(key, line)
   }
   for (const p of stats.pools) {
@@ -187,31 +250,42 @@ export function statTotals(stats: ClusterStats): Map<string, StatLine> {
   return out
 }
 
-/** PgBouncer's averages over one stats_period: counts per second, times per transaction or query. */
+/**
+ * PgBouncer's averages over one stats_period: counts per second; times per
+ * transaction, per query, and (1.23+) wait time per server assignment.
+ */
 export function averages(now: StatLine, before: StatLine, seconds: number): StatLine {
   const d = (k: keyof StatLine) => now[k] - before[k]
   const xacts = d('xactCount')
   const queries = d('queryCount')
+  const assignments = d('serverAssignmentCount')
   return {
+    serverAssignmentCount: assignments / seconds,
     xactCount: xacts / seconds,
     queryCount: queries / seconds,
     bytesReceived: d('bytesReceived') / seconds,
     bytesSent: d('bytesSent') / seconds,
     xactUs: xacts > 0 ? d('xactUs') / xacts : 0,
     queryUs: queries > 0 ? d('queryUs') / queries : 0,
-    waitUs: d('waitUs') / seconds,
+    waitUs: assignments > 0 ? d('waitUs') / assignments : 0,
+    clientParseCount: d('clientParseCount') / seconds,
+    serverParseCount: d('serverParseCount') / seconds,
+    bindCount: d('bindCount') / seconds,
   }
 }
 
-const statValues = (s: StatLine): string[] => [
-  num(s.xactCount),
-  num(s.queryCount),
-  num(s.bytesReceived),
-  num(s.bytesSent),
-  num(s.xactUs),
-  num(s.queryUs),
-  num(s.waitUs),
-]
+const statValues = (s: StatLine): string[] => STAT_KEYS.map((k) => num(s[k]))
+
+/** log_stats: PgBouncer 1.24's periodic line, from the averages over all databases. */
+export function statsLogLine(avg: StatLine): string {
+  const n = (v: number) => Math.floor(v)
+  return (
+    `stats: ${n(avg.xactCount)} xacts/s, ${n(avg.queryCount)} queries/s, ` +
+    `${n(avg.clientParseCount)} client parses/s, ${n(avg.serverParseCount)} server parses/s, ` +
+    `${n(avg.bindCount)} binds/s, in ${n(avg.bytesReceived)} B/s, out ${n(avg.bytesSent)} B/s, ` +
+    `xact ${n(avg.xactUs)} us, query ${n(avg.queryUs)} us, wait ${n(avg.waitUs)} us`
+  )
+}
 
 export function showPools(stats: ClusterStats): View {
   const rows: Row[] = stats.pools.map((p) => {
@@ -256,19 +330,23 @@ export function showStats(
     if (kind === 'averages') return [name, ...statValues(avg)]
     return [name, ...statValues(total), ...statValues(avg)]
   })
-  return { columns: kind === 'stats' ? COLUMNS.stats : COLUMNS.statsPart, rows }
+  const columns =
+    kind === 'stats'
+      ? COLUMNS.stats
+      : kind === 'totals'
+        ? COLUMNS.statsTotals
+        : COLUMNS.statsAverages
+  return { columns, rows }
 }
 
 export function showTotals(total: StatLine, avg: StatLine): View {
   const [t, a] = [statValues(total), statValues(avg)]
-  const names = ['xact_count', 'query_count', 'client_bytes', 'server_bytes']
-  const times = ['xact_time', 'query_time', 'wait_time']
   const rows: Row[] = []
   for (const [prefix, values] of [
     ['total', t],
     ['avg', a],
   ] as const) {
-    ;[...names, ...times].forEach((n, i) => {
+    STAT_NAMES.totals.forEach((n, i) => {
       rows.push([`${prefix}_${n}`, values[i]])
     })
   }
@@ -285,6 +363,7 @@ export function showConnections(type: 'C' | 'S', list: ConnectionInfo[]): View {
     type,
     c.user,
     c.database,
+    'none',
     c.state,
     c.addr,
     String(c.port),
@@ -300,8 +379,23 @@ export function showConnections(type: 'C' | 'S', list: ConnectionInfo[]): View {
     String(c.remotePid),
     c.tls,
     c.applicationName,
+    String(c.preparedStatements),
+    String(c.id),
   ])
   return { columns: COLUMNS.connections, rows }
+}
+
+/** SHOW STATE (1.20+): whether the pooler runs, is paused (PAUSE, or SHUTDOWN WAIT_FOR_SERVERS) or suspended. */
+export function showState(paused: boolean): View {
+  const yes = (b: boolean) => (b ? 'yes' : 'no')
+  return {
+    columns: COLUMNS.state,
+    rows: [
+      ['active', yes(!paused)],
+      ['paused', yes(paused)],
+      ['suspended', 'no'],
+    ],
+  }
 }
 
 /** Configured databases, those the '*' entry made, and the console itself. */

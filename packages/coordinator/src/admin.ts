@@ -18,9 +18,11 @@ import {
   showDatabases,
   showLists,
   showPools,
+  showState,
   showStats,
   showTotals,
   showUsers,
+  statsLogLine,
   statTotals,
   userNames,
   type View,
@@ -41,6 +43,8 @@ export interface AdminHost {
   shutdown(mode: ShutdownMode): void
   /** A shutdown is under way (listeners closed). */
   draining(): boolean
+  /** SHOW STATE counts SHUTDOWN WAIT_FOR_SERVERS as paused, as PgBouncer does. */
+  waitingForServers(): boolean
   /** Pools the registry has handed slots to (databases the '*' entry made included). */
   pools(): Iterable<{ database: string; user: string }>
   port(): number
@@ -72,6 +76,7 @@ export class AdminConsole {
     { waiting: Set<number>; reports: ControlOf<'stats'>[]; done: () => void }
   >()
   private pauses: { database: string | undefined; waiting: Set<number>; done: () => void }[] = []
+  private readonly kills = new Map<number, (found: boolean) => void>()
   /** SHOW STATS averages: the totals at the start of the last stats_period, and its result. */
   private sample = { at: Date.now(), totals: new Map<string, StatLine>() }
   private averages = new Map<string, StatLine>()
@@ -126,6 +131,12 @@ export class AdminConsole {
     this.pauses = this.pauses.filter((p) => p.waiting.size > 0)
   }
 
+  onClientKilled(msg: ControlOf<'client-killed'>): void {
+    const done = this.kills.get(msg.id)
+    this.kills.delete(msg.id)
+    done?.(msg.found === 1)
+  }
+
   /** A worker died: nothing it owed is coming; its clients and servers died with it. */
   workerGone(worker: number): void {
     for (const g of this.gathers.values()) {
@@ -165,6 +176,8 @@ export class AdminConsole {
         this.host.log.info({ database: arg }, 'KILL: clients and servers of the database dropped')
         return done('KILL')
       }
+      case 'KILL_CLIENT':
+        return this.killClient(arg ?? '')
       case 'RELOAD':
         // As PgBouncer: a file that cannot be used is logged, the command still succeeds.
         this.host.reload()
@@ -184,6 +197,31 @@ export class AdminConsole {
       default:
         return fail(`invalid command '${command}', use SHOW HELP;`)
     }
+  }
+
+  /**
+   * KILL_CLIENT: the id SHOW CLIENTS shows is the client's BackendKeyData
+   * pid, whose top bits name the worker that holds it.
+   */
+  private async killClient(arg: string): Promise<Result> {
+    const m = /^\s*(\d+)/.exec(arg)
+    if (m === null) return fail('invalid client pointer supplied')
+    const pid = Number(m[1])
+    const worker = (pid >>> 24) - 1
+    if (pid > 0x7fffffff || !this.host.workers().includes(worker)) return fail('client not found')
+    const id = this.nextId++
+    const answered = Promise.withResolvers<boolean>()
+    this.kills.set(id, answered.resolve)
+    const timer = setTimeout(() => {
+      this.kills.delete(id)
+      answered.resolve(false)
+    }, GATHER_TIMEOUT_MS)
+    this.host.send(worker, { type: 'kill-client', id, pid })
+    const found = await answered.promise
+    clearTimeout(timer)
+    if (!found) return fail('client not found')
+    this.host.log.info({ client: pid }, 'KILL_CLIENT: client dropped')
+    return done('KILL_CLIENT')
   }
 
   private async pause(database: string | undefined): Promise<Result> {
@@ -252,6 +290,8 @@ export class AdminConsole {
         return view({ columns: COLUMNS.dnsHosts, rows: [] })
       case 'DNS_ZONES':
         return view({ columns: COLUMNS.dnsZones, rows: [] })
+      case 'STATE':
+        return view(showState(this.pausedAll || this.host.waitingForServers()))
       case 'CLIENTS':
       case 'SERVERS': {
         const reports = await this.gather(what === 'CLIENTS' ? 'clients' : 'servers')
@@ -383,6 +423,9 @@ export class AdminConsole {
       next.set(name, averages(now, before.totals.get(name) ?? ZERO_STATS, seconds))
     }
     this.averages = next
+    // log_stats: one line per stats_period, over every database, as PgBouncer.
+    if (this.host.config().settings.logStats)
+      this.host.log.info(statsLogLine(next.get('') ?? ZERO_STATS))
   }
 }
 

@@ -105,6 +105,7 @@ export class Cluster {
       reload: () => this.reload(),
       shutdown: (mode) => this.shutdown(mode),
       draining: () => this.draining,
+      waitingForServers: () => this.shutdownMode === 'wait-for-servers',
       pools: () =>
         [...this.registry.entries()].map(([key]) => {
           const [database, user] = key.split('\u0000')
@@ -475,6 +476,9 @@ export class Cluster {
         return
       case 'stats':
         this.admin.onStats(msg)
+        return
+      case 'client-killed':
+        this.admin.onClientKilled(msg)
         return
       case 'paused':
         this.admin.onPaused(msg)

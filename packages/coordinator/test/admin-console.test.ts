@@ -15,11 +15,16 @@ const INT8 = 20
 const NUMERIC = 1700
 
 // Column names, type OIDs and order exactly as PgBouncer 1.18.0 answers them
-// (recorded from the real /usr/sbin/pgbouncer with psql and a raw client).
+// (recorded from the real /usr/sbin/pgbouncer with psql and a raw client),
+// except the statistics and the client/server lists, which follow 1.24
+// (PgBouncer's doc/usage.md and its stats.c and admin.c): 1.23 added
+// `replication` and `id` to SHOW CLIENTS/SERVERS and server assignments to
+// the statistics, 1.24 the prepared-statement counters.
 const connectionColumns = [
   ['type', TEXT],
   ['user', TEXT],
   ['database', TEXT],
+  ['replication', TEXT],
   ['state', TEXT],
   ['addr', TEXT],
   ['port', INT4],
@@ -35,8 +40,11 @@ const connectionColumns = [
   ['remote_pid', INT4],
   ['tls', TEXT],
   ['application_name', TEXT],
+  ['prepared_statements', INT4],
+  ['id', INT8],
 ]
 const statsPart = [
+  'server_assignment_count',
   'xact_count',
   'query_count',
   'bytes_received',
@@ -45,7 +53,8 @@ const statsPart = [
   'query_time',
   'wait_time',
 ]
-const PGBOUNCER_1_18: Record<string, [string, number][]> = {
+const psCounts = ['client_parse_count', 'server_parse_count', 'bind_count']
+const PGBOUNCER_COLUMNS: Record<string, [string, number][]> = {
   POOLS: [
     ['database', TEXT],
     ['user', TEXT],
@@ -69,6 +78,7 @@ const PGBOUNCER_1_18: Record<string, [string, number][]> = {
   STATS: [
     ['database', TEXT],
     ...[
+      'total_server_assignment_count',
       'total_xact_count',
       'total_query_count',
       'total_received',
@@ -76,6 +86,10 @@ const PGBOUNCER_1_18: Record<string, [string, number][]> = {
       'total_xact_time',
       'total_query_time',
       'total_wait_time',
+      'total_client_parse_count',
+      'total_server_parse_count',
+      'total_bind_count',
+      'avg_server_assignment_count',
       'avg_xact_count',
       'avg_query_count',
       'avg_recv',
@@ -83,10 +97,22 @@ const PGBOUNCER_1_18: Record<string, [string, number][]> = {
       'avg_xact_time',
       'avg_query_time',
       'avg_wait_time',
+      'avg_client_parse_count',
+      'avg_server_parse_count',
+      'avg_bind_count',
     ].map((n): [string, number] => [n, NUMERIC]),
   ],
-  STATS_TOTALS: [['database', TEXT], ...statsPart.map((n): [string, number] => [n, NUMERIC])],
-  STATS_AVERAGES: [['database', TEXT], ...statsPart.map((n): [string, number] => [n, NUMERIC])],
+  STATS_TOTALS: [
+    ['database', TEXT],
+    ...[...statsPart, ...psCounts].map((n): [string, number] => [n, NUMERIC]),
+  ],
+  STATS_AVERAGES: [
+    ['database', TEXT],
+    ...[...statsPart, ...psCounts.map((n) => `avg_${n}`)].map((n): [string, number] => [
+      n,
+      NUMERIC,
+    ]),
+  ],
   TOTALS: [
     ['name', TEXT],
     ['value', NUMERIC],
@@ -119,6 +145,10 @@ const PGBOUNCER_1_18: Record<string, [string, number][]> = {
     ['items', INT4],
   ],
   VERSION: [['version', TEXT]],
+  STATE: [
+    ['key', TEXT],
+    ['value', TEXT],
+  ],
   USERS: [
     ['name', TEXT],
     ['pool_mode', TEXT],
@@ -228,8 +258,8 @@ describe('admin console', { timeout: 55_000 }, () => {
   const localPort = (c: pg.Client) =>
     (c as unknown as { connection: { stream: { localPort: number } } }).connection.stream.localPort
 
-  test('every SHOW has PgBouncer 1.18 columns, types, order and the SHOW tag', async () => {
-    for (const [what, expected] of Object.entries(PGBOUNCER_1_18)) {
+  test('every SHOW has the PgBouncer columns (1.18, 1.24 for statistics and connections), types, order and the SHOW tag', async () => {
+    for (const [what, expected] of Object.entries(PGBOUNCER_COLUMNS)) {
       const res = await show(what)
       assert.equal(res.command, 'SHOW', what)
       assert.deepEqual(
@@ -354,7 +384,7 @@ describe('admin console', { timeout: 55_000 }, () => {
       pooler.url({ database: 'pgbouncer' }),
     ])
     const [header, ...lines] = stdout.trim().split('\n')
-    assert.equal(header, PGBOUNCER_1_18.POOLS.map(([n]) => n).join('|'))
+    assert.equal(header, PGBOUNCER_COLUMNS.POOLS.map(([n]) => n).join('|'))
     assert.ok(lines.some((l) => l.startsWith('pgbouncer|pgbouncer|')))
   })
 

@@ -220,6 +220,16 @@ describe('shutdown', { timeout: 120_000 }, () => {
     await assertRunning(pooler, 'exited with a transaction in flight')
     assert.equal(await connectRaw(pooler.port), 'ECONNREFUSED')
     await assert.rejects(admin.query('RESUME'), /pooler is shutting down/)
+    // SHOW STATE counts this shutdown as a pause, as PgBouncer 1.23+ does.
+    const state = await admin.query('SHOW STATE')
+    assert.deepEqual(
+      state.rows.map((r) => [r.key, r.value]),
+      [
+        ['active', 'no'],
+        ['paused', 'yes'],
+        ['suspended', 'no'],
+      ],
+    )
     await inFlight.query('COMMIT')
     assert.equal(await pooler.exited, 0)
     assert.equal(await logged('WAIT_FOR_SERVERS'), 1)

@@ -96,6 +96,10 @@ export type ControlMessage =
       rows: (string | null)[][]
       error?: string
     }
+  /** coordinator → the owning worker: KILL_CLIENT; answered by 'client-killed' with the same id. */
+  | { type: 'kill-client'; id: number; pid: number }
+  /** worker → coordinator: whether that client was there (1) or not (0). */
+  | { type: 'client-killed'; id: number; worker: number; found: number }
   /** worker → coordinator: shut down cleanly, about to end. */
   | { type: 'worker-stopped'; worker: number }
   /**
@@ -143,6 +147,12 @@ export interface PoolStats {
   xactUs: number
   queryUs: number
   waitUs: number
+  /** 1.23+: servers linked to clients. */
+  serverAssignmentCount: number
+  /** 1.24+: named prepared statements (max_prepared_statements). */
+  clientParseCount: number
+  serverParseCount: number
+  bindCount: number
 }
 
 /** One client or server connection for SHOW CLIENTS / SERVERS; times in epoch ms. */
@@ -164,6 +174,10 @@ export interface ConnectionInfo {
   /** protocol/cipher of a TLS connection, '' in plain text. */
   tls: string
   applicationName: string
+  /** Named prepared statements of the client, or prepared on the server (1.21+). */
+  preparedStatements: number
+  /** The `id` column (1.23+): what KILL_CLIENT takes. A client's is its BackendKeyData pid. */
+  id: number
 }
 
 export type ControlType = ControlMessage['type']
@@ -236,6 +250,8 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     rows: 'array',
     error: 'string?',
   },
+  'kill-client': { id: 'uint', pid: 'int' },
+  'client-killed': { id: 'uint', worker: 'uint', found: 'uint' },
   'worker-stopped': { worker: 'uint' },
   'servers-released': { worker: 'uint' },
   breaker: { database: 'string', seq: 'uint', sqlstate: 'string', message: 'string' },

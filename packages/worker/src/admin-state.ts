@@ -152,6 +152,8 @@ export class WorkerAdmin {
           s.queryCount += session.queryCount
           s.bytesReceived += session.bytesReceived
           s.bytesSent += session.bytesSent
+          s.clientParseCount += session.clientParseCount
+          s.bindCount += session.bindCount
         }
       }
       if (request.view === 'clients') clients.push(this.clientInfo(session, admin, now))
@@ -201,6 +203,8 @@ export class WorkerAdmin {
       remotePid: 0,
       tls: tlsInfo(socket),
       applicationName: session.vars.application_name ?? '',
+      preparedStatements: session.preparedCount,
+      id: session.pid,
     }
   }
 
@@ -224,6 +228,8 @@ export class WorkerAdmin {
       remotePid: server.pid,
       tls: tlsInfo(server.socket),
       applicationName: server.vars.application_name ?? '',
+      preparedStatements: server.preparedCount,
+      id: this.serverId(server),
     }
   }
 
@@ -232,7 +238,11 @@ export class WorkerAdmin {
    * them unique in the cluster and apart from clients' (31-bit) ones.
    */
   private serverPtr(server: Server): string {
-    return `0x${((this.worker.id + 1) * 2 ** 32 + server.id).toString(16)}`
+    return `0x${this.serverId(server).toString(16)}`
+  }
+
+  private serverId(server: Server): number {
+    return (this.worker.id + 1) * 2 ** 32 + server.id
   }
 }
 
@@ -275,5 +285,9 @@ function poolStats(pool: Pool, now: number): PoolStats {
     xactUs: t.xactUs,
     queryUs: t.queryUs,
     waitUs: t.waitUs,
+    serverAssignmentCount: t.serverAssignmentCount,
+    clientParseCount: t.clientParseCount,
+    serverParseCount: t.serverParseCount,
+    bindCount: t.bindCount,
   }
 }

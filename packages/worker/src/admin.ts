@@ -12,7 +12,7 @@ import {
 } from '@pgbouncer-cluster/protocol/serializer'
 import type { AdminReply } from './admin-state.ts'
 import type { ClientSession } from './client.ts'
-import { error, fatal } from './errors.ts'
+import { error, fatal, Texts } from './errors.ts'
 
 /**
  * PgBouncer's texts for the console (admin.c), so that scripts matching on
@@ -44,6 +44,7 @@ const SHOW_VIEWS = new Set([
   'TOTALS',
   'DNS_HOSTS',
   'DNS_ZONES',
+  'STATE',
 ])
 /** PgBouncer 1.18 views with no meaning for worker threads (file descriptors, buffers). */
 const SHOW_UNSUPPORTED = new Set(['FDS', 'SOCKETS', 'ACTIVE_SOCKETS', 'MEM'])
@@ -51,7 +52,15 @@ const SHOW_UNSUPPORTED = new Set(['FDS', 'SOCKETS', 'ACTIVE_SOCKETS', 'MEM'])
  * Commands run cluster-wide by the coordinator, which also checks the database
  * named after PAUSE, RESUME, RECONNECT and KILL (and that KILL names one).
  */
-const COMMANDS = new Set(['PAUSE', 'RESUME', 'RECONNECT', 'KILL', 'RELOAD', 'SHUTDOWN'])
+const COMMANDS = new Set([
+  'PAUSE',
+  'RESUME',
+  'RECONNECT',
+  'KILL',
+  'KILL_CLIENT',
+  'RELOAD',
+  'SHUTDOWN',
+])
 const WITHOUT_ARGUMENT = new Set(['RELOAD'])
 /** SHUTDOWN's optional argument (PgBouncer 1.23+). */
 const SHUTDOWN_MODES = new Set(['WAIT_FOR_CLIENTS', 'WAIT_FOR_SERVERS'])
@@ -59,7 +68,7 @@ const UNSUPPORTED_COMMANDS = new Set(['SUSPEND', 'DISABLE', 'ENABLE', 'WAIT_CLOS
 
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
-  'SHOW LISTS',
+  'SHOW LISTS|STATE',
   'SHOW DNS_HOSTS|DNS_ZONES',
   'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS',
   'RELOAD',
@@ -67,6 +76,7 @@ const HELP = [
   'RESUME [<db>]',
   'RECONNECT [<db>]',
   'KILL <db>',
+  'KILL_CLIENT <client_id>',
   'SHUTDOWN',
   'SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS',
 ]
@@ -187,6 +197,11 @@ export class AdminSession {
       this.finish(error(extended ? Text.extended : Text.unsupportedPacket(type)))
       return
     }
+    if (this.client.worker.settings.disablePqexec) {
+      // As PgBouncer: the console speaks only the simple protocol, so it is closed too.
+      this.client.fail(fatal(Texts.pqexecDisallowed))
+      return
+    }
     const text = msg.toString('utf8', 5, msg.length - 1)
     this.client.worker.admin.queries++
     await this.query(text)
@@ -264,6 +279,7 @@ export class AdminSession {
   private finish(...messages: Buffer[]): void {
     const client = this.client
     if (client.state !== 'admin') return
+    if (messages[0][0] === 0x45 /* E */) client.logPoolerError(messages[0])
     messages.push(readyForQuery(TxStatus.Idle))
     client.writeAll(messages)
   }

@@ -30,6 +30,8 @@ export class AuthQuery implements PoolClient {
   queryCount = 0
   bytesReceived = 0
   bytesSent = 0
+  clientParseCount = 0
+  bindCount = 0
   private readonly pool: Pool
   private readonly request: Buffer
   private readonly reply: Buffer[] = []

@@ -20,7 +20,7 @@ import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
 import { AdminSession } from './admin.ts'
 import { ClientAuth } from './auth.ts'
 import type { DatabaseConfig, PoolMode } from './config-types.ts'
-import { fatal, SqlState, Texts } from './errors.ts'
+import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
 import {
   parseOptions,
   REPORTED_NAME,
@@ -68,6 +68,8 @@ for (const code of [
 }
 
 const ACTION_TERMINATE = 1
+/** disable_pqexec: a simple Query arrived. */
+const ACTION_PQEXEC = 2
 
 // Cancel keys must be unguessable; drawing them from the CSPRNG in batches
 // keeps a crypto call off every connection.
@@ -128,6 +130,8 @@ export class ClientSession {
   bytesReceived = 0
   queryCount = 0
   xactCount = 0
+  clientParseCount = 0
+  bindCount = 0
 
   /** Requests sent to the server that still owe a ReadyForQuery. */
   private outstanding = 0
@@ -152,6 +156,8 @@ export class ClientSession {
   private held: Buffer | null = null
   private requested = false
   private action = 0
+  /** disable_pqexec (not reloadable): only the extended protocol is served. */
+  private readonly noPqexec: boolean
   private readonly scanner: FrameScanner
   /** Frames the startup packets, then the authentication messages. */
   private loginReader: FrameReader | null = new FrameReader({
@@ -183,6 +189,7 @@ export class ClientSession {
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
     this.unix = socket.remoteAddress === undefined
     this.arrivedClosing = worker.closing
+    this.noPqexec = worker.settings.disablePqexec
     // TCP_NODELAY is already set: the listener is created with noDelay.
     if (worker.settings.tcpKeepalive) socket.setKeepAlive(true)
     ;(socket as SessionSocket)[kSession] = this
@@ -254,6 +261,11 @@ export class ClientSession {
       }
     }
     const edits = this.edits
+    if (this.action === ACTION_PQEXEC) {
+      // As PgBouncer: the whole packet is refused and the client dropped.
+      this.fail(fatal(Texts.pqexecDisallowed))
+      return
+    }
     if (this.action === ACTION_TERMINATE) {
       // Terminate is ours to act on; the server stays for the next client.
       if (end > 5) this.toServer(chunk.subarray(0, end - 5), edits)
@@ -261,6 +273,11 @@ export class ClientSession {
       return
     }
     this.toServer(chunk, edits)
+  }
+
+  /** Named prepared statements the client has (SHOW CLIENTS). */
+  get preparedCount(): number {
+    return this.statements?.size ?? 0
   }
 
   private get hasStatements(): boolean {
@@ -287,6 +304,7 @@ export class ClientSession {
       const name = chunk[start + 5] === 0 ? '' : parseName(chunk, start, end)
       if (name !== '') {
         const stmt = statementOf(chunk, start, end)
+        this.clientParseCount++
         ;(this.statements ??= new Map()).set(name, stmt)
         this.addEdit(type, start, end, stmt)
       } else if (this.hasStatements) {
@@ -298,7 +316,10 @@ export class ClientSession {
     const statements = this.statements!
     if (type === FrontendCode.Bind) {
       const stmt = statements.get(bindName(chunk, start, end))
-      if (stmt !== undefined) this.addEdit(type, start, end, stmt)
+      if (stmt !== undefined) {
+        this.bindCount++
+        this.addEdit(type, start, end, stmt)
+      }
       return
     }
     const name = targetStatement(chunk, start, end)
@@ -312,6 +333,13 @@ export class ClientSession {
   onClientMessage(type: number, end: number, start: number): boolean {
     switch (type) {
       case FrontendCode.Query:
+        if (this.noPqexec) {
+          this.action = ACTION_PQEXEC
+          return true
+        }
+        if (this.outstanding++ === 0) this.queryStart = this.worker.now
+        if (this.hasStatements) this.addEdit(type, start, end)
+        return false
       case FrontendCode.FunctionCall:
         if (this.outstanding++ === 0) this.queryStart = this.worker.now
         // The end of a request, which the server's ParseCompletes are counted against.
@@ -839,8 +867,18 @@ export class ClientSession {
   /** Send a FATAL error and close. */
   fail(error: Buffer): void {
     if (this.state === 'closed') return
+    this.logPoolerError(error)
     this.write(error)
     this.close(null)
+  }
+
+  /** log_pooler_errors: every error the pooler itself sends a client, as PgBouncer logs it. */
+  logPoolerError(error: Buffer): void {
+    if (!this.worker.settings.logPoolerErrors) return
+    this.worker.log.warn(
+      { client: this.pid, remote: this.remote, db: this.database, user: this.user },
+      `pooler error: ${errorMessage(error)}`,
+    )
   }
 
   onSocketError(err: Error): void {

@@ -74,6 +74,8 @@ export interface WorkerSettings {
   listenBacklog: number
   logConnections: boolean
   logDisconnections: boolean
+  logPoolerErrors: boolean
+  disablePqexec: boolean
   tcpKeepalive: boolean
 }
 

@@ -22,6 +22,19 @@ export function error(message: string, code: string = SqlState.ProtocolViolation
   return errorResponse({ severity: 'ERROR', code, message })
 }
 
+/** The message text of an ErrorResponse we built (log_pooler_errors); not for the hot path. */
+export function errorMessage(buf: Buffer): string {
+  let i = 5
+  while (i < buf.length && buf[i] !== 0) {
+    const code = buf[i]
+    const end = buf.indexOf(0, i + 1)
+    if (end < 0) break
+    if (code === 0x4d /* M */) return buf.toString('utf8', i + 1, end)
+    i = end + 1
+  }
+  return ''
+}
+
 export const Texts = {
   noSuchDatabase: (db: string) => `no such database: ${db}`,
   noSuchUser: (user: string) => `no such user: ${user}`,
@@ -42,4 +55,6 @@ export const Texts = {
   cannotConnect: 'pgbouncer cannot connect to server',
   statementModeTransaction: 'transaction blocks not allowed in statement pooling mode',
   shuttingDown: 'pooler is shutting down',
+  adminForcedDisconnect: 'admin forced disconnect',
+  pqexecDisallowed: 'PQexec disallowed',
 } as const

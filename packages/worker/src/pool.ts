@@ -21,6 +21,9 @@ export interface PoolClient {
   queryCount: number
   bytesReceived: number
   bytesSent: number
+  /** Named Parses and Binds of them (max_prepared_statements), for SHOW STATS. */
+  clientParseCount: number
+  bindCount: number
   /** The pool links a server to it. */
   attachServer(server: Server): void
   /** The server's ReadyForQuery: true when the server may go back to the pool now. */
@@ -87,6 +90,10 @@ export class Pool {
     xactUs: 0,
     queryUs: 0,
     waitUs: 0,
+    serverAssignmentCount: 0,
+    clientParseCount: 0,
+    serverParseCount: 0,
+    bindCount: 0,
   }
 
   readonly idle: Server[] = []
@@ -279,6 +286,7 @@ export class Pool {
 
   private link(server: Server, client: PoolClient): void {
     if (client.waitingSince !== 0) this.totals.waitUs += (Date.now() - client.waitingSince) * 1000
+    this.totals.serverAssignmentCount++
     server.state = 'active'
     server.client = client
     server.lastUsed = this.worker.now
@@ -645,6 +653,8 @@ export class Pool {
     t.queryCount += client.queryCount
     t.bytesReceived += client.bytesReceived
     t.bytesSent += client.bytesSent
+    t.clientParseCount += client.clientParseCount
+    t.bindCount += client.bindCount
   }
 }
 

@@ -32,6 +32,8 @@ export interface PreparedServer {
   preparedCount: number
   /** Parses and request ends in flight, in order (see ParseTracker). */
   readonly tracker: ParseTracker
+  /** Its pool's totals: SHOW STATS' server_parse_count. */
+  readonly totals: { serverParseCount: number }
 }
 
 /** A rewrite of one message, found while scanning. */
@@ -174,6 +176,7 @@ function ensure(stmt: Statement, server: PreparedServer, out: Buffer[], drop: bo
   const name = `PGBOUNCER_${nextStatement++}`
   stmt.on.set(server, { name, gen: server.preparedGen })
   server.preparedCount++
+  server.totals.serverParseCount++
   server.tracker.parse(drop, stmt, name)
   out.push(parseMessage(name, stmt.rest))
   return name

@@ -94,6 +94,9 @@ export class Server implements PreparedServer {
   /** Prepared statements under our names (prepared.ts). */
   preparedGen = 0
   preparedCount = 0
+  get totals(): Pool['totals'] {
+    return this.pool.totals
+  }
   readonly tracker = new ParseTracker()
   /** Where the ParseComplete to leave out starts in the chunk. */
   private dropStart = -1

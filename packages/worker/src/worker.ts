@@ -497,6 +497,12 @@ export class PoolerWorker {
       case 'admin-reply':
         this.admin.onReply(msg)
         return
+      case 'kill-client': {
+        const session = this.sessions.get(msg.pid)
+        session?.fail(fatal(Texts.adminForcedDisconnect))
+        this.send({ type: 'client-killed', id: msg.id, worker: this.id, found: session ? 1 : 0 })
+        return
+      }
       default:
         return
     }
