@@ -1,4 +1,3 @@
-import os from 'node:os'
 import { startAllocStats } from '@pgbouncer-cluster/worker/alloc-stats'
 import { createLogger } from '@pgbouncer-cluster/worker/log'
 import yargs from 'yargs'
@@ -6,6 +5,7 @@ import { Cluster } from './cluster.ts'
 import type { Settings } from './config/config.ts'
 import { type Config, ConfigError, defaultConfig, loadConfig } from './config/config.ts'
 import { describeConfig } from './config/summary.ts'
+import { defaultWorkers } from './default-workers.ts'
 
 const VERSION = '0.1.0'
 
@@ -90,7 +90,7 @@ export function parseArgs(argv: string[]): CliOptions {
     .option('workers', {
       alias: 'w',
       type: 'number',
-      describe: 'worker threads accepting clients (default: number of CPUs)',
+      describe: 'worker threads accepting clients (default: number of CPUs; 1 on up to 2 CPUs)',
     })
     .option('listen', {
       alias: 'l',
@@ -126,7 +126,7 @@ export function parseArgs(argv: string[]): CliOptions {
   const positional = args._.map(String)
   if (positional.length > 1)
     throw new UsageError(`expected at most one config file, got: ${positional.join(' ')}`)
-  const workers = args.workers ?? os.availableParallelism()
+  const workers = args.workers ?? defaultWorkers()
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
     throw new UsageError(`--workers must be an integer from 1 to 64, got ${args.workers}`)
   }

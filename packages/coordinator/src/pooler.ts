@@ -6,7 +6,6 @@
 // protocol packages: they are the published declarations, which must stand
 // alone.
 
-import os from 'node:os'
 import { createLogger } from '@pgbouncer-cluster/worker/log'
 import { Cluster } from './cluster.ts'
 import {
@@ -18,6 +17,7 @@ import {
   loadConfig,
   type Settings,
 } from './config/config.ts'
+import { defaultWorkers } from './default-workers.ts'
 
 export type PoolMode = 'session' | 'transaction' | 'statement'
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
@@ -37,7 +37,7 @@ export interface StartPoolerOptions {
   configFile?: string
   /** The same sections as an object. */
   config?: PoolerConfig
-  /** Worker threads accepting clients; default: the number of CPUs (`--workers`). */
+  /** Worker threads accepting clients; default: the number of CPUs, 1 on up to 2 (`--workers`). */
   workers?: number
   /** `HOST:PORT` or `PORT`, over listen_addr/listen_port (`--listen`); port 0 picks a free one. */
   listen?: string
@@ -98,7 +98,7 @@ export interface Pooler {
 
 /** Starts a pooler; resolves once every worker listens. */
 export async function startPooler(options: StartPoolerOptions = {}): Promise<Pooler> {
-  const workers = options.workers ?? os.availableParallelism()
+  const workers = options.workers ?? defaultWorkers()
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
     throw new ConfigError(`must be an integer from 1 to 64, got ${options.workers}`, {
       key: 'workers',
