@@ -23,10 +23,11 @@ import type { DatabaseConfig, PoolMode } from './config-types.ts'
 import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
 import {
   parseOptions,
-  REPORTED_NAME,
+  reportedName,
   syncStatement,
-  TRACKED,
+  type TrackedName,
   trackedName,
+  trackedNames,
   type Vars,
   varsKey,
 } from './params.ts'
@@ -498,7 +499,7 @@ export class ClientSession {
   }
 
   /** The server reported a tracked parameter (the client ran SET): remember it. */
-  serverReportedVar(name: keyof Vars, value: string): void {
+  serverReportedVar(name: TrackedName, value: string): void {
     this.vars[name] = value
     this.varsKey = varsKey(this.vars)
   }
@@ -615,15 +616,17 @@ export class ClientSession {
     minor: number,
     protocolOptions: string[],
   ): void {
-    const ignored = this.worker.settings.ignoreStartupParameters
+    const settings = this.worker.settings
+    const ignored = settings.ignoreStartupParameters
+    let appName: string | undefined
     for (const [key, value] of Object.entries(params)) {
       if (key === 'user') this.user = value
       else if (key === 'database') this.database = value
+      else if (key === 'application_name') appName = value
       else if (key === 'options') {
-        const parsed = parseOptions(value)
-        if ('unsupported' in parsed) {
-          if (ignored.includes('options')) continue
-          this.fail(fatal(Texts.unsupportedOption(parsed.unsupported)))
+        const parsed = parseOptions(value, ignored)
+        if ('error' in parsed) {
+          this.fail(fatal(parsed.error))
           return
         }
         Object.assign(this.vars, parsed.vars)
@@ -637,6 +640,17 @@ export class ClientSession {
       }
     }
     if (this.database === '') this.database = this.user
+    if (settings.applicationNameAddHost) {
+      // PgBouncer's form: "<name or app> - <address>:<port>", so a server's
+      // pg_stat_activity tells which client a session serves.
+      const where = this.unix
+        ? `unix:${settings.listenPort}`
+        : this.socket.remoteFamily === 'IPv6'
+          ? `[${this.socket.remoteAddress}]:${this.socket.remotePort}`
+          : `${this.socket.remoteAddress}:${this.socket.remotePort}`
+      appName = `${appName ?? 'app'} - ${where}`
+    }
+    if (appName !== undefined) this.vars.application_name = appName
     if (minor > 0 || protocolOptions.length > 0) {
       this.write(negotiateProtocolVersion(0, protocolOptions))
     }
@@ -808,9 +822,9 @@ export class ClientSession {
     const pool = this.pool!
     const params = pool.welcomeParams!
     // The client's own wishes show in the welcome; the server is brought in line on link.
-    for (const name of TRACKED) {
+    for (const name of trackedNames()) {
       if (this.vars[name] === undefined) {
-        const value = params.get(REPORTED_NAME[name])
+        const value = params.get(reportedName(name))
         if (value !== undefined) this.vars[name] = value
       }
     }

@@ -68,6 +68,7 @@ export interface WorkerSettings {
   maxPacketSize: number
   maxPreparedStatements: number
   applicationNameAddHost: boolean
+  trackExtraParameters: string[]
   adminUsers: string[]
   statsUsers: string[]
   logfile: string

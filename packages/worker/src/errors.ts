@@ -47,7 +47,6 @@ export const Texts = {
   unencryptedAfterSslRequest: 'received unencrypted data after SSL request',
   serverRefusedSsl: 'server refused SSL',
   unsupportedParameter: (key: string) => `unsupported startup parameter: ${key}`,
-  unsupportedOption: (opt: string) => `unsupported options startup parameter: ${opt}`,
   queryWaitTimeout: 'query_wait_timeout',
   clientLoginTimeout: 'client_login_timeout (server down)',
   serverConnCrashed: 'server conn crashed?',

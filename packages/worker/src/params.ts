@@ -1,34 +1,56 @@
 /**
  * The session parameters PgBouncer keeps in step between a client and whichever
- * server it is linked to (its "varcache"). Keys are PostgreSQL's GUC names in
- * lower case; ParameterStatus reports them with their own spelling, which
- * `trackedName` maps back.
+ * server it is linked to (its "varcache"): five always, plus the ones
+ * track_extra_parameters names (PgBouncer 1.20+). Keys are the names in lower
+ * case, as PostgreSQL compares them; ParameterStatus and SET use the spelling
+ * the configuration gave.
  */
-export const TRACKED = [
+const BASE = [
   'client_encoding',
-  'datestyle',
-  'timezone',
+  'DateStyle',
+  'TimeZone',
   'standard_conforming_strings',
   'application_name',
 ] as const
 
-export type TrackedName = (typeof TRACKED)[number]
-export type Vars = Partial<Record<TrackedName, string>>
+export type TrackedName = string
+export type Vars = Record<TrackedName, string | undefined>
 
-const byLowerName = new Map<string, TrackedName>(TRACKED.map((n) => [n, n]))
+/** The tracked keys, in a fixed order (varsKey and the SET depend on it). */
+let tracked: string[] = []
+/** Lower-case key → the spelling used in SET and in ParameterStatus. */
+let spelling = new Map<string, string>()
+
+/**
+ * Which parameters this thread tracks. track_extra_parameters is read at
+ * start only (PgBouncer ignores a change on reload), so once per worker.
+ */
+export function trackParameters(extra: readonly string[]): void {
+  tracked = []
+  spelling = new Map()
+  for (const name of [...BASE, ...extra]) {
+    const key = name.toLowerCase()
+    if (spelling.has(key)) continue
+    spelling.set(key, name)
+    tracked.push(key)
+  }
+}
+trackParameters(['IntervalStyle'])
+
+/** The tracked keys, in order. */
+export function trackedNames(): readonly string[] {
+  return tracked
+}
 
 /** `DateStyle` → `datestyle`; null for parameters we do not track. */
 export function trackedName(name: string): TrackedName | null {
-  return byLowerName.get(name.toLowerCase()) ?? null
+  const key = name.toLowerCase()
+  return spelling.has(key) ? key : null
 }
 
-/** The server's spelling, used when building a SET and the welcome. */
-export const REPORTED_NAME: Record<TrackedName, string> = {
-  client_encoding: 'client_encoding',
-  datestyle: 'DateStyle',
-  timezone: 'TimeZone',
-  standard_conforming_strings: 'standard_conforming_strings',
-  application_name: 'application_name',
+/** The spelling the server reports a tracked key under. */
+export function reportedName(key: TrackedName): string {
+  return spelling.get(key) ?? key
 }
 
 function quoteLiteral(value: string): string {
@@ -36,51 +58,77 @@ function quoteLiteral(value: string): string {
 }
 
 /**
+ * The value as it goes after `SET name=`. search_path (GUC_LIST_QUOTE) is
+ * reported already quoted as a list, so it goes as it is, as in PgBouncer.
+ */
+function setValue(key: string, value: string): string {
+  if (key === 'search_path') return value === '""' ? "''" : value
+  return quoteLiteral(value)
+}
+
+/**
  * One combined statement that makes the server's values equal the client's, or
  * null when nothing differs. A client with no opinion on a parameter keeps the
- * server's value.
+ * server's value; a parameter the server never reported (one PostgreSQL does
+ * not report, such as search_path before PostgreSQL 18) is left alone, as
+ * PgBouncer leaves it.
  */
 export function syncStatement(want: Vars, have: Vars): string | null {
   let sql = ''
-  for (const name of TRACKED) {
-    const value = want[name]
-    if (value === undefined || value === have[name]) continue
-    sql += `SET ${name}=${quoteLiteral(value)};`
+  for (const key of tracked) {
+    const value = want[key]
+    const current = have[key]
+    if (value === undefined || current === undefined || value === current) continue
+    sql += `SET ${key}=${setValue(key, value)};`
   }
   return sql === '' ? null : sql
 }
 
+export const OPTIONS_FORM =
+  "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed"
+
 /**
- * Parses `options=-c name=value --name=value` as PostgreSQL does (backslash
- * escapes a space). Returns the settings, or the first option we cannot honour.
+ * Parses the `options` startup parameter as PgBouncer 1.20+ does: a list of
+ * `-c name=value` (or `-cname=value`) and `--name=value`, a backslash escaping
+ * the next character. Tracked parameters are taken; others are skipped when
+ * ignore_startup_parameters names them (or `options`), else refused.
+ * Returns the settings, or the FATAL text.
  */
-export function parseOptions(options: string): { vars: Vars } | { unsupported: string } {
-  const words: string[] = []
-  let word = ''
-  for (let i = 0; i < options.length; i++) {
-    const ch = options[i]
-    if (ch === '\\' && i + 1 < options.length) {
-      word += options[++i]
-    } else if (ch === ' ' || ch === '\t') {
-      if (word !== '') words.push(word)
-      word = ''
-    } else {
-      word += ch
-    }
-  }
-  if (word !== '') words.push(word)
+export function parseOptions(
+  options: string,
+  ignored: readonly string[],
+): { vars: Vars } | { error: string } {
   const vars: Vars = {}
-  for (let i = 0; i < words.length; i++) {
-    let setting: string
-    if (words[i] === '-c' && i + 1 < words.length) setting = words[++i]
-    else if (words[i].startsWith('-c')) setting = words[i].slice(2)
-    else if (words[i].startsWith('--')) setting = words[i].slice(2)
-    else return { unsupported: words[i] }
-    const eq = setting.indexOf('=')
-    if (eq <= 0) return { unsupported: setting }
-    const name = trackedName(setting.slice(0, eq).replaceAll('-', '_'))
-    if (name === null) return { unsupported: setting.slice(0, eq) }
-    vars[name] = setting.slice(eq + 1)
+  let i = 0
+  const n = options.length
+  const isSpace = (ch: string) => ch === ' ' || ch === '\t' || ch === '\n' || ch === '\r'
+  for (;;) {
+    while (i < n && isSpace(options[i]!)) i++
+    if (i >= n) break
+    if (options.startsWith('-c', i)) {
+      i += 2
+      while (i < n && isSpace(options[i]!)) i++
+    } else if (options.startsWith('--', i)) {
+      i += 2
+    } else {
+      return { error: OPTIONS_FORM }
+    }
+    let arg = ''
+    while (i < n && !isSpace(options[i]!)) {
+      if (options[i] === '\\') {
+        i++
+        if (i >= n) break
+      }
+      arg += options[i++]
+    }
+    const eq = arg.indexOf('=')
+    if (eq < 0) return { error: OPTIONS_FORM }
+    const name = arg.slice(0, eq)
+    const key = trackedName(name)
+    if (key !== null) vars[key] = arg.slice(eq + 1)
+    else if (!ignored.includes(name) && !ignored.includes('options')) {
+      return { error: `unsupported startup parameter in options: ${name}` }
+    }
   }
   return { vars }
 }
@@ -92,6 +140,6 @@ export function parseOptions(options: string): { vars: Vars } | { unsupported: s
  */
 export function varsKey(vars: Vars): string {
   let key = ''
-  for (const name of TRACKED) key += `${vars[name] ?? '\u0001'}\u0000`
+  for (const name of tracked) key += `${vars[name] ?? '\u0001'}\u0000`
   return key
 }

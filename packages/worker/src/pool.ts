@@ -5,7 +5,7 @@ import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
 import { BreakerState, type BreakerWords } from '@pgbouncer-cluster/protocol/shared-memory'
 import type { DatabaseConfig, PoolMode } from './config-types.ts'
 import { fatal, Texts } from './errors.ts'
-import type { Vars } from './params.ts'
+import type { TrackedName } from './params.ts'
 import { type LoginFailure, Server } from './server.ts'
 import type { PoolerWorker } from './worker.ts'
 
@@ -37,7 +37,7 @@ export interface PoolClient {
   /** The server died under it. */
   serverLost(server: Server): void
   /** The server reported a tracked parameter. */
-  serverReportedVar(name: keyof Vars, value: string): void
+  serverReportedVar(name: TrackedName, value: string): void
   /** A FATAL error, and the end of it (query_wait_timeout, breaker). */
   fail(error: Buffer): void
 }

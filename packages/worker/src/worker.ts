@@ -21,6 +21,7 @@ import type {
 } from './config-types.ts'
 import { fatal, SqlState, Texts } from './errors.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
+import { trackParameters } from './params.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
 
@@ -101,6 +102,7 @@ export class PoolerWorker {
     this.shared = new SharedMemory(data.sab)
     this.config = data.config
     this.tls = tlsSetups(data.config.tls)
+    trackParameters(data.config.settings.trackExtraParameters)
     this.listen = data.listen
     this.unixSocket = data.id === 0 ? data.unixSocket : null
     this.port = port

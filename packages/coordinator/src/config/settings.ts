@@ -177,7 +177,7 @@ const AUTH_QUERY =
 // biome-ignore format: one row per setting reads as a table
 const ROWS: Row[] = [
   ['admin_users', 'list', [], Y],
-  ['application_name_add_host', 'bool', false, N],
+  ['application_name_add_host', 'bool', false, Y],
   ['auth_dbname', 'string', null, Y, NULLABLE],
   ['auth_file', 'string', null, Y, NULLABLE],
   ['auth_hba_file', 'string', '', N],
@@ -270,7 +270,7 @@ const ROWS: Row[] = [
   ['tcp_keepintvl', 'int', 0, N],
   ['tcp_socket_buffer', 'int', 0, N],
   ['tcp_user_timeout', 'int', 0, N], // milliseconds
-  ['track_extra_parameters', 'list', ['IntervalStyle'], N, NO_RELOAD],
+  ['track_extra_parameters', 'list', ['IntervalStyle'], Y, NO_RELOAD],
   ['transaction_timeout', 'seconds', 0, N],
   ['unix_socket_dir', 'string', '/tmp', Y, NO_RELOAD],
   ['unix_socket_group', 'string', '', Y, NO_RELOAD],
