@@ -1,4 +1,9 @@
-import type { AdminColumn, ConnectionInfo, PoolStats } from '@pgbouncer-cluster/protocol/control'
+import type {
+  AdminColumn,
+  ConnectionInfo,
+  PeerPoolStats,
+  PoolStats,
+} from '@pgbouncer-cluster/protocol/control'
 import { type Config, resolveDatabase } from './config/config.ts'
 import { formatSettingValue, SETTINGS } from './config/settings.ts'
 
@@ -146,6 +151,16 @@ export const COLUMNS = {
   version: cols(TEXT, 'version'),
   dnsHosts: [...cols(TEXT, 'hostname'), ...cols(INT8, 'ttl'), ...cols(TEXT, 'addrs')],
   dnsZones: [...cols(TEXT, 'zonename'), ...cols(INT8, 'serial'), ...cols(INT4, 'count')],
+  // PgBouncer 1.19+.
+  peers: [...cols(INT4, 'peer_id'), ...cols(TEXT, 'host'), ...cols(INT4, 'port', 'pool_size')],
+  peerPools: cols(
+    INT4,
+    'peer_id',
+    'cl_active_cancel_req',
+    'cl_waiting_cancel_req',
+    'sv_active_cancel',
+    'sv_login',
+  ),
 } as const satisfies Record<string, AdminColumn[]>
 
 /** One SHOW STATS line: the counters of a database (or of all), as totals or per-period averages. */
@@ -505,4 +520,37 @@ export function showLists(counts: {
     ['dns_pending', 0],
   ]
   return { columns: COLUMNS.lists, rows: rows.map(([name, n]) => [name, String(n)]) }
+}
+
+/** SHOW PEERS: the [peers] section, by id. */
+export function showPeers(config: Config): View {
+  const peers = Object.values(config.peers).sort((a, b) => a.id - b.id)
+  return {
+    columns: COLUMNS.peers,
+    rows: peers.map((p) => [
+      String(p.id),
+      p.host,
+      String(p.port),
+      String(p.poolSize ?? config.settings.defaultPoolSize),
+    ]),
+  }
+}
+
+/** SHOW PEER_POOLS: one row per peer a cancel was forwarded to, summed over workers. */
+export function showPeerPools(reports: PeerPoolStats[][]): View {
+  const sums = new Map<number, number[]>()
+  for (const report of reports) {
+    for (const p of report) {
+      const row = sums.get(p.peerId) ?? [0, 0, 0, 0]
+      row[0]! += p.clActiveCancelReq
+      row[1]! += p.clWaitingCancelReq
+      row[2]! += p.svActiveCancel
+      row[3]! += p.svLogin
+      sums.set(p.peerId, row)
+    }
+  }
+  return {
+    columns: COLUMNS.peerPools,
+    rows: [...sums].sort(([a], [b]) => a - b).map(([id, row]) => [String(id), ...row.map(String)]),
+  }
 }

@@ -3,6 +3,7 @@ import type {
   ConnectionInfo,
   ControlMessage,
   ControlOf,
+  PeerPoolStats,
   ShutdownMode,
 } from '@pgbouncer-cluster/protocol/control'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
@@ -17,6 +18,8 @@ import {
   showConnections,
   showDatabases,
   showLists,
+  showPeerPools,
+  showPeers,
   showPools,
   showState,
   showStats,
@@ -200,8 +203,8 @@ export class AdminConsole {
   }
 
   /**
-   * KILL_CLIENT: the id SHOW CLIENTS shows is the client's BackendKeyData
-   * pid, whose top bits name the worker that holds it.
+   * KILL_CLIENT: the id SHOW CLIENTS shows is the session's id, whose top
+   * bits name the worker that holds it.
    */
   private async killClient(arg: string): Promise<Result> {
     const m = /^\s*(\d+)/.exec(arg)
@@ -292,6 +295,12 @@ export class AdminConsole {
         return view({ columns: COLUMNS.dnsZones, rows: [] })
       case 'STATE':
         return view(showState(this.pausedAll || this.host.waitingForServers()))
+      case 'PEERS':
+        return view(showPeers(config))
+      case 'PEER_POOLS': {
+        const reports = await this.gather(undefined)
+        return view(showPeerPools(reports.map((r) => (r.peerPools ?? []) as PeerPoolStats[])))
+      }
       case 'CLIENTS':
       case 'SERVERS': {
         const reports = await this.gather(what === 'CLIENTS' ? 'clients' : 'servers')

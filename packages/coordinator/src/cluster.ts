@@ -2,6 +2,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
+import { keyWorker } from '@pgbouncer-cluster/protocol/cancel-key'
 import {
   type ControlMessage,
   decodeControl,
@@ -452,7 +453,7 @@ export class Cluster {
         return
       }
       case 'cancel': {
-        const owner = (msg.pid >>> 24) - 1
+        const owner = keyWorker(msg.pid)
         const thread = this.slots[owner]?.thread ?? null
         if (owner !== id) this.sendTo(thread, msg)
         return

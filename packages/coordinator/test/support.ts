@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
@@ -13,17 +14,30 @@ export interface IniSpec {
   users?: Record<string, string>
   /** userlist.txt entries: user → password, md5 hash or SCRAM secret. */
   userlist?: Record<string, string>
+  /** `[peers]` lines: peer id → `host=... port=...`. */
+  peers?: Record<string, string>
+}
+
+/** A fresh temp dir, removed when the test process ends. */
+export function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'pgbc-test-'))
+  tempDirs.push(dir)
+  return dir
 }
 
 /** Writes a pgbouncer.ini (and userlist.txt) into a fresh temp dir; returns its path. */
 export function writeIni(spec: IniSpec): string {
-  const dir = mkdtempSync(join(tmpdir(), 'pgbc-test-'))
-  tempDirs.push(dir)
+  const dir = tempDir()
+
   const lines = ['[databases]']
   for (const [name, value] of Object.entries(spec.databases)) lines.push(`${name} = ${value}`)
   if (spec.users) {
     lines.push('', '[users]')
     for (const [name, value] of Object.entries(spec.users)) lines.push(`${name} = ${value}`)
+  }
+  if (spec.peers) {
+    lines.push('', '[peers]')
+    for (const [id, value] of Object.entries(spec.peers)) lines.push(`${id} = ${value}`)
   }
   const settings: Record<string, string | number> = {
     listen_addr: '127.0.0.1',
@@ -133,6 +147,15 @@ export async function startPooler(
     },
   }
   return pooler
+}
+
+/** A TCP port on 127.0.0.1 that nothing listened on a moment ago (for configs that name ports ahead). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as net.AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
 }
 
 /** Runs `fn` on a fresh connected client and always ends it. */

@@ -84,6 +84,8 @@ export type ControlMessage =
       pools?: PoolStats[]
       /** Admin console sessions on this worker and the queries they ran. */
       admin?: { sessions: number; queries: number }
+      /** SHOW PEER_POOLS: this worker's cancel requests on their way to peers. */
+      peerPools?: PeerPoolStats[]
     }
   /** worker → coordinator: a command typed into the admin console (permission already checked). */
   | { type: 'admin-request'; worker: number; id: number; command: string; arg?: string }
@@ -155,6 +157,15 @@ export interface PoolStats {
   bindCount: number
 }
 
+/** One peer as one worker sees it: cancel requests it forwards there (SHOW PEER_POOLS). */
+export interface PeerPoolStats {
+  peerId: number
+  clActiveCancelReq: number
+  clWaitingCancelReq: number
+  svActiveCancel: number
+  svLogin: number
+}
+
 /** One client or server connection for SHOW CLIENTS / SERVERS; times in epoch ms. */
 export interface ConnectionInfo {
   user: string
@@ -176,7 +187,7 @@ export interface ConnectionInfo {
   applicationName: string
   /** Named prepared statements of the client, or prepared on the server (1.21+). */
   preparedStatements: number
-  /** The `id` column (1.23+): what KILL_CLIENT takes. A client's is its BackendKeyData pid. */
+  /** The `id` column (1.23+): what KILL_CLIENT takes. A client's is its session id (the worker in its top bits). */
   id: number
 }
 
@@ -236,6 +247,7 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     servers: 'array',
     pools: 'array?',
     admin: 'object?',
+    peerPools: 'array?',
   },
   'admin-request': {
     worker: 'uint',

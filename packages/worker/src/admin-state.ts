@@ -175,6 +175,7 @@ export class WorkerAdmin {
       servers,
       pools,
       admin: { sessions: adminSessions, queries: this.queries },
+      peerPools: this.worker.peers.stats(),
     }
   }
 
@@ -204,7 +205,7 @@ export class WorkerAdmin {
       tls: tlsInfo(socket),
       applicationName: session.vars.application_name ?? '',
       preparedStatements: session.preparedCount,
-      id: session.pid,
+      id: session.id,
     }
   }
 
@@ -250,9 +251,9 @@ function inScope(pool: Pool, scope: string | null): boolean {
   return scope === null || pool.database.name === scope
 }
 
-/** A client's key already carries its worker's number: unique in the cluster. */
-function clientPtr(session: { pid: number }): string {
-  return `0x${session.pid.toString(16)}`
+/** A client's id already carries its worker's number: unique in the cluster. */
+function clientPtr(session: { id: number }): string {
+  return `0x${session.id.toString(16)}`
 }
 
 function poolStats(pool: Pool, now: number): PoolStats {

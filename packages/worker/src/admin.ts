@@ -45,6 +45,8 @@ const SHOW_VIEWS = new Set([
   'DNS_HOSTS',
   'DNS_ZONES',
   'STATE',
+  'PEERS',
+  'PEER_POOLS',
 ])
 /** PgBouncer 1.18 views with no meaning for worker threads (file descriptors, buffers). */
 const SHOW_UNSUPPORTED = new Set(['FDS', 'SOCKETS', 'ACTIVE_SOCKETS', 'MEM'])
@@ -70,6 +72,7 @@ const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
   'SHOW LISTS|STATE',
   'SHOW DNS_HOSTS|DNS_ZONES',
+  'SHOW PEERS|PEER_POOLS',
   'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS',
   'RELOAD',
   'PAUSE [<db>]',
@@ -122,7 +125,7 @@ export class AdminSession {
     }
     if (settings.logConnections) {
       client.worker.log.info(
-        { client: client.pid, remote: client.remote, db: 'pgbouncer', user: client.user },
+        { client: client.id, remote: client.remote, db: 'pgbouncer', user: client.user },
         'login',
       )
     }

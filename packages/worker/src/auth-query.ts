@@ -24,7 +24,7 @@ const DATA_ROW = 0x44 // D
 const ERROR_RESPONSE = 0x45 // E
 
 export class AuthQuery implements PoolClient {
-  readonly pid = 0
+  readonly id = 0
   waitingSince = 0
   xactCount = 0
   queryCount = 0

@@ -1,5 +1,4 @@
 import { Buffer } from 'node:buffer'
-import { randomFillSync } from 'node:crypto'
 import type net from 'node:net'
 import type tls from 'node:tls'
 import { FrameReader, FrameScanner } from '@pgbouncer-cluster/protocol/frame-reader'
@@ -72,18 +71,6 @@ const ACTION_TERMINATE = 1
 /** disable_pqexec: a simple Query arrived. */
 const ACTION_PQEXEC = 2
 
-// Cancel keys must be unguessable; drawing them from the CSPRNG in batches
-// keeps a crypto call off every connection.
-const secrets = new Int32Array(1024)
-let secretsLeft = 0
-function nextSecret(): number {
-  if (secretsLeft === 0) {
-    randomFillSync(secrets)
-    secretsLeft = secrets.length
-  }
-  return secrets[--secretsLeft] & 0x7fffffff
-}
-
 // Socket events reach the session through one shared function per event
 // instead of closures per connection (thousands of idle clients are common).
 const kSession = Symbol('session')
@@ -114,9 +101,11 @@ export class ClientSession {
   /** The client's socket; a TLS socket over it once the client asked for TLS. */
   socket: net.Socket
   state: ClientState = 'startup'
-  /** Our BackendKeyData: the worker's id sits in the top bits so any worker can route a cancel. */
+  /** Unique in the cluster (the worker's number in the top bits): SHOW CLIENTS' ptr, the logs. */
+  readonly id: number
+  /** Our BackendKeyData (protocol/cancel-key.ts): it names the worker and the peer, for routing a cancel. */
   readonly pid: number
-  readonly secret = nextSecret()
+  readonly secret: number
   user = ''
   database = ''
   pool: Pool | null = null
@@ -183,10 +172,17 @@ export class ClientSession {
   /** Came in (through the unix socket) while a shutdown waits: the console only, as PgBouncer. */
   private readonly arrivedClosing: boolean
 
-  constructor(worker: PoolerWorker, socket: net.Socket, pid: number) {
+  constructor(
+    worker: PoolerWorker,
+    socket: net.Socket,
+    id: number,
+    key: { pid: number; secret: number },
+  ) {
     this.worker = worker
     this.socket = socket
-    this.pid = pid
+    this.id = id
+    this.pid = key.pid
+    this.secret = key.secret
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
     this.unix = socket.remoteAddress === undefined
     this.arrivedClosing = worker.closing
@@ -727,7 +723,7 @@ export class ClientSession {
     const commonName = this.encrypted ? socket.getPeerCertificate().subject?.CN : undefined
     if (commonName !== this.user || !socket.authorized) {
       this.worker.log.info(
-        { client: this.pid, user: this.user, tls: this.encrypted, cn: commonName ?? null },
+        { client: this.id, user: this.user, tls: this.encrypted, cn: commonName ?? null },
         'certificate authentication failed',
       )
       this.fail(fatal(Texts.certificateFailed))
@@ -799,7 +795,7 @@ export class ClientSession {
     if (scramKeys !== null && pool.user === this.user) pool.scramKeys = scramKeys
     if (this.worker.settings.logConnections) {
       this.worker.log.info(
-        { client: this.pid, remote: this.remote, db: this.database, user: this.user },
+        { client: this.id, remote: this.remote, db: this.database, user: this.user },
         'login',
       )
     }
@@ -890,13 +886,13 @@ export class ClientSession {
   logPoolerError(error: Buffer): void {
     if (!this.worker.settings.logPoolerErrors) return
     this.worker.log.warn(
-      { client: this.pid, remote: this.remote, db: this.database, user: this.user },
+      { client: this.id, remote: this.remote, db: this.database, user: this.user },
       `pooler error: ${errorMessage(error)}`,
     )
   }
 
   onSocketError(err: Error): void {
-    this.worker.log.debug({ client: this.pid, err: err.message }, 'client socket error')
+    this.worker.log.debug({ client: this.id, err: err.message }, 'client socket error')
   }
 
   close(reason: string | null): void {
@@ -913,7 +909,7 @@ export class ClientSession {
     if (server !== null) this.detachOnClose(server)
     this.worker.clientClosed(this, this.admitted)
     if (wasActive && reason !== null && this.worker.settings.logDisconnections) {
-      this.worker.log.info({ client: this.pid, remote: this.remote, reason }, 'closing client')
+      this.worker.log.info({ client: this.id, remote: this.remote, reason }, 'closing client')
     }
   }
 

@@ -39,6 +39,16 @@ export interface UserConfig {
   poolSize?: number
 }
 
+/** A [peers] entry: another pooler, by the peer_id it issues cancel keys with. */
+export interface PeerConfig {
+  id: number
+  /** A host name or address, or a directory holding the peer's unix socket. */
+  host: string
+  port: number
+  /** Cancel connections open to this peer at once, per worker (default_pool_size when unset). */
+  poolSize?: number
+}
+
 export interface WorkerSettings {
   listenAddr: string
   listenPort: number
@@ -78,6 +88,7 @@ export interface WorkerSettings {
   logPoolerErrors: boolean
   disablePqexec: boolean
   tcpKeepalive: boolean
+  peerId: number
 }
 
 /**
@@ -106,5 +117,6 @@ export interface WorkerConfig {
   databases: Record<string, DatabaseConfig>
   fallbackDatabase: DatabaseConfig | null
   users: Record<string, UserConfig>
+  peers: Record<string, PeerConfig>
   authUsers: Record<string, string>
 }

@@ -14,8 +14,8 @@ import type { PoolerWorker } from './worker.ts'
  * pooler's own auth_query (auth-query.ts).
  */
 export interface PoolClient {
-  /** Our BackendKeyData pid for a client session; 0 for the pooler's own. */
-  readonly pid: number
+  /** A client session's id (SHOW CLIENTS' ptr); 0 for the pooler's own. */
+  readonly id: number
   waitingSince: number
   xactCount: number
   queryCount: number

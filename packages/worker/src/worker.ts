@@ -1,6 +1,15 @@
+import { randomFillSync } from 'node:crypto'
 import { chmodSync, chownSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import type { MessagePort } from 'node:worker_threads'
+import {
+  forwardedSecret,
+  issueKey,
+  keyPeer,
+  keyWorker,
+  lookupKey,
+  sameSecret,
+} from '@pgbouncer-cluster/protocol/cancel-key'
 import {
   type ControlMessage,
   decodeControl,
@@ -22,6 +31,7 @@ import type {
 import { fatal, SqlState, Texts } from './errors.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
+import { PeerForwarder } from './peer.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
 
@@ -55,6 +65,18 @@ const EXIT_GRACE_MS = 100
 /** PgBouncer's text while a server login keeps failing, until the server's own error arrives. */
 const GENERIC_BREAKER_ERROR = fatal(Texts.serverLoginRetry)
 
+// Cancel keys must be unguessable; drawing them from the CSPRNG in batches
+// keeps a crypto call off every connection.
+const randoms = new Int32Array(1024)
+let randomsLeft = 0
+function random32(): number {
+  if (randomsLeft === 0) {
+    randomFillSync(randoms)
+    randomsLeft = randoms.length
+  }
+  return randoms[--randomsLeft]!
+}
+
 /**
  * One worker thread: a listener on the shared port (SO_REUSEPORT: the kernel
  * spreads clients over workers), its client sessions and its own pools of
@@ -82,7 +104,12 @@ export class PoolerWorker {
   /** Per (database, user): the slots of their client counts, asked of the coordinator once. */
   private readonly clientSlotRequests = new Map<string, PromiseWithResolvers<ClientSlots>>()
   private readonly clientSlotsKnown = new Map<string, ClientSlots>()
+  /** By session id. */
   readonly sessions = new Map<number, ClientSession>()
+  /** By cancel key (lookupKey): where a CancelRequest finds its session. */
+  private readonly cancelKeys = new Map<number, ClientSession>()
+  /** CancelRequests for keys another peer issued ([peers]). */
+  readonly peers: PeerForwarder
   private readonly queriedSecrets = new Map<string, string>()
   readonly admin: WorkerAdmin
   private nextPid = 1
@@ -119,6 +146,12 @@ export class PoolerWorker {
     })
     port.on('message', this.onControl)
     this.admin = new WorkerAdmin(this, (msg) => this.send(msg))
+    this.peers = new PeerForwarder({
+      log: this.log,
+      peers: () => this.config.peers,
+      defaultPoolSize: () => this.settings.defaultPoolSize,
+      connectTimeout: () => this.settings.serverConnectTimeout,
+    })
   }
 
   get settings(): WorkerSettings {
@@ -192,9 +225,15 @@ export class PoolerWorker {
       socket.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
       return
     }
-    const pid = ((this.id + 1) << 24) | (this.nextPid++ & 0xffffff)
-    const session = new ClientSession(this, socket, pid)
-    this.sessions.set(pid, session)
+    const serial = this.nextPid++
+    const id = ((this.id + 1) << 24) | (serial & 0xffffff)
+    // With peer_id the key has fewer bits of its own: draw again on the rare clash.
+    let key = issueKey(this.id, this.settings.peerId, serial, random32(), random32())
+    while (this.cancelKeys.has(lookupKey(key.pid, key.secret)))
+      key = issueKey(this.id, this.settings.peerId, serial, random32(), random32())
+    const session = new ClientSession(this, socket, id, key)
+    this.sessions.set(id, session)
+    this.cancelKeys.set(lookupKey(key.pid, key.secret), session)
   }
 
   // ---- what sessions and pools ask of the worker ----------------------------
@@ -255,7 +294,8 @@ export class PoolerWorker {
 
   /** A session ended; `admitted` sessions also give back their max_client_conn slot. */
   clientClosed(session: ClientSession, admitted: boolean): void {
-    this.sessions.delete(session.pid)
+    this.sessions.delete(session.id)
+    this.cancelKeys.delete(lookupKey(session.pid, session.secret))
     session.pool?.retire(session)
     this.releaseCounted(session)
     if (!admitted) return
@@ -378,15 +418,33 @@ export class PoolerWorker {
     return known ?? { sqlstate: SqlState.ProtocolViolation, message: Texts.serverLoginRetry }
   }
 
-  /** A CancelRequest: ours to carry out, or routed to the worker that owns the key. */
+  /**
+   * A CancelRequest: sent on to the peer whose key it is ([peers]), routed to
+   * the worker that owns the key, or carried out here. A key nobody owns is
+   * dropped without a word, as PostgreSQL does.
+   */
   cancel(pid: number, secret: number): void {
-    const owner = (pid >>> 24) - 1
+    const peerId = this.settings.peerId
+    if (peerId !== 0) {
+      const peer = keyPeer(pid)
+      if (peer !== peerId) {
+        const next = forwardedSecret(secret)
+        if (next === null) {
+          this.log.debug({ peer }, 'cancel request dropped: its TTL was exhausted')
+        } else if (!this.peers.forward(peer, pid, next)) {
+          this.log.debug({ peer }, 'cancel request dropped: no such peer')
+        }
+        return
+      }
+    }
+    const owner = keyWorker(pid)
     if (owner !== this.id) {
       this.send({ type: 'cancel', pid, secret })
       return
     }
-    const session = this.sessions.get(pid)
-    if (session === undefined || session.secret !== secret) return
+    const session = this.cancelKeys.get(lookupKey(pid, secret))
+    if (session === undefined) return
+    if (peerId === 0 ? session.secret !== secret : !sameSecret(session.secret, secret)) return
     const server = session.server
     if (server === null) return
     // The server stays out of the pool until PostgreSQL has taken the cancel,

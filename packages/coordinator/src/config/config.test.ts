@@ -346,7 +346,7 @@ describe('loadConfig: details', () => {
     assert.match(c.warnings[0]!, /:1, .*:5: \[pgbouncer\] appears more than once; PgBouncer resets/)
   })
 
-  test('unimplemented [databases], [users] and [peers] keys join the one warning', () => {
+  test('unimplemented [databases] and [users] keys join the one warning; [peers] is read', () => {
     const c = loadConfig(
       ini(
         '[databases]\na = server_lifetime=5\n[users]\nu = query_timeout=3\n[peers]\n1 = host=/tmp/p1\n[pgbouncer]\nauth_type=trust\nsyslog=1\n',
@@ -355,8 +355,20 @@ describe('loadConfig: details', () => {
     assert.equal(c.warnings.length, 1)
     assert.match(
       c.warnings[0]!,
-      /server_lifetime \(in \[databases\]\), query_timeout \(in \[users\]\), \[peers\], syslog$/,
+      /server_lifetime \(in \[databases\]\), query_timeout \(in \[users\]\), syslog$/,
     )
+    assert.deepEqual(c.peers['1'], { id: 1, host: '/tmp/p1', port: 6432 })
+  })
+
+  test('[peers]: host, port (6432 by default), pool_size', () => {
+    const c = loadConfig(
+      ini(
+        '[peers]\n1 = host=127.0.0.2 port=7000 pool_size=3\n2 = host=/run/pgb\n[pgbouncer]\npeer_id = 1\n',
+      ),
+    )
+    assert.equal(c.settings.peerId, 1)
+    assert.deepEqual(c.peers['1'], { id: 1, host: '127.0.0.2', port: 7000, poolSize: 3 })
+    assert.deepEqual(c.peers['2'], { id: 2, host: '/run/pgb', port: 6432 })
   })
 
   test('a password auth_type without auth_file or auth_user warns', () => {
@@ -416,6 +428,10 @@ describe('loadConfig: every error names file, line and key', () => {
   test('bad [peers] entry', () => {
     const f = ini('[peers]\nx = host=h\n')
     configError(() => loadConfig(f), f, 2, 'x', /peer ids must be numbers/)
+    const g = ini('[peers]\n1 = port=6432\n')
+    configError(() => loadConfig(g), g, 2, '1', /host was not provided/)
+    const h = ini('[peers]\n1 = host=a port=none\n')
+    configError(() => loadConfig(h), h, 2, '1', /invalid port: none/)
   })
   test('missing auth_file names the setting’s line', () => {
     const f = bad('auth_file = /nonexistent/userlist.txt')

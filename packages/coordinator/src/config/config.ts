@@ -9,7 +9,7 @@
 
 import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
-import type { TlsMaterial } from '@pgbouncer-cluster/worker'
+import type { PeerConfig, TlsMaterial } from '@pgbouncer-cluster/worker'
 import {
   ADMIN_DATABASE,
   type DatabaseConfig,
@@ -31,6 +31,7 @@ import {
 import { loadTls } from './tls.ts'
 import { parseUserlist } from './userlist.ts'
 
+export type { PeerConfig } from '@pgbouncer-cluster/worker'
 export type { DatabaseConfig, UserConfig } from './connstring.ts'
 export { ConfigError } from './ini.ts'
 export type { AuthType, PoolMode, Settings } from './settings.ts'
@@ -42,6 +43,8 @@ export interface Config {
   databases: Record<string, DatabaseConfig>
   fallbackDatabase: DatabaseConfig | null // the '*' entry
   users: Record<string, UserConfig>
+  /** [peers] by id: where a CancelRequest for another pooler's key is sent. */
+  peers: Record<string, PeerConfig>
   authUsers: Record<string, string> // auth_file: user -> plain text, md5 hash or SCRAM secret
   tls: TlsMaterial // client_tls_* and server_tls_* files, read and checked
   warnings: string[]
@@ -140,6 +143,7 @@ function buildConfig(items: IniItem[], file: string | null, overrides: Partial<S
   const databases: Record<string, DatabaseConfig> = Object.create(null)
   const users: Record<string, UserConfig> = Object.create(null)
   let fallbackDatabase: DatabaseConfig | null = null
+  const peers: Record<string, PeerConfig> = Object.create(null)
   const unimplemented = new Set<string>()
   const pgbouncerHeaders: Place[] = []
   const pgbouncerRejects: string[] = []
@@ -154,7 +158,6 @@ function buildConfig(items: IniItem[], file: string | null, overrides: Partial<S
       }
       if (name !== item.name) pgbouncerRejects.push(`${at(place)} [${item.name}]`)
       if (name === 'pgbouncer') pgbouncerHeaders.push(place)
-      if (name === 'peers') unimplemented.add('[peers]')
       section = name
       continue
     }
@@ -180,7 +183,8 @@ function buildConfig(items: IniItem[], file: string | null, overrides: Partial<S
       users[item.key] = config
       for (const p of params) unimplemented.add(`${p} (in [users])`)
     } else {
-      checkPeer(item)
+      const peer = parsePeer(item)
+      peers[peer.id] = peer
     }
   }
 
@@ -212,6 +216,7 @@ function buildConfig(items: IniItem[], file: string | null, overrides: Partial<S
     databases,
     fallbackDatabase,
     users,
+    peers,
     authUsers,
     tls: loadTls(settings, origins, file),
     warnings,
@@ -236,6 +241,7 @@ export function defaultConfig(overrides: Partial<Settings> = {}): Config {
     databases: Object.create(null),
     fallbackDatabase: { name: '*', host: '127.0.0.1', port: 5432, dbname: '*', line: 0 },
     users: Object.create(null),
+    peers: Object.create(null),
     authUsers,
     tls: loadTls(settings, origins, null),
     warnings,
@@ -272,9 +278,9 @@ function setSetting(settings: Settings, item: IniItem & { kind: 'entry' }, rejec
 }
 
 // [peers] (PgBouncer 1.19+): peer id = host=... port=... pool_size=...
-// Peering is how PgBouncer processes share cancel requests; our workers need
-// none, so the section is only checked and reported as not implemented.
-function checkPeer(item: IniItem & { kind: 'entry' }): void {
+// With peer_id set, a CancelRequest whose key names another peer is sent on
+// to that peer's host and port (a directory for its unix socket).
+function parsePeer(item: IniItem & { kind: 'entry' }): PeerConfig {
   const place = { file: item.file, line: item.line, key: item.key }
   if (!/^[0-9]+$/.test(item.key) || Number(item.key) < 1 || Number(item.key) > 16383) {
     throw new ConfigError('peer ids must be numbers from 1 to 16383', place)
@@ -285,12 +291,26 @@ function checkPeer(item: IniItem & { kind: 'entry' }): void {
   } catch (err) {
     throw new ConfigError(`syntax error in connection string: ${(err as Error).message}`, place)
   }
-  for (const { key } of pairs) {
-    if (key !== 'host' && key !== 'port' && key !== 'pool_size') {
+  const peer: PeerConfig = { id: Number(item.key), host: '', port: 6432 }
+  for (const { key, value } of pairs) {
+    if (key === 'host') {
+      peer.host = value
+    } else if (key === 'port') {
+      const port = Number(value)
+      if (!Number.isInteger(port) || port < 1 || port > 65535)
+        throw new ConfigError(`invalid port: ${value}`, place)
+      peer.port = port
+    } else if (key === 'pool_size') {
+      const size = Number(value)
+      if (!Number.isInteger(size) || size < 0)
+        throw new ConfigError(`invalid pool_size: ${value}`, place)
+      peer.poolSize = size
+    } else {
       throw new ConfigError(`unrecognized connection parameter: ${key}`, place)
     }
   }
-  if (!pairs.some((p) => p.key === 'host')) throw new ConfigError('host was not provided', place)
+  if (peer.host === '') throw new ConfigError('host was not provided', place)
+  return peer
 }
 
 // CLI flags win over the file. They are typed values, checked here all the same.

@@ -225,7 +225,7 @@ const ROWS: Row[] = [
   ['max_user_client_connections', 'int', 0, Y],
   ['max_user_connections', 'int', 0, Y],
   ['min_pool_size', 'int', 0, Y],
-  ['peer_id', 'int', 0, N, { max: 16383 }],
+  ['peer_id', 'int', 0, Y, { max: 16383, reloadable: false }],
   ['pidfile', 'string', '', Y, NO_RELOAD],
   ['pkt_buf', 'int', 4096, N, { reloadable: false, min: 1 }],
   ['pool_idle_timeout', 'seconds', 0, N], // newer than 1.24
