@@ -24,6 +24,8 @@ import pg from 'pg'
 import { buildPackage, MIN_NODE, packTarball } from './package-build.ts'
 import { usePostgres } from './pg-harness.ts'
 
+/** Each test starts Node processes, some several: generous, for a loaded machine. */
+const SLOW = { timeout: 300_000 }
 const OLDEST_NODE = `${MIN_NODE}.0`
 const work = mkdtempSync(join(tmpdir(), 'pgbc-package-'))
 const app = join(work, 'app')
@@ -180,27 +182,31 @@ describe('the packed tarball, installed alone', () => {
   )
   after(() => rmSync(work, { recursive: true, force: true }))
 
-  test('ships compiled JavaScript with types, a files list, and no private dependency', () => {
-    const manifest = JSON.parse(
-      readFileSync(join(app, 'node_modules', 'pgbouncer-cluster', 'package.json'), 'utf8'),
-    )
-    assert.deepEqual(manifest.files, ['bin', 'lib'])
-    assert.equal(manifest.engines.node, `>=${MIN_NODE}`)
-    for (const dep of Object.keys(manifest.dependencies)) {
-      assert.doesNotMatch(dep, /^@pgbouncer-cluster\//)
-    }
-    const files = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n')
-    assert.ok(files.includes('package/lib/index.js'))
-    assert.ok(files.includes('package/lib/index.d.ts'))
-    assert.ok(files.includes('package/lib/thread.js'), 'the worker thread is its own file')
-    assert.deepEqual(
-      files.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts')),
-      [],
-      'no TypeScript sources',
-    )
-  })
+  test(
+    'ships compiled JavaScript with types, a files list, and no private dependency',
+    SLOW,
+    () => {
+      const manifest = JSON.parse(
+        readFileSync(join(app, 'node_modules', 'pgbouncer-cluster', 'package.json'), 'utf8'),
+      )
+      assert.deepEqual(manifest.files, ['bin', 'lib'])
+      assert.equal(manifest.engines.node, `>=${MIN_NODE}`)
+      for (const dep of Object.keys(manifest.dependencies)) {
+        assert.doesNotMatch(dep, /^@pgbouncer-cluster\//)
+      }
+      const files = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n')
+      assert.ok(files.includes('package/lib/index.js'))
+      assert.ok(files.includes('package/lib/index.d.ts'))
+      assert.ok(files.includes('package/lib/thread.js'), 'the worker thread is its own file')
+      assert.deepEqual(
+        files.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts')),
+        [],
+        'no TypeScript sources',
+      )
+    },
+  )
 
-  test('--version on the newest and the oldest Node it claims', () => {
+  test('--version on the newest and the oldest Node it claims', SLOW, () => {
     for (const node of [process.execPath, oldestNode]) {
       const r = run(node, [bin, '--version'])
       assert.equal(r.status, 0, r.stderr)
@@ -208,7 +214,7 @@ describe('the packed tarball, installed alone', () => {
     }
   })
 
-  test('the host Node 20 is refused in one line', () => {
+  test('the host Node 20 is refused in one line', SLOW, () => {
     const system = ['/usr/bin/node', '/usr/local/bin/node'].find((p) => existsSync(p))
     const version = system && execFileSync(system, ['--version'], { encoding: 'utf8' }).trim()
     if (!version || Number(version.slice(1).split('.')[0]) >= 22) return
@@ -220,20 +226,20 @@ describe('the packed tarball, installed alone', () => {
     )
   })
 
-  test('serves a query with --workers 2 on Node 24', async () => {
+  test('serves a query with --workers 2 on Node 24', SLOW, async () => {
     await serveOneQuery(process.execPath)
   })
 
-  test(`serves a query with --workers 2 on Node ${OLDEST_NODE}`, async () => {
+  test(`serves a query with --workers 2 on Node ${OLDEST_NODE}`, SLOW, async () => {
     await serveOneQuery(oldestNode)
   })
 
-  test('startPooler from a plain .mjs file that exits by itself', () => {
+  test('startPooler from a plain .mjs file that exits by itself', SLOW, () => {
     apiProgram(process.execPath)
     apiProgram(oldestNode)
   })
 
-  test('the types check for a TypeScript user', () => {
+  test('the types check for a TypeScript user', SLOW, () => {
     writeFileSync(
       join(app, 'user.ts'),
       `import { type Pooler, startPooler } from 'pgbouncer-cluster'
@@ -262,7 +268,7 @@ export { port }
     assert.equal(r.status, 0, r.stdout + r.stderr)
   })
 
-  test('--check: exit 0 with what it serves, exit 2 with file, line and key', () => {
+  test('--check: exit 0 with what it serves, exit 2 with file, line and key', SLOW, () => {
     const good = join(work, 'good.ini')
     writeFileSync(
       good,
@@ -281,7 +287,7 @@ export { port }
     assertOneLine(r.stderr)
   })
 
-  test('an unreadable config: one line, exit 2', () => {
+  test('an unreadable config: one line, exit 2', SLOW, () => {
     for (const path of [join(work, 'missing.ini'), work]) {
       const r = run(process.execPath, [bin, path])
       assert.equal(r.status, 2, r.stderr)
@@ -290,7 +296,7 @@ export { port }
     }
   })
 
-  test('a port already taken: one line, exit 1', async () => {
+  test('a port already taken: one line, exit 1', SLOW, async () => {
     const holder = net.createServer()
     await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve))
     const { port } = holder.address() as net.AddressInfo
@@ -304,7 +310,7 @@ export { port }
     }
   })
 
-  test('an install that lost a dependency: one line naming it, exit 1', () => {
+  test('an install that lost a dependency: one line naming it, exit 1', SLOW, () => {
     const broken = join(work, 'broken')
     cpSync(app, broken, { recursive: true, verbatimSymlinks: true })
     rmSync(join(broken, 'node_modules', 'yargs'), { recursive: true })

@@ -43,7 +43,9 @@ async function waitFor(what: string, ok: () => boolean, ms = 60_000): Promise<vo
 }
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  test(`npm start prints one line that connects; ${signal} leaves nothing behind`, async () => {
+  test(`npm start prints one line that connects; ${signal} leaves nothing behind`, {
+    timeout: 300_000,
+  }, async () => {
     // npm itself runs on whichever Node is first on PATH; the script gets the repository's.
     const PATH = `${join(root, 'node_modules', '.bin')}:${process.env.PATH}`
     const child = spawn('npm', ['start', '--silent'], {

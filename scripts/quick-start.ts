@@ -1,7 +1,7 @@
 // `npm start`: see the pooler work without setting anything up. A throwaway
 // PostgreSQL (the test harness: the system's binaries, else the embedded ones
 // from node_modules) with pgbouncer-cluster in front of it in transaction mode,
-// one worker per CPU, on 127.0.0.1:6432 (or a free port when that one is
+// the default number of workers, on 127.0.0.1:6432 (or a free port when that one is
 // taken). Prints one line to connect with. SIGINT or SIGTERM stops both and
 // deletes the data directory.
 
