@@ -19,6 +19,11 @@ export interface RoleOptions {
 }
 
 export interface StartOptions {
+  /**
+   * The loopback address to listen on (default 127.0.0.1). Linux answers on all of
+   * 127.0.0.0/8 without setup, so servers on 127.0.0.2, 127.0.0.3 ... stand for other hosts.
+   */
+  host?: string
   roles?: RoleOptions[]
   /** Created owned by postgres, with CONNECT and the public schema open to everyone. */
   databases?: string[]
@@ -55,6 +60,9 @@ export function validateOptions(opts: StartOptions): void {
   for (const key of Object.keys(opts.settings ?? {})) {
     if (!/^[A-Za-z_][A-Za-z0-9_.]*$/.test(key)) throw bad(`bad setting name ${key}`)
   }
+  if (opts.host !== undefined && !/^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(opts.host)) {
+    throw bad(`host must be a loopback address 127.x.y.z, got ${opts.host}`)
+  }
   const scale = opts.pgbenchInit?.scale
   if (scale !== undefined && !(Number.isInteger(scale) && scale > 0)) {
     throw bad(`pgbenchInit.scale must be a positive integer, got ${scale}`)
@@ -65,14 +73,19 @@ export function passwordEncryptionOf(role: RoleOptions): PasswordEncryption {
   return role.passwordEncryption ?? (role.auth === 'md5' ? 'md5' : 'scram-sha-256')
 }
 
-/** Unix-socket connections are always trusted: the harness sets itself up through them. */
+/**
+ * Unix-socket connections are always trusted: the harness sets itself up through them.
+ * A connection to another loopback address comes from 127.0.0.1, so both get the lines.
+ */
 export function hbaConf(opts: StartOptions, host: string): string {
   const lines = ['# written by pg-harness', 'local all all trust', ...(opts.hba ?? [])]
+  const sources = host === '127.0.0.1' ? [host] : [host, '127.0.0.1']
   for (const role of opts.roles ?? []) {
     const name = `"${role.name.replaceAll('"', '""')}"`
-    lines.push(`host all ${name} ${host}/32 ${role.auth ?? 'trust'}`)
+    for (const from of sources) lines.push(`host all ${name} ${from}/32 ${role.auth ?? 'trust'}`)
   }
-  lines.push(`host all all ${host}/32 trust`, '')
+  for (const from of sources) lines.push(`host all all ${from}/32 trust`)
+  lines.push('')
   return lines.join('\n')
 }
 

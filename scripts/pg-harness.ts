@@ -1,5 +1,5 @@
 // The throwaway PostgreSQL behind every integration test, benchmark and demo: a fresh initdb in
-// a temp dir, a free port on 127.0.0.1, roles/databases/TLS as asked, and a guaranteed cleanup
+// a temp dir, a free port on 127.0.0.1 (or another loopback address, `host`), roles/databases/TLS as asked, and a guaranteed cleanup
 // (pg-registry.ts). As root, the server runs as the `postgres` OS user (pg-process.ts).
 //
 //   const db = usePostgres({ roles: [{ name: 'app', password: 'pw', auth: 'scram-sha-256' }] })
@@ -49,7 +49,8 @@ export interface ConnectOptions {
 }
 
 export interface PgServer {
-  readonly host: '127.0.0.1'
+  /** The listen address: 127.0.0.1 unless `host` chose another loopback address. */
+  readonly host: string
   readonly port: number
   readonly binDir: string
   readonly dataDir: string
@@ -61,7 +62,7 @@ export interface PgServer {
   readonly version: number
   /** The generated certificate and key when started with `tls: true`. */
   readonly tls: TlsFiles | null
-  /** postgres://user[:password]@127.0.0.1:port/database; user and database default to postgres. */
+  /** postgres://user[:password]@host:port/database; user and database default to postgres. */
   url(opts?: ConnectOptions): string
   /** PGHOST, PGPORT, PGUSER, PGDATABASE (+PGPASSWORD) for psql/pgbench; merge into process.env. */
   env(opts?: ConnectOptions): Record<string, string>
@@ -74,18 +75,21 @@ export interface PgServer {
   readLog(): string
   /** Fast shutdown (kill as fallback), then removes the temp dir. Idempotent. */
   stop(): Promise<void>
-  /** Fast shutdown that keeps the data dir and port, for outage tests; restart() undoes it. */
-  halt(): Promise<void>
+  /**
+   * Shutdown that keeps the data dir and port, for outage tests; restart() undoes it.
+   * `immediate` is a crash as clients see it: backends quit without finishing their work.
+   */
+  halt(mode?: 'fast' | 'immediate'): Promise<void>
   /** Starts the server again on the same port (after halt(), or stopping it first). */
   restart(): Promise<void>
 }
 
-const HOST = '127.0.0.1'
+const DEFAULT_HOST = '127.0.0.1'
 const SUPERUSER = 'postgres'
 const START_ATTEMPTS = 4
 
 class Cluster implements PgServer {
-  readonly host = HOST
+  readonly host: string
   readonly superuser = SUPERUSER
   port = 0
   version = 0
@@ -97,13 +101,14 @@ class Cluster implements PgServer {
   readonly tracked: TrackedCluster
   #stopping: Promise<void> | undefined
 
-  constructor(binDir: string, rootDir: string) {
+  constructor(binDir: string, rootDir: string, host: string) {
+    this.host = host
     this.binDir = binDir
     this.socketDir = rootDir
     this.dataDir = join(rootDir, 'data')
     this.logPath = join(rootDir, 'postgres.log')
     this.tracked = {
-      label: HOST,
+      label: host,
       rootDir,
       dataDir: this.dataDir,
       logPath: this.logPath,
@@ -118,12 +123,12 @@ class Cluster implements PgServer {
     const user = encodeURIComponent(opts.user ?? SUPERUSER)
     const password = opts.password === undefined ? '' : `:${encodeURIComponent(opts.password)}`
     const database = encodeURIComponent(opts.database ?? SUPERUSER)
-    return `postgres://${user}${password}@${HOST}:${this.port}/${database}`
+    return `postgres://${user}${password}@${this.host}:${this.port}/${database}`
   }
 
   env(opts: ConnectOptions = {}): Record<string, string> {
     const env: Record<string, string> = {
-      PGHOST: HOST,
+      PGHOST: this.host,
       PGPORT: String(this.port),
       PGUSER: opts.user ?? SUPERUSER,
       PGDATABASE: opts.database ?? SUPERUSER,
@@ -169,10 +174,10 @@ class Cluster implements PgServer {
     return this.#stopping
   }
 
-  async halt(): Promise<void> {
+  async halt(mode: 'fast' | 'immediate' = 'fast'): Promise<void> {
     if (this.#stopping) throw new HarnessError('PG_HARNESS_STOPPED', 'halt(): server was stopped')
     if (!this.tracked.running) return
-    const args = ['-D', this.dataDir, '-m', 'fast', '-w', '-t', '30', 'stop']
+    const args = ['-D', this.dataDir, '-m', mode, '-w', '-t', '30', 'stop']
     await run(join(this.binDir, 'pg_ctl'), args, { user: serverOsUser(), cwd: this.socketDir })
     this.tracked.running = false
   }
@@ -216,21 +221,21 @@ async function initCluster(cluster: Cluster, opts: StartOptions, user: OsUser | 
   args.push('--locale=C', '--no-sync')
   await run(initdb, args, { user, cwd: cluster.socketDir })
   const hbaPath = join(cluster.dataDir, 'pg_hba.conf')
-  await writeFile(hbaPath, hbaConf(opts, HOST))
+  await writeFile(hbaPath, hbaConf(opts, cluster.host))
   if (user) await chown(hbaPath, user.uid, user.gid)
   await appendFile(
     join(cluster.dataDir, 'postgresql.conf'),
-    serverConf(opts, HOST, cluster.socketDir),
+    serverConf(opts, cluster.host, cluster.socketDir),
   )
-  if (opts.tls) cluster.tls = await makeCert(cluster.dataDir, HOST, user)
+  if (opts.tls) cluster.tls = await makeCert(cluster.dataDir, cluster.host, user)
 }
 
 /** pg_ctl start on a fresh free port; retried when another process grabbed the port first. */
 async function startServer(cluster: Cluster, user: OsUser | null): Promise<void> {
   const pgCtl = join(cluster.binDir, 'pg_ctl')
   for (let attempt = 1; ; attempt++) {
-    cluster.port = await freePort(HOST)
-    cluster.tracked.label = `${HOST}:${cluster.port}`
+    cluster.port = await freePort(cluster.host)
+    cluster.tracked.label = `${cluster.host}:${cluster.port}`
     cluster.tracked.running = true
     const args = ['-D', cluster.dataDir, '-l', cluster.logPath, '-w', '-t', '60']
     args.push('-o', `-p ${cluster.port}`, 'start')
@@ -306,7 +311,8 @@ async function startCluster(opts: StartOptions): Promise<Cluster> {
   validateOptions(opts)
   const binDir = findPgBinDir()
   const user = serverOsUser()
-  const cluster = new Cluster(binDir, await mkdtemp(join(tmpdir(), 'pg-harness-')))
+  const host = opts.host ?? DEFAULT_HOST
+  const cluster = new Cluster(binDir, await mkdtemp(join(tmpdir(), 'pg-harness-')), host)
   track(cluster.tracked)
   try {
     if (user) await chown(cluster.socketDir, user.uid, user.gid)
@@ -322,7 +328,7 @@ async function startCluster(opts: StartOptions): Promise<Cluster> {
     cluster.version = rows[0]!.num
     if (!opts.quiet) {
       process.stderr.write(
-        `pg-harness: PostgreSQL ${rows[0]!.text} at ${HOST}:${cluster.port} (${binDir})\n`,
+        `pg-harness: PostgreSQL ${rows[0]!.text} at ${cluster.host}:${cluster.port} (${binDir})\n`,
       )
     }
     return cluster
