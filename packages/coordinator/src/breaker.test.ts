@@ -113,4 +113,58 @@ describe('circuit breakers', () => {
     assert.equal(words.failures(), 0)
     breakers.close()
   })
+
+  it('host list: one dead host never opens the database breaker while another answers', async () => {
+    const { breakers, sent, words } = setup(0.05)
+    const a = { index: 0, count: 2 }
+    const b = { index: 1, count: 2 }
+    for (let i = 0; i < BREAKER_THRESHOLD * 3; i++) breakers.loginFailed(1, 'app', ...refused, a)
+    assert.equal(words.hostState(0), BreakerState.open, 'host a is skipped')
+    assert.equal(words.hostState(1), BreakerState.closed)
+    assert.equal(words.state(), BreakerState.closed, 'the database stays closed')
+    assert.equal(words.failures(), 0)
+    assert.deepEqual(sent, [])
+    breakers.loginSucceeded(1, 'app', b)
+    // After server_login_retry host a is half-open: the next login to it probes.
+    await new Promise((r) => setTimeout(r, 150))
+    assert.equal(words.hostState(0), BreakerState.halfOpen)
+    assert.equal(words.claimHostProbe(0), true)
+    breakers.loginFailed(1, 'app', ...refused, a)
+    assert.equal(words.hostState(0), BreakerState.open, 'a failed probe: down again')
+    await new Promise((r) => setTimeout(r, 150))
+    assert.equal(words.claimHostProbe(0), true)
+    breakers.loginSucceeded(1, 'app', a)
+    assert.equal(words.hostState(0), BreakerState.closed, 'host a is back')
+    breakers.close()
+  })
+
+  it('host list: with every host down, failures count toward the database breaker', () => {
+    const { breakers, sent, words } = setup()
+    breakers.loginFailed(1, 'app', ...refused, { index: 0, count: 2 })
+    breakers.loginFailed(1, 'app', ...refused, { index: 1, count: 2 })
+    assert.equal(words.failures(), 1, 'the first failure with no host left counts')
+    for (let i = 1; i < BREAKER_THRESHOLD; i++)
+      breakers.loginFailed(1, 'app', ...refused, { index: i % 2, count: 2 })
+    assert.equal(words.state(), BreakerState.open)
+    assert.equal(sent.length, 1)
+    // One host answers again: host and database close together.
+    breakers.loginSucceeded(1, 'app', { index: 1, count: 2 })
+    assert.equal(words.state(), BreakerState.closed)
+    assert.equal(words.hostState(1), BreakerState.closed)
+    assert.equal(words.hostState(0), BreakerState.open, 'the other host keeps its cool-down')
+    // A reload that changes the database forgets every host's failures.
+    breakers.reset(['app'])
+    assert.equal(words.hostState(0), BreakerState.closed)
+    breakers.close()
+  })
+
+  it('host list: a worker that died holding a host probe lets another worker probe', () => {
+    const { breakers, words } = setup()
+    breakers.loginFailed(1, 'app', ...refused, { index: 1, count: 3 })
+    words.setHostState(1, BreakerState.halfOpen)
+    assert.equal(words.claimHostProbe(1), true)
+    breakers.workerDied()
+    assert.equal(words.hostState(1), BreakerState.halfOpen)
+    breakers.close()
+  })
 })

@@ -1,5 +1,9 @@
 import type { ControlMessage } from '@pgbouncer-cluster/protocol/control'
-import { BreakerState, type SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
+import {
+  BreakerState,
+  MAX_HOSTS,
+  type SharedMemory,
+} from '@pgbouncer-cluster/protocol/shared-memory'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
 
 /**
@@ -25,6 +29,14 @@ interface Entry {
   message: string
   seq: number
   timer: NodeJS.Timeout | null
+  /** Per host of a host list: the cool-down of a host that is down. */
+  readonly hostTimers: (NodeJS.Timeout | null)[]
+}
+
+/** Which host of a database's list a login went to, and how many the list has. */
+export interface HostOf {
+  index: number
+  count: number
 }
 
 /**
@@ -39,6 +51,13 @@ interface Entry {
  *
  * While open, clients get the last error the server gave (broadcast once per
  * opening as a `breaker` message, matched to the shared error sequence).
+ *
+ * A database with a host list has a breaker per host besides, in the same
+ * shared words. One failed login opens a host's breaker (the worker that saw
+ * it marks it at once; the coordinator times the cool-down): new logins skip
+ * it while another host answers, and clients see nothing. Only failures while
+ * no host of the list is closed count toward the database's breaker, so one
+ * dead host never opens it while another host answers.
  */
 export class Breakers {
   private readonly options: BreakerOptions
@@ -48,11 +67,24 @@ export class Breakers {
     this.options = options
   }
 
-  loginFailed(slot: number, database: string, sqlstate: string, message: string): void {
+  loginFailed(
+    slot: number,
+    database: string,
+    sqlstate: string,
+    message: string,
+    host?: HostOf,
+  ): void {
     const entry = this.entry(slot, database)
     entry.sqlstate = sqlstate
     entry.message = message
     const words = this.options.shared.breaker(slot)
+    if (host !== undefined && host.count > 1) {
+      this.hostFailed(entry, host.index, sqlstate, message)
+      // Another host may still answer: the database's breaker is not concerned.
+      for (let h = 0; h < host.count; h++) {
+        if (words.hostState(h) === BreakerState.closed) return
+      }
+    }
     const failures = words.failures() + 1
     words.setFailures(failures)
     const state = words.state()
@@ -63,8 +95,21 @@ export class Breakers {
       this.open(entry, failures)
   }
 
-  loginSucceeded(slot: number, database: string): void {
+  loginSucceeded(slot: number, database: string, host?: HostOf): void {
     const words = this.options.shared.breaker(slot)
+    if (host !== undefined && host.count > 1) {
+      const entry = this.entry(slot, database)
+      const timer = entry.hostTimers[host.index]
+      if (timer) clearTimeout(timer)
+      entry.hostTimers[host.index] = null
+      if (words.hostState(host.index) !== BreakerState.closed) {
+        words.setHostState(host.index, BreakerState.closed)
+        this.options.log.info(
+          { database, host_index: host.index },
+          'host breaker closed: server login succeeded',
+        )
+      }
+    }
     words.setFailures(0)
     if (words.state() === BreakerState.closed) return
     const entry = this.entry(slot, database)
@@ -88,6 +133,11 @@ export class Breakers {
     for (const e of this.entries.values()) {
       const words = this.options.shared.breaker(e.slot)
       if (words.state() === BreakerState.probing) words.setState(BreakerState.halfOpen)
+      for (let h = 0; h < MAX_HOSTS; h++) {
+        if (words.hostState(h) === BreakerState.probing) {
+          words.setHostState(h, BreakerState.halfOpen)
+        }
+      }
     }
   }
 
@@ -97,7 +147,9 @@ export class Breakers {
       const entry = this.entries.get(database)
       if (entry === undefined) continue
       this.clearTimer(entry)
+      this.clearHostTimers(entry)
       const words = this.options.shared.breaker(entry.slot)
+      for (let h = 0; h < MAX_HOSTS; h++) words.setHostState(h, BreakerState.closed)
       words.setFailures(0)
       if (words.state() !== BreakerState.closed) {
         words.setState(BreakerState.closed)
@@ -112,7 +164,47 @@ export class Breakers {
   }
 
   close(): void {
-    for (const e of this.entries.values()) this.clearTimer(e)
+    for (const e of this.entries.values()) {
+      this.clearTimer(e)
+      this.clearHostTimers(e)
+    }
+  }
+
+  /**
+   * Host `h` refused a login or did not answer: skipped by new logins for
+   * server_login_retry, then half-open, when the next login to pick it probes.
+   * Failures of logins that started before it was marked find it open with
+   * its cool-down running, and change nothing.
+   */
+  private hostFailed(entry: Entry, h: number, sqlstate: string, message: string): void {
+    const words = this.options.shared.breaker(entry.slot)
+    const state = words.hostState(h)
+    if (state === BreakerState.open && entry.hostTimers[h]) return
+    const old = entry.hostTimers[h]
+    if (old) clearTimeout(old)
+    words.setHostState(h, BreakerState.open)
+    const retry = this.options.retrySeconds()
+    this.options.log.warn(
+      {
+        database: entry.database,
+        host_index: h,
+        sqlstate,
+        error: message,
+        server_login_retry: retry,
+      },
+      'host breaker open: new server logins skip this host',
+    )
+    const timer = setTimeout(() => {
+      entry.hostTimers[h] = null
+      if (words.hostState(h) !== BreakerState.open) return
+      words.setHostState(h, BreakerState.halfOpen)
+      this.options.log.info(
+        { database: entry.database, host_index: h },
+        'host breaker half-open: next login to this host probes',
+      )
+    }, retry * 1000)
+    timer.unref()
+    entry.hostTimers[h] = timer
   }
 
   private open(entry: Entry, failures: number): void {
@@ -160,7 +252,15 @@ export class Breakers {
   private entry(slot: number, database: string): Entry {
     let entry = this.entries.get(database)
     if (entry === undefined) {
-      entry = { slot, database, sqlstate: '', message: '', seq: 0, timer: null }
+      entry = {
+        slot,
+        database,
+        sqlstate: '',
+        message: '',
+        seq: 0,
+        timer: null,
+        hostTimers: new Array<NodeJS.Timeout | null>(MAX_HOSTS).fill(null),
+      }
       this.entries.set(database, entry)
     }
     return entry
@@ -169,5 +269,13 @@ export class Breakers {
   private clearTimer(entry: Entry): void {
     if (entry.timer !== null) clearTimeout(entry.timer)
     entry.timer = null
+  }
+
+  private clearHostTimers(entry: Entry): void {
+    for (let h = 0; h < MAX_HOSTS; h++) {
+      const timer = entry.hostTimers[h]
+      if (timer) clearTimeout(timer)
+      entry.hostTimers[h] = null
+    }
   }
 }

@@ -14,7 +14,7 @@ import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
 import { AdminConsole } from './admin.ts'
 import type { ClusterStats } from './admin-views.ts'
-import { Breakers } from './breaker.ts'
+import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError } from './config/config.ts'
 import { SlotRegistry } from './registry.ts'
 import { nextConfig } from './reload.ts'
@@ -465,7 +465,13 @@ export class Cluster {
         )
         const slots = this.registry.slotsFor(msg.database, msg.user)
         if (slots !== null)
-          this.breakers.loginFailed(slots.databaseSlot, msg.database, msg.sqlstate, msg.message)
+          this.breakers.loginFailed(
+            slots.databaseSlot,
+            msg.database,
+            msg.sqlstate,
+            msg.message,
+            hostOf(msg),
+          )
         return
       }
       case 'admin-request':
@@ -486,7 +492,8 @@ export class Cluster {
         return
       case 'server-login-ok': {
         const slots = this.registry.slotsFor(msg.database, msg.user)
-        if (slots !== null) this.breakers.loginSucceeded(slots.databaseSlot, msg.database)
+        if (slots !== null)
+          this.breakers.loginSucceeded(slots.databaseSlot, msg.database, hostOf(msg))
         return
       }
       default:
@@ -560,4 +567,10 @@ function freePort(host: string): Promise<number> {
       server.close(() => resolve(port))
     })
   })
+}
+
+/** The host of a login report, when its database has a host list. */
+function hostOf(msg: { host?: number; hosts?: number }): HostOf | undefined {
+  if (msg.host === undefined || msg.hosts === undefined || msg.host >= msg.hosts) return undefined
+  return { index: msg.host, count: msg.hosts }
 }

@@ -58,8 +58,23 @@ describe('nextConfig', () => {
   })
 
   it('sameServer compares how a server is reached, not the pool limits', () => {
-    const a = { name: 'a', host: 'h', port: 1, dbname: 'd', user: 'u', password: 'p', line: 2 }
+    const a = {
+      name: 'a',
+      host: 'h,i',
+      port: 1,
+      hosts: [
+        { host: 'h', port: 1 },
+        { host: 'i', port: 1 },
+      ],
+      dbname: 'd',
+      user: 'u',
+      password: 'p',
+      line: 2,
+    }
     assert.equal(sameServer(a, { ...a, poolSize: 9 }), true)
+    assert.equal(sameServer(a, { ...a, loadBalanceHosts: 'disable' }), true)
+    const otherPort = [a.hosts[0]!, { host: 'i', port: 2 }]
+    assert.equal(sameServer(a, { ...a, hosts: otherPort }), false, 'the second host moved')
     assert.equal(sameServer(a, { ...a, password: 'q' }), false)
     assert.equal(sameServer(a, null), false)
     assert.equal(sameServer(null, null), true)

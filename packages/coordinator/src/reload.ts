@@ -42,7 +42,10 @@ export function nextConfig(running: Config, loaded: Config, known: Iterable<stri
 /** Whether two entries reach the same server as the same user: pool sizes may differ. */
 export function sameServer(a: DatabaseConfig | null, b: DatabaseConfig | null): boolean {
   if (a === null || b === null) return a === b
-  return CONNECTION_KEYS.every((k) => a[k] === b[k])
+  // host is the list as written; a port per host can change behind the first.
+  const samePorts =
+    a.hosts.length === b.hosts.length && a.hosts.every((h, i) => h.port === b.hosts[i]!.port)
+  return samePorts && CONNECTION_KEYS.every((k) => a[k] === b[k])
 }
 
 const CONNECTION_KEYS = [

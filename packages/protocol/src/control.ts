@@ -69,6 +69,9 @@ export type ControlMessage =
       user: string
       sqlstate: string
       message: string
+      /** With a host list: which host (index) of how many the login went to. */
+      host?: number
+      hosts?: number
     }
   /**
    * coordinator → workers: the admin console's SHOW; answered by 'stats' with
@@ -117,7 +120,14 @@ export type ControlMessage =
    */
   | { type: 'breaker'; database: string; seq: number; sqlstate: string; message: string }
   /** worker → coordinator: a server login succeeded while the breaker counted failures. */
-  | { type: 'server-login-ok'; worker: number; database: string; user: string }
+  | {
+      type: 'server-login-ok'
+      worker: number
+      database: string
+      user: string
+      host?: number
+      hosts?: number
+    }
 
 export type ShutdownMode = 'immediate' | 'wait-for-servers' | 'wait-for-clients'
 
@@ -238,6 +248,8 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     user: 'string',
     sqlstate: 'string',
     message: 'string',
+    host: 'uint?',
+    hosts: 'uint?',
   },
   'stats-request': { id: 'uint', view: 'string?' },
   stats: {
@@ -267,7 +279,13 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   'worker-stopped': { worker: 'uint' },
   'servers-released': { worker: 'uint' },
   breaker: { database: 'string', seq: 'uint', sqlstate: 'string', message: 'string' },
-  'server-login-ok': { worker: 'uint', database: 'string', user: 'string' },
+  'server-login-ok': {
+    worker: 'uint',
+    database: 'string',
+    user: 'string',
+    host: 'uint?',
+    hosts: 'uint?',
+  },
 }
 
 type Field = {

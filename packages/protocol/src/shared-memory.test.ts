@@ -4,6 +4,7 @@ import { Counter } from './counters.ts'
 import {
   BreakerState,
   createSharedMemory,
+  MAX_HOSTS,
   type SharedLayout,
   SharedMemory,
   sharedMemoryByteLength,
@@ -59,6 +60,26 @@ describe('SharedMemory', () => {
     assert.equal(worker.breaker(1).lastErrorSeq(), 2)
     assert.equal(worker.breaker(0).state(), BreakerState.closed)
     assert.equal(worker.breaker(2).lastErrorSeq(), 0)
+  })
+
+  it('keeps a state per host of a database, apart from the database and its neighbours', () => {
+    const sab = createSharedMemory(layout)
+    const coordinator = new SharedMemory(sab)
+    const worker = new SharedMemory(sab)
+    const w = worker.breaker(1)
+    w.markHostDown(MAX_HOSTS - 1)
+    assert.equal(coordinator.breaker(1).hostState(MAX_HOSTS - 1), BreakerState.open)
+    assert.equal(coordinator.breaker(1).state(), BreakerState.closed)
+    assert.equal(coordinator.breaker(2).hostState(0), BreakerState.closed)
+    assert.equal(coordinator.breaker(1).error(), null, 'the error text is untouched')
+    // Only closed → open: a worker never undoes the coordinator's half-open.
+    coordinator.breaker(1).setHostState(0, BreakerState.halfOpen)
+    w.markHostDown(0)
+    assert.equal(w.hostState(0), BreakerState.halfOpen)
+    assert.equal(w.claimHostProbe(0), true)
+    assert.equal(w.claimHostProbe(0), false, 'one probe per half-open period')
+    assert.equal(coordinator.breaker(1).hostState(0), BreakerState.probing)
+    assert.throws(() => w.hostState(MAX_HOSTS), { code: 'ERR_SHARED_MEMORY' })
   })
 
   it('reclaimWorker returns a dead worker’s permits everywhere and zeroes its gauges', () => {

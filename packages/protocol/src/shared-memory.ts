@@ -13,7 +13,7 @@
  *  6                              paused (PAUSE)     coordinator        (workers may)
  *  7                              shutdown           coordinator        (workers may)
  *  8..15                          spare
- *  ─── breakers, B = 68 words per database ───────────────────────────────────────
+ *  ─── breakers, B = 84 words per database ───────────────────────────────────────
  *  16 + Bd + 0                    state 0..3         coordinator; a     (workers may)
  *                                                    worker CASes 2→3
  *                                                    to claim the probe
@@ -22,6 +22,11 @@
  *  16 + Bd + 3                    error text length  coordinator (0 while rewritten)
  *  16 + Bd + 4..67                error text: SQLSTATE + message, UTF-8, 256 bytes
  *                                                    coordinator, before the state
+ *  16 + Bd + 68 + h               state 0..3 of      coordinator; a     (read before
+ *                                 host h of the      worker CASes 0→1   each server
+ *                                 database's list    on its own failed  login)
+ *                                 (h < MAX_HOSTS)    login, 2→3 to
+ *                                                    claim the probe
  *  ─── semaphores, S words each (see semaphore.ts) ───────────────────────────────
  *  pools     + S*p + 0            used               workers (lock)     acquire()
  *            + S*p + 1            waiters            workers
@@ -94,13 +99,27 @@ export interface BreakerWords {
   setFailures(n: number): void
   /** A worker's claim of the one probe: true for exactly one caller per half-open period. */
   claimProbe(): boolean
+  /** Host h of the database's host list: a BreakerState of its own. */
+  hostState(h: number): number
+  setHostState(h: number, s: number): void
+  /**
+   * A worker's own failed login to host h: closed → open at once, so no login
+   * of any worker picks the host while the coordinator's message is on its way.
+   */
+  markHostDown(h: number): void
+  /** As claimProbe(), for host h. */
+  claimHostProbe(h: number): boolean
 }
+
+/** Hosts per database entry whose state lives in shared memory. */
+export const MAX_HOSTS = 16
 
 const MAGIC = 0x50474243 // 'PGBC'
 const VERSION = 2
 const HEADER_WORDS = 16
-const BREAKER_WORDS = 68
-const BREAKER_TEXT_BYTES = (BREAKER_WORDS - 4) * 4
+const BREAKER_TEXT_WORDS = 64
+const BREAKER_WORDS = 4 + BREAKER_TEXT_WORDS + MAX_HOSTS
+const BREAKER_TEXT_BYTES = BREAKER_TEXT_WORDS * 4
 const FLAG_WORD = { paused: 6, shutdown: 7 } as const
 export const MAX_WORKERS = 64
 const MAX_SLOTS = 1 << 20
@@ -286,7 +305,24 @@ export class SharedMemory {
       const failures = state + 2
       const textLength = state + 3
       const text = new Uint8Array(i32.buffer, (state + 4) * 4, BREAKER_TEXT_BYTES)
+      const hosts = state + 4 + BREAKER_TEXT_WORDS
+      const host = (h: number) => {
+        if (!Number.isInteger(h) || h < 0 || h >= MAX_HOSTS) {
+          throw new SharedMemoryError(`host index ${h} out of range 0..${MAX_HOSTS - 1}`)
+        }
+        return hosts + h
+      }
       words = {
+        hostState: (h: number) => Atomics.load(i32, host(h)),
+        setHostState: (h: number, s: number) => {
+          Atomics.store(i32, host(h), s)
+        },
+        markHostDown: (h: number) => {
+          Atomics.compareExchange(i32, host(h), BreakerState.closed, BreakerState.open)
+        },
+        claimHostProbe: (h: number) =>
+          Atomics.compareExchange(i32, host(h), BreakerState.halfOpen, BreakerState.probing) ===
+          BreakerState.halfOpen,
         state: () => Atomics.load(i32, state),
         setState: (s: number) => {
           Atomics.store(i32, state, s)

@@ -7,10 +7,25 @@ export type PoolMode = 'session' | 'transaction' | 'statement'
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
 export type AuthType = 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert' | 'hba' | 'pam'
 
-export interface DatabaseConfig {
-  name: string
+/** One PostgreSQL host of a database entry, with its port. */
+export interface HostPort {
   host: string
   port: number
+}
+
+/** Which host of a list a new server connection goes to (PgBouncer 1.24). */
+export type LoadBalanceHosts = 'round-robin' | 'disable'
+
+export interface DatabaseConfig {
+  name: string
+  /** As written (`a,b,c` for a list), for SHOW DATABASES and log lines. */
+  host: string
+  /** The first host's port. */
+  port: number
+  /** host split at commas, each with its port: what server connections use. */
+  hosts: HostPort[]
+  /** Unset: round-robin. */
+  loadBalanceHosts?: LoadBalanceHosts
   dbname: string
   user?: string
   password?: string

@@ -112,6 +112,8 @@ export class Pool {
   private giveBackTimer: NodeJS.Timeout | null = null
   private readonly slot: number
   private readonly breaker: BreakerWords
+  /** With a host list: the next host to try (round-robin), or the one in use (disable). */
+  private hostCursor: number
 
   constructor(
     worker: PoolerWorker,
@@ -131,6 +133,9 @@ export class Pool {
     this.breaker = worker.shared.breaker(slots.databaseSlot)
     this.counters = worker.shared.counters
     this.slot = slots.pool
+    // round-robin: workers start at different hosts, so their first servers
+    // spread too; disable: every worker starts at the first host.
+    this.hostCursor = database.loadBalanceHosts === 'disable' ? 0 : worker.id
   }
 
   /**
@@ -434,20 +439,69 @@ export class Pool {
   // ---- servers ----------------------------------------------------------------
 
   open(permits: number): Server {
-    const server = new Server(this, permits)
+    const server = new Server(this, permits, this.pickHost())
     this.loggingIn.add(server)
     this.servers.add(server)
     this.worker.log.debug({ server: server.id, pool: this.key }, 'opening server connection')
     return server
   }
 
+  /**
+   * The host of the database's list a new server goes to. A host whose
+   * breaker is open (it refused a login or timed out, here or in another
+   * worker) is skipped; a half-open one is taken by the one login that claims
+   * its probe. With every host down, the next in turn is tried all the same:
+   * those logins feed the database's breaker.
+   */
+  private pickHost(): number {
+    const n = this.database.hosts.length
+    if (n === 1) return 0
+    const start = this.hostCursor % n
+    let chosen = start
+    for (let k = 0; k < n; k++) {
+      const h = (start + k) % n
+      const state = this.breaker.hostState(h)
+      if (
+        state === BreakerState.closed ||
+        (state === BreakerState.halfOpen && this.breaker.claimHostProbe(h))
+      ) {
+        chosen = h
+        break
+      }
+    }
+    // round-robin: each login the next host; disable: the same host until it fails.
+    this.hostCursor = this.database.loadBalanceHosts === 'disable' ? chosen : chosen + 1
+    return chosen
+  }
+
+  /** Whether a host of the list may still take a login (its breaker is not open). */
+  private hostAvailable(): boolean {
+    const n = this.database.hosts.length
+    for (let h = 0; h < n; h++) {
+      const state = this.breaker.hostState(h)
+      if (state === BreakerState.closed || state === BreakerState.halfOpen) return true
+    }
+    return false
+  }
+
+  /** The server's index in the host list, when the database has one (-1: a single host). */
+  private hostOf(server: Server): number {
+    const n = this.database.hosts.length
+    return n > 1 && server.hostIndex < n ? server.hostIndex : -1
+  }
+
   serverLoggedIn(server: Server): void {
     this.loggingIn.delete(server)
     if (this.probe === server) this.probe = null
     this.lastLoginFailure = null
-    // One shared load per login; the coordinator hears only what changes the breaker.
-    if (this.breaker.failures() > 0 || this.breaker.state() !== BreakerState.closed) {
-      this.worker.reportLoginOk(this)
+    // One shared load per login; the coordinator hears only what changes a breaker.
+    const host = this.hostOf(server)
+    if (
+      this.breaker.failures() > 0 ||
+      this.breaker.state() !== BreakerState.closed ||
+      (host >= 0 && this.breaker.hostState(host) !== BreakerState.closed)
+    ) {
+      this.worker.reportLoginOk(this, host)
     }
     if (this.welcomeParams === null) this.welcomeParams = new Map(server.params)
     this.worker.log.info(
@@ -462,15 +516,30 @@ export class Pool {
     if (this.probe === server) this.probe = null
     this.servers.delete(server)
     this.lastLoginFailure = { at: Date.now(), failure }
-    const { sqlstate, message } = this.clientError(failure)
-    this.worker.reportLoginFailure(this, sqlstate, message)
+    const { sqlstate, message } = this.clientError(server, failure)
+    const host = this.hostOf(server)
+    // Skipped by the next login of every worker, before the coordinator hears of it.
+    if (host >= 0) this.breaker.markHostDown(host)
+    this.worker.reportLoginFailure(this, sqlstate, message, host)
     this.worker.log.error(
-      { pool: this.key, sqlstate: failure.code, error: failure.message },
+      {
+        pool: this.key,
+        host: server.host,
+        port: server.port,
+        sqlstate: failure.code,
+        error: failure.message,
+      },
       'server login failed',
     )
+    if (this.connecting > 0) return
+    // Another host of the list may answer: the waiting clients get a server from it.
+    if (host >= 0 && this.hostAvailable()) {
+      this.grow()
+      return
+    }
     // Clients would otherwise wait for query_wait_timeout on a server that
     // refuses us: they get the server's own error now.
-    if (this.connecting === 0) this.failWaiting(fatal(message, sqlstate))
+    this.failWaiting(fatal(message, sqlstate))
   }
 
   /**
@@ -478,13 +547,16 @@ export class Pool {
    * (28P01, 3D000, 53300, 57P03, ...); when the server could not be reached,
    * 08006 naming the address and the cause.
    */
-  private clientError(failure: LoginFailure): { sqlstate: string; message: string } {
+  private clientError(
+    server: Server,
+    failure: LoginFailure,
+  ): { sqlstate: string; message: string } {
     if (failure.fromServer || failure.code !== CONNECTION_FAILURE) {
       return { sqlstate: failure.code, message: failure.message }
     }
     const errno = /\b(E[A-Z_]{3,})\b/.exec(failure.message)?.[1]
     const cause = (errno !== undefined ? ERRNO_TEXT[errno] : undefined) ?? failure.message
-    const { host, port } = this.database
+    const { host, port } = server
     return {
       sqlstate: CONNECTION_FAILURE,
       message: `${Texts.cannotConnect} at ${host}:${port}: ${cause}`,
@@ -543,11 +615,18 @@ export class Pool {
   serverClosed(server: Server): void {
     if (!this.servers.delete(server)) return
     // Closed before its login ended (RECONNECT, reload, shutdown).
-    if (this.loggingIn.delete(server) && this.probe === server) {
-      // The breaker waits for this probe's outcome: it stays open, with the error it had.
-      this.probe = null
-      const last = this.worker.breakerText(this.database.name)
-      this.worker.reportLoginFailure(this, last.sqlstate, last.message)
+    if (this.loggingIn.delete(server)) {
+      const host = this.hostOf(server)
+      if (this.probe === server) {
+        // The breaker waits for this probe's outcome: it stays open, with the error it had.
+        this.probe = null
+        const last = this.worker.breakerText(this.database.name)
+        this.worker.reportLoginFailure(this, last.sqlstate, last.message, host)
+      } else if (host >= 0 && this.breaker.hostState(host) === BreakerState.probing) {
+        // Perhaps its host's probe: left claimed, the host would never be tried again.
+        const last = this.worker.breakerText(this.database.name)
+        this.worker.reportLoginFailure(this, last.sqlstate, last.message, host)
+      }
     }
     const i = this.idle.indexOf(server)
     if (i >= 0) this.idle.splice(i, 1)
@@ -662,7 +741,8 @@ export class Pool {
 function sameServer(a: DatabaseConfig, b: DatabaseConfig): boolean {
   return (
     a.host === b.host &&
-    a.port === b.port &&
+    a.hosts.length === b.hosts.length &&
+    a.hosts.every((h, i) => h.port === b.hosts[i]!.port) &&
     a.dbname === b.dbname &&
     a.password === b.password &&
     a.connectQuery === b.connectQuery &&

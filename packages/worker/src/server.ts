@@ -105,16 +105,23 @@ export class Server implements PreparedServer {
 
   /** Which shared permits this connection holds (pool, database, user). */
   readonly permits: number
+  /** Where this connection goes: one entry of the database's host list. */
+  readonly hostIndex: number
+  readonly host: string
+  readonly port: number
 
-  constructor(pool: Pool, permits: number) {
+  constructor(pool: Pool, permits: number, hostIndex: number) {
     this.pool = pool
     this.permits = permits
+    const target = pool.database.hosts[hostIndex]!
+    this.hostIndex = hostIndex
+    this.host = target.host
+    this.port = target.port
     this.createdAt = this.lastUsed = pool.worker.now
     this.scanner = new FrameScanner(SERVER_FLAGS, pool.worker.maxPacketSize)
-    const db = pool.database
     this.socket = net.connect({
-      host: db.host,
-      port: db.port,
+      host: this.host,
+      port: this.port,
       noDelay: true,
       keepAlive: pool.worker.settings.tcpKeepalive,
     })
@@ -167,7 +174,7 @@ export class Server implements PreparedServer {
     // its close; this listener only keeps an error on the plain side from
     // being unhandled.
     plain.on('error', ignoreError)
-    const secure = connectTls(plain, setup, this.pool.database.host)
+    const secure = connectTls(plain, setup, this.host)
     secure.on('error', this.onError)
     secure.on('close', this.onClose)
     secure.once('secureConnect', () => {

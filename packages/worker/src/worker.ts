@@ -380,26 +380,39 @@ export class PoolerWorker {
     return pool
   }
 
-  /** Feeds the coordinator's circuit breaker; sqlstate and message as clients see them. */
-  reportLoginFailure(pool: Pool, sqlstate: string, message: string): void {
-    this.send({
+  /**
+   * Feeds the coordinator's circuit breaker; sqlstate and message as clients
+   * see them. `host`: the index in the database's host list, when it has one.
+   */
+  reportLoginFailure(pool: Pool, sqlstate: string, message: string, host = -1): void {
+    const msg: Extract<ControlMessage, { type: 'server-login-failed' }> = {
       type: 'server-login-failed',
       worker: this.id,
       database: pool.database.name,
       user: pool.user,
       sqlstate,
       message,
-    })
+    }
+    if (host >= 0) {
+      msg.host = host
+      msg.hosts = pool.database.hosts.length
+    }
+    this.send(msg)
   }
 
-  /** A login succeeded while the breaker counted failures: it closes. */
-  reportLoginOk(pool: Pool): void {
-    this.send({
+  /** A login succeeded while the breaker (the database's or its host's) counted failures. */
+  reportLoginOk(pool: Pool, host = -1): void {
+    const msg: Extract<ControlMessage, { type: 'server-login-ok' }> = {
       type: 'server-login-ok',
       worker: this.id,
       database: pool.database.name,
       user: pool.user,
-    })
+    }
+    if (host >= 0) {
+      msg.host = host
+      msg.hosts = pool.database.hosts.length
+    }
+    this.send(msg)
   }
 
   /**
@@ -450,7 +463,8 @@ export class PoolerWorker {
     // The server stays out of the pool until PostgreSQL has taken the cancel,
     // or it could cancel the next client's query instead.
     server.cancelsInFlight++
-    const db = server.pool.database
+    // The host this server is on, which a host list makes one of several.
+    const { host, port } = server
     const request = cancelRequest(server.pid, server.secret)
     const failed = (err: Error) => {
       this.log.warn({ err: err.message }, 'cancel request to server failed')
@@ -462,7 +476,7 @@ export class PoolerWorker {
       closed = true
       server.cancelDone()
     }
-    const socket = net.connect({ host: db.host, port: db.port })
+    const socket = net.connect({ host, port })
     socket.on('error', failed)
     socket.on('close', done)
     const setup = this.tls.server
@@ -480,7 +494,7 @@ export class PoolerWorker {
         failed(outcome)
         socket.destroy()
       } else {
-        const secure = connectTls(socket, setup, db.host)
+        const secure = connectTls(socket, setup, host)
         secure.on('error', failed)
         secure.on('close', done)
         secure.once('secureConnect', () => secure.end(request))

@@ -57,6 +57,10 @@ describe('parseDatabase', () => {
       name: 'app',
       host: 'db1,db2',
       port: 6000,
+      hosts: [
+        { host: 'db1', port: 6000 },
+        { host: 'db2', port: 6000 },
+      ],
       dbname: 'appdb',
       user: 'u',
       password: 'p w',
@@ -83,7 +87,6 @@ describe('parseDatabase', () => {
     })
     assert.deepEqual(unimplemented, [
       'server_lifetime',
-      'load_balance_hosts',
       'target_session_attrs',
       'query_wait_timeout',
     ])
@@ -95,12 +98,55 @@ describe('parseDatabase', () => {
       name: 'legacy',
       host: '127.0.0.1',
       port: 5432,
+      hosts: [{ host: '127.0.0.1', port: 5432 }],
       dbname: 'legacy',
       line: 9,
       file: 'p.ini',
     })
     assert.deepEqual(unimplemented, [])
   })
+
+  test('host list: one port for all hosts, or one per host', () => {
+    const all = parseDatabase('a', 'host=127.0.0.2,127.0.0.3 port=6000', place).config
+    assert.deepEqual(all.hosts, [
+      { host: '127.0.0.2', port: 6000 },
+      { host: '127.0.0.3', port: 6000 },
+    ])
+    assert.equal(all.loadBalanceHosts, undefined, 'round-robin unless told')
+    const each = parseDatabase('a', 'host=h1,h2,h3 port=5432,5433,5434', place).config
+    assert.deepEqual(
+      each.hosts.map((h) => `${h.host}:${h.port}`),
+      ['h1:5432', 'h2:5433', 'h3:5434'],
+    )
+    assert.equal(each.port, 5432)
+    assert.equal(each.host, 'h1,h2,h3', 'as written, for SHOW DATABASES')
+    const rr = parseDatabase('a', 'host=h1,h2 load_balance_hosts=ROUND-ROBIN', place).config
+    assert.equal(rr.loadBalanceHosts, 'round-robin')
+    assert.deepEqual(parseDatabase('a', 'port=5433', place).config.hosts, [
+      { host: '127.0.0.1', port: 5433 },
+    ])
+  })
+
+  for (const [text, re] of [
+    [
+      'host=h1,h2,h3 port=5432,5433',
+      /p\.ini:9: a: port: 2 ports for 3 hosts; give one port for all/,
+    ],
+    ['host=h1 port=5432,5433', /port: 2 ports for 1 hosts/],
+    ['host=h1,,h2', /host: empty entry in host list "h1,,h2"/],
+    ['host=h1, port=1', /host: empty entry/],
+    ['host=h1,h2 port=5432,x', /port: invalid port: 5432,x/],
+    ['host=h1,h2 port=5432,0', /port: invalid port/],
+    [`host=${Array.from({ length: 17 }, (_, i) => `h${i}`).join(',')}`, /17 hosts .* at most 16/],
+    ['host=h1,h2 load_balance_hosts=random', /load_balance_hosts: invalid value: random/],
+  ] as const) {
+    test(`host list: rejects ${text.slice(0, 40)}`, () => {
+      assert.throws(
+        () => parseDatabase('a', text, place),
+        (err) => err instanceof ConfigError && re.test(err.message),
+      )
+    })
+  }
 
   test('reserve_pool_size is the newer alias of reserve_pool; -1 leaves query_wait_timeout unset', () => {
     const { config } = parseDatabase('a', 'reserve_pool_size=4 query_wait_timeout=-1', place)

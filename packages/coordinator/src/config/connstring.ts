@@ -3,7 +3,10 @@
 // parser: spaces may surround '=', a value may be 'single quoted' with '' for a
 // quote (no backslash escapes), and an empty value is an error.
 
+import { MAX_HOSTS } from '@pgbouncer-cluster/protocol/shared-memory'
 import type {
+  HostPort,
+  LoadBalanceHosts,
   DatabaseConfig as WorkerDatabaseConfig,
   UserConfig as WorkerUserConfig,
 } from '@pgbouncer-cluster/worker'
@@ -54,7 +57,7 @@ export function parseConnString(text: string): ConnParam[] {
   }
 }
 
-export type LoadBalanceHosts = 'disable' | 'round-robin'
+export type { LoadBalanceHosts }
 export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby'
 
 // One [databases] entry (also the '*' fallback, whose name is '*'). What the
@@ -62,13 +65,14 @@ export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' 
 //
 // host: PgBouncer's default is a Unix socket in unix_socket_dir; without a
 // host we connect over TCP to 127.0.0.1, which is where that socket's server
-// listens in nearly every setup and works the same in containers.
+// listens in nearly every setup and works the same in containers. A
+// comma-separated list (PgBouncer 1.17+) spreads new server connections over
+// the hosts; port is one for all of them or, as libpq takes it, one per host.
 // dbname: defaults to name; '*' in the fallback entry stands for the client's name.
 export interface DatabaseConfig extends WorkerDatabaseConfig {
   // Accepted, not implemented yet (see DATABASE_PARAMS).
   maxDbClientConnections?: number
   serverLifetime?: number
-  loadBalanceHosts?: LoadBalanceHosts
   targetSessionAttrs?: TargetSessionAttrs
   queryWaitTimeout?: number
   line: number // where it was defined, for messages
@@ -88,7 +92,7 @@ export interface UserConfig extends WorkerUserConfig {
   file?: string
 }
 
-type ParamType = 'string' | 'count' | 'port' | 'seconds' | 'enum'
+type ParamType = 'string' | 'count' | 'ports' | 'seconds' | 'enum'
 
 export interface ParamSpec {
   readonly name: string // PgBouncer's key
@@ -110,7 +114,7 @@ const p = (
 export const DATABASE_PARAMS: readonly ParamSpec[] = [
   p('dbname', 'dbname', 'string', true),
   p('host', 'host', 'string', true),
-  p('port', 'port', 'port', true),
+  p('port', 'port', 'ports', true),
   p('user', 'user', 'string', true),
   p('password', 'password', 'string', true),
   p('auth_user', 'authUser', 'string', true),
@@ -130,7 +134,7 @@ export const DATABASE_PARAMS: readonly ParamSpec[] = [
   p('max_db_connections', 'maxDbConnections', 'count', true),
   p('max_db_client_connections', 'maxDbClientConnections', 'count', true),
   p('server_lifetime', 'serverLifetime', 'seconds', false),
-  p('load_balance_hosts', 'loadBalanceHosts', 'enum', false, {
+  p('load_balance_hosts', 'loadBalanceHosts', 'enum', true, {
     values: ['disable', 'round-robin'],
   }),
   p('target_session_attrs', 'targetSessionAttrs', 'enum', false, {
@@ -173,16 +177,43 @@ export function parseDatabase(
   if (name === ADMIN_DATABASE)
     throw fail(`database name "${name}" is reserved for the admin console`)
   const { values, unimplemented } = readParams(connstr, DATABASE_BY_NAME, 'connection', fail)
+  const { port, ...rest } = values
+  const host = typeof values.host === 'string' ? values.host : '127.0.0.1'
+  const hosts = hostList(host, typeof port === 'string' ? port : '5432', fail)
   const config: DatabaseConfig = {
     name,
-    host: '127.0.0.1',
-    port: 5432,
     dbname: name,
-    ...values,
+    ...rest,
+    host,
+    port: hosts[0]!.port,
+    hosts,
     line: place.line,
   }
   if (place.file) config.file = place.file
   return { config, unimplemented }
+}
+
+/**
+ * `host=a,b,c` with `port=p` for all or `port=p1,p2,p3`, one per host (the
+ * count must match, as in libpq; PgBouncer 1.24 itself takes one port only).
+ */
+export function hostList(
+  host: string,
+  port: string,
+  fail: (what: string) => ConfigError,
+): HostPort[] {
+  const names = host.split(',').map((h) => h.trim())
+  if (names.some((h) => h === '')) throw fail(`host: empty entry in host list "${host}"`)
+  if (names.length > MAX_HOSTS) {
+    throw fail(`host: ${names.length} hosts in the list, at most ${MAX_HOSTS} are supported`)
+  }
+  const ports = port.split(',').map(Number)
+  if (ports.length !== 1 && ports.length !== names.length) {
+    throw fail(
+      `port: ${ports.length} ports for ${names.length} hosts; give one port for all hosts or one per host`,
+    )
+  }
+  return names.map((h, i) => ({ host: h, port: ports.length === 1 ? ports[0]! : ports[i]! }))
 }
 
 export function parseUser(
@@ -233,13 +264,20 @@ function paramValue(spec: ParamSpec, raw: string): string | number {
   switch (spec.type) {
     case 'string':
       return raw
-    case 'count':
-    case 'port': {
+    case 'count': {
       if (!/^[0-9]+$/.test(raw)) throw new Error(`expected a non-negative integer, got "${raw}"`)
       const n = Number(raw)
-      if (spec.type === 'port' && (n < 1 || n > 65535)) throw new Error(`invalid port: ${raw}`)
       if (n > 2147483647) throw new Error(`${raw} is too large`)
       return n
+    }
+    case 'ports': {
+      // One port, or a comma-separated list (one per host); hostList() checks the count.
+      const ports = raw.split(',').map((p) => p.trim())
+      for (const port of ports) {
+        const n = Number(port)
+        if (!/^[0-9]+$/.test(port) || n < 1 || n > 65535) throw new Error(`invalid port: ${raw}`)
+      }
+      return ports.map(Number).join(',')
     }
     case 'seconds': {
       if (spec.unsetValue !== undefined && Number(raw) === spec.unsetValue) return spec.unsetValue
