@@ -35,7 +35,7 @@ describe('host lists', { timeout: 240_000 }, () => {
       databases: { app: `${hostList()} ${database}`.trim() },
       pgbouncer: { admin_users: 'postgres', max_client_conn: 200, ...settings },
     })
-    const pooler = await startPooler(ini, { workers: 2 })
+    const pooler = await startPooler(ini, { workers: 2, timeoutMs: 60_000 })
     poolers.push(pooler)
     return pooler
   }
