@@ -224,14 +224,16 @@ export class FrameScanner {
   readonly #max: number
   // 0 at a boundary, 1 inside a header, 2 skipping a body, 3 collecting a body.
   #mode = 0
-  readonly #hdr = Buffer.alloc(5)
+  // The header and body views of a message split across reads. Most
+  // connections never see one (thousands sit idle), so they are made on demand.
+  #hdr: Buffer | null = null
   #hdrLen = 0
   #type = 0
   #flag = 0
   // Mode 2: body bytes still to skip.
   #remaining = 0
   // Mode 3: body views of a flag-2 message; header is in #hdr.
-  readonly #parts: Buffer[] = []
+  #parts: Buffer[] | null = null
   #have = 0
   #need = 0
   #partialStart = -1
@@ -253,14 +255,14 @@ export class FrameScanner {
    * hand the next read a fresh one.
    */
   get retainsInput(): boolean {
-    return this.#mode === 3 && this.#parts.length > 0
+    return this.#mode === 3 && this.#parts !== null && this.#parts.length > 0
   }
 
   reset(): void {
     this.#mode = 0
     this.#hdrLen = 0
     this.#remaining = 0
-    this.#parts.length = 0
+    if (this.#parts !== null) this.#parts.length = 0
     this.#have = 0
     this.#need = 0
   }
@@ -273,7 +275,7 @@ export class FrameScanner {
    */
   get partial(): { type: number; start: number } | null {
     if (this.#mode === 0) return null
-    const type = this.#mode === 1 ? (this.#hdrLen > 0 ? this.#hdr[0]! : -1) : this.#type
+    const type = this.#mode === 1 ? (this.#hdrLen > 0 ? this.#hdr![0]! : -1) : this.#type
     return { type, start: this.#partialStart }
   }
 
@@ -283,7 +285,7 @@ export class FrameScanner {
     this.#partialStart = -1
     if (this.#mode !== 0) {
       if (this.#mode === 1) {
-        const hdr = this.#hdr
+        const hdr = this.#hdr!
         while (this.#hdrLen < 5 && pos < len) hdr[this.#hdrLen++] = chunk[pos++]!
         if (this.#hdrLen < 5) return len
         this.#hdrLen = 0
@@ -305,14 +307,15 @@ export class FrameScanner {
       } else {
         const want = this.#need - this.#have
         if (len - pos < want) {
-          if (len > pos) this.#parts.push(chunk.subarray(pos))
+          if (len > pos) this.#partsOf().push(chunk.subarray(pos))
           this.#have += len - pos
           return len
         }
-        if (want > 0) this.#parts.push(chunk.subarray(pos, pos + want))
-        const msg = join(this.#hdr, this.#parts, this.#need)
+        const parts = this.#partsOf()
+        if (want > 0) parts.push(chunk.subarray(pos, pos + want))
+        const msg = join(this.#hdr, parts, this.#need)
         pos += want
-        this.#parts.length = 0
+        parts.length = 0
         this.#have = 0
         this.#mode = 0
         if (onMessage(this.#type, msg, pos, -1) === true) return pos
@@ -327,12 +330,12 @@ export class FrameScanner {
       const end = pos + 1 + length
       if (end > len) {
         this.#partialStart = pos
-        chunk.copy(this.#hdr, 0, pos, pos + 5)
+        chunk.copy(this.#header(), 0, pos, pos + 5)
         this.#enter(type, length - 4)
         const body = len - pos - 5
         if (this.#mode === 2) this.#remaining -= body
         else if (body > 0) {
-          this.#parts.push(chunk.subarray(pos + 5))
+          this.#partsOf().push(chunk.subarray(pos + 5))
           this.#have += body
         }
         return len
@@ -347,9 +350,20 @@ export class FrameScanner {
       this.#partialStart = pos
       this.#mode = 1
       this.#hdrLen = 0
-      while (pos < len) this.#hdr[this.#hdrLen++] = chunk[pos++]!
+      const hdr = this.#header()
+      while (pos < len) hdr[this.#hdrLen++] = chunk[pos++]!
     }
     return len
+  }
+
+  #header(): Buffer {
+    if (this.#hdr === null) this.#hdr = Buffer.alloc(5)
+    return this.#hdr
+  }
+
+  #partsOf(): Buffer[] {
+    if (this.#parts === null) this.#parts = []
+    return this.#parts
   }
 
   // Header of a message known (and in #hdr); its body of `body` bytes follows.

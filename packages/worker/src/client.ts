@@ -131,8 +131,9 @@ export class ClientSession {
   private extended = false
   // Bytes that arrived before a server was linked. The slots are reused from
   // one transaction to the next: truncating an array is a runtime call in V8.
-  private readonly queued: (Buffer | null)[] = []
-  private readonly queuedEdits: (Edit[] | null)[] = []
+  // Made at the first request: an idle client never needs them.
+  private queued: (Buffer | null)[] | null = null
+  private queuedEdits: (Edit[] | null)[] | null = null
   private queuedCount = 0
   /**
    * Named prepared statements are mapped to the pooler's own names
@@ -373,7 +374,11 @@ export class ClientSession {
       this.writeServer(server, buf, edits)
       return
     }
-    this.queuedEdits[this.queuedCount] = edits
+    if (this.queued === null) {
+      this.queued = []
+      this.queuedEdits = []
+    }
+    this.queuedEdits![this.queuedCount] = edits
     this.queued[this.queuedCount++] = buf
     if (!this.requested) {
       this.requested = true
@@ -484,8 +489,9 @@ export class ClientSession {
         return
       }
     }
-    const queued = this.queued
-    const queuedEdits = this.queuedEdits
+    if (this.queuedCount === 0) return
+    const queued = this.queued!
+    const queuedEdits = this.queuedEdits!
     for (let i = 0; i < this.queuedCount; i++) {
       this.writeServer(server, queued[i]!, queuedEdits[i] ?? null)
       queued[i] = null
@@ -842,6 +848,15 @@ export class ClientSession {
     if (this.loginTimer !== null) {
       clearTimeout(this.loginTimer)
       this.loginTimer = null
+    }
+    // A login that waited (client limits, auth_query) still holds its reader:
+    // what it kept is the start of the client's first request. Idle clients
+    // are many; the reader goes now.
+    const reader = this.loginReader
+    if (reader !== null) {
+      this.loginReader = null
+      const rest = reader.takeRemainder()
+      if (rest.length > 0) (this.early ??= []).unshift(rest)
     }
     this.state = 'active'
     const early = this.early
