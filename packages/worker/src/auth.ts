@@ -3,6 +3,7 @@ import { isMd5Hash, md5Hash, md5Verify } from '@pgbouncer-cluster/protocol/auth/
 import {
   isScramSecret,
   parseScramSecret,
+  SCRAM_DEFAULT_ITERATIONS,
   ScramServer,
   scramSecret,
 } from '@pgbouncer-cluster/protocol/auth/scram'
@@ -50,10 +51,19 @@ export class ClientAuth {
   private scram: ScramServer | null = null
   private scramFromSecret = false
   private scramStage = 0
+  /** scram_iterations: for the secrets made here from a plaintext password (PgBouncer 1.25). */
+  private readonly iterations: number
 
-  constructor(authType: AuthType, user: string, stored: string | undefined, hasAuthFile: boolean) {
+  constructor(
+    authType: AuthType,
+    user: string,
+    stored: string | undefined,
+    hasAuthFile: boolean,
+    iterations = SCRAM_DEFAULT_ITERATIONS,
+  ) {
     this.user = user
     this.stored = stored
+    this.iterations = iterations
     this.method = chooseMethod(authType, stored, hasAuthFile)
   }
 
@@ -138,8 +148,10 @@ export class ClientAuth {
       this.scramFromSecret = true
       return new ScramServer(parseScramSecret(stored)!)
     }
-    if (stored !== undefined && !isMd5Hash(stored)) return ScramServer.fromPassword(stored)
-    return ScramServer.fromPassword(randomBytes(16).toString('hex'))
+    const iterations = this.iterations
+    if (stored !== undefined && !isMd5Hash(stored))
+      return ScramServer.fromPassword(stored, { iterations })
+    return ScramServer.fromPassword(randomBytes(16).toString('hex'), { iterations })
   }
 }
 

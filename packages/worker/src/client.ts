@@ -18,8 +18,9 @@ import {
 import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
 import { AdminSession } from './admin.ts'
 import { ClientAuth } from './auth.ts'
-import type { DatabaseConfig, PoolMode } from './config-types.ts'
+import type { AuthType, DatabaseConfig, PoolMode } from './config-types.ts'
 import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
+import { matchHba } from './hba.ts'
 import {
   parseOptions,
   reportedName,
@@ -702,7 +703,31 @@ export class ClientSession {
 
   private authenticate(db: DatabaseConfig | null): void {
     const settings = this.worker.settings
-    if (settings.authType === 'cert') {
+    let authType = settings.authType
+    if (authType === 'hba') {
+      // The first rule of auth_hba_file that fits says how (PgBouncer's hba_eval).
+      const rule = matchHba(this.worker.config.hba ?? [], {
+        address: this.unix ? null : (this.socket.remoteAddress ?? null),
+        tls: this.encrypted,
+        database: this.database,
+        user: this.user,
+      })
+      if (rule === null) {
+        this.fail(fatal(Texts.noHbaRule))
+        return
+      }
+      this.worker.log.debug(
+        { client: this.pid, file: rule.file, line: rule.line },
+        'hba rule matched',
+      )
+      if (rule.method === 'reject') {
+        this.fail(fatal(Texts.loginRejected))
+        return
+      }
+      authType = rule.method === 'password' ? 'plain' : rule.method
+    }
+    this.authType = authType
+    if (authType === 'cert') {
       this.authenticateByCertificate()
       return
     }
@@ -710,13 +735,19 @@ export class ClientSession {
     if (
       stored === undefined &&
       db !== null &&
-      PASSWORD_AUTH.has(settings.authType) &&
+      PASSWORD_AUTH.has(authType) &&
       this.worker.authUserFor(db) !== null
     ) {
       void this.authenticateByQuery(db)
       return
     }
-    this.auth = new ClientAuth(settings.authType, this.user, stored, this.worker.hasAuthFile)
+    this.auth = new ClientAuth(
+      authType,
+      this.user,
+      stored,
+      this.worker.hasAuthFile,
+      settings.scramIterations,
+    )
     this.authStep(this.auth.start())
   }
 
@@ -749,11 +780,19 @@ export class ClientSession {
     // An unknown user, or one whose password is NULL, goes through the
     // exchange all the same and fails it: the answer does not tell which.
     const secret = lookup.kind === 'found' ? (lookup.secret ?? undefined) : undefined
-    this.auth = new ClientAuth(this.worker.settings.authType, this.user, secret, true)
+    this.auth = new ClientAuth(
+      this.authType,
+      this.user,
+      secret,
+      true,
+      this.worker.settings.scramIterations,
+    )
     this.authStep(this.auth.start())
   }
 
   private db: DatabaseConfig | null = null
+  /** auth_type, or the method of the hba rule that matched. */
+  private authType: AuthType = 'trust'
   private admitted = false
   /** The client-count slots this login holds (max_db/user_client_connections). */
   counted: ClientSlots | null = null

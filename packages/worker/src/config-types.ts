@@ -1,3 +1,5 @@
+import type { HbaRule } from './hba.ts'
+
 /**
  * The part of the coordinator's validated configuration a worker reads. The
  * coordinator's `Config` is a structural superset: it arrives as plain data
@@ -91,6 +93,7 @@ export interface WorkerSettings {
   clientLoginTimeout: number
   ignoreStartupParameters: string[]
   maxPacketSize: number
+  scramIterations: number
   maxPreparedStatements: number
   applicationNameAddHost: boolean
   trackExtraParameters: string[]
@@ -134,4 +137,6 @@ export interface WorkerConfig {
   users: Record<string, UserConfig>
   peers: Record<string, PeerConfig>
   authUsers: Record<string, string>
+  /** auth_hba_file's rules, when auth_type is hba. */
+  hba: HbaRule[] | null
 }

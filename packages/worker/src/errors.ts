@@ -44,6 +44,9 @@ export const Texts = {
   maxUserClientConnections: 'client connections exceeded (max_user_client_connections)',
   sslRequired: 'SSL required',
   certificateFailed: 'certificate authentication failed',
+  /** auth_type hba: no rule fits (PgBouncer 1.21+; 1.18 said "login rejected"). */
+  noHbaRule: 'no authentication method is found',
+  loginRejected: 'login rejected',
   unencryptedAfterSslRequest: 'received unencrypted data after SSL request',
   serverRefusedSsl: 'server refused SSL',
   unsupportedParameter: (key: string) => `unsupported startup parameter: ${key}`,

@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import type { PeerConfig, TlsMaterial } from '@pgbouncer-cluster/worker'
+import type { HbaRule } from '@pgbouncer-cluster/worker/hba'
 import {
   ADMIN_DATABASE,
   type DatabaseConfig,
@@ -18,6 +19,7 @@ import {
   parseUser,
   type UserConfig,
 } from './connstring.ts'
+import { loadHba } from './hba.ts'
 import { ConfigError, errText, type IniItem, readIniFile, resolveConfigPath } from './ini.ts'
 import {
   checkSettingValue,
@@ -47,6 +49,7 @@ export interface Config {
   peers: Record<string, PeerConfig>
   authUsers: Record<string, string> // auth_file: user -> plain text, md5 hash or SCRAM secret
   tls: TlsMaterial // client_tls_* and server_tls_* files, read and checked
+  hba: HbaRule[] | null // auth_hba_file's rules when auth_type is hba
   warnings: string[]
 }
 
@@ -54,7 +57,7 @@ export interface Config {
 // we listen on 127.0.0.1 instead, since TCP is what our workers share a port on.
 const DEFAULT_LISTEN_ADDR = '127.0.0.1'
 const SECTIONS = new Set(['pgbouncer', 'databases', 'users', 'peers'])
-const UNSUPPORTED_AUTH = new Set(['hba', 'pam', 'ldap'])
+const UNSUPPORTED_AUTH = new Set(['pam', 'ldap'])
 const PASSWORD_AUTH = new Set(['md5', 'scram-sha-256', 'plain'])
 const BOOL_WORDS = /^(?:yes|no|on|off|true|false)$/i
 const SPEC_BY_PROP = new Map(SETTINGS.map((s) => [s.prop as string, s]))
@@ -219,6 +222,7 @@ function buildConfig(items: IniItem[], file: string | null, overrides: Partial<S
     peers,
     authUsers,
     tls: loadTls(settings, origins, file),
+    hba: hbaRules(settings, origins),
     warnings,
   }
 }
@@ -251,6 +255,7 @@ export function defaultConfig(overrides: Partial<Settings> = {}): Config {
     peers: Object.create(null),
     authUsers,
     tls: loadTls(settings, origins, null),
+    hba: hbaRules(settings, origins),
     warnings,
   }
 }
@@ -371,6 +376,18 @@ function finish(
     )
   }
   return authUsers
+}
+
+// auth_type hba: the rules of auth_hba_file, read once here (start and reload).
+function hbaRules(settings: Settings, origins: Map<string, Place>): HbaRule[] | null {
+  if (settings.authType !== 'hba') return null
+  const place = origins.get('auth_hba_file') ?? origins.get('auth_type')
+  if (settings.authHbaFile === '') {
+    throw new ConfigError('auth_type hba needs auth_hba_file', { ...place, key: 'auth_type' })
+  }
+  const path = resolveConfigPath(settings.authHbaFile, origins.get('auth_hba_file')?.file ?? null)
+  settings.authHbaFile = path
+  return loadHba(path, place ?? {})
 }
 
 function set(settings: Settings, spec: SettingSpec, value: unknown): void {

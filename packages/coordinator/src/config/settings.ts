@@ -180,7 +180,7 @@ const ROWS: Row[] = [
   ['application_name_add_host', 'bool', false, Y],
   ['auth_dbname', 'string', null, Y, NULLABLE],
   ['auth_file', 'string', null, Y, NULLABLE],
-  ['auth_hba_file', 'string', '', N],
+  ['auth_hba_file', 'string', '', Y],
   ['auth_ident_file', 'string', null, N, NULLABLE],
   ['auth_ldap_options', 'string', null, N, NULLABLE],
   ['auth_query', 'string', AUTH_QUERY, Y],
@@ -237,7 +237,7 @@ const ROWS: Row[] = [
   ['reserve_pool_timeout', 'seconds', 5, Y],
   ['resolv_conf', 'string', '', N, NO_RELOAD],
   ['sbuf_loopcnt', 'int', 5, N],
-  ['scram_iterations', 'int', 4096, N, { min: 1 }],
+  ['scram_iterations', 'int', 4096, Y, { min: 1 }],
   ['server_check_delay', 'seconds', 30, N],
   ['server_check_query', 'string', '<empty>', N], // 1.18: select 1
   ['server_connect_timeout', 'seconds', 15, Y],

@@ -294,11 +294,15 @@ export class ScramServer {
     this.#nonce = makeNonce(opts.nonce)
   }
 
-  static fromPassword(password: string, opts: { nonce?: string } = {}): ScramServer {
-    const key = sha256(Buffer.from(password)).toString('base64')
+  static fromPassword(
+    password: string,
+    opts: { nonce?: string; iterations?: number } = {},
+  ): ScramServer {
+    const iterations = opts.iterations ?? SCRAM_DEFAULT_ITERATIONS
+    const key = `${iterations}:${sha256(Buffer.from(password)).toString('base64')}`
     let secret = passwordSecrets.get(key)
     if (secret === undefined) {
-      secret = secretFromPassword(password, randomBytes(SALT_LEN), SCRAM_DEFAULT_ITERATIONS)
+      secret = secretFromPassword(password, randomBytes(SALT_LEN), iterations)
       if (passwordSecrets.size >= PASSWORD_SECRET_MAX) {
         passwordSecrets.delete(passwordSecrets.keys().next().value!)
       }
