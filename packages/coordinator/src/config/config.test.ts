@@ -461,13 +461,25 @@ describe('loadConfig: every error names file, line and key', () => {
     configError(() => loadConfig(f), 'users.txt', 2, null, /expected "user" "password"/)
   })
   test('auth_type this version does not support', () => {
-    const f = ini('[pgbouncer]\n\nauth_type = hba\n')
+    const f = ini('[pgbouncer]\n\nauth_type = pam\n')
     configError(
       () => loadConfig(f),
       f,
       3,
       'auth_type',
-      /^auth_type hba is not supported by this version$/,
+      /^auth_type pam is not supported by this version$/,
+    )
+  })
+  test('auth_type hba without auth_hba_file, or with one that cannot be read', () => {
+    const f = ini('[pgbouncer]\n\nauth_type = hba\n')
+    configError(() => loadConfig(f), f, 3, 'auth_type', /^auth_type hba needs auth_hba_file$/)
+    const g = ini('[pgbouncer]\nauth_type = hba\nauth_hba_file = /nonexistent/hba.conf\n')
+    configError(
+      () => loadConfig(g),
+      g,
+      3,
+      'auth_hba_file',
+      /^cannot read auth_hba_file "\/nonexistent\/hba\.conf"/,
     )
   })
   test('bad override', () => {

@@ -184,11 +184,15 @@ describe('settings table', () => {
       'stats_period',
       'client_tls_sslmode',
       'server_tls_ca_file',
+      'auth_hba_file',
+      'scram_iterations',
+      'track_extra_parameters',
+      'max_db_client_connections',
     ]) {
       assert.ok(impl.has(name), name)
     }
     // Not honoured yet: those files get the one warning.
-    for (const name of ['client_tls_ecdhcurve', 'auth_hba_file', 'syslog']) {
+    for (const name of ['client_tls_ecdhcurve', 'auth_ident_file', 'syslog']) {
       assert.ok(!impl.has(name), name)
     }
     for (const name of impl) assert.ok(SETTINGS_BY_NAME.has(name))
