@@ -117,6 +117,16 @@ export class ClientSession {
   private varsKey = ''
   waitingSince = 0
   readonly connectedAt = Date.now()
+  // Timestamps on the worker's clock for the janitor (janitor.ts), PgBouncer's
+  // request_time, xact_start and idle_tx: stores, never timers, on the hot path.
+  /** When the client last sent bytes. */
+  lastRequest = 0
+  /** When the transaction's first request went out; 0 outside a transaction. */
+  xactStart = 0
+  /** When the server said "idle in transaction" and the client has not spoken since; else 0. */
+  idleTxSince = 0
+  /** query_wait_notify was sent (once per client, as PgBouncer). */
+  waitNotified = false
   bytesSent = 0
   bytesReceived = 0
   queryCount = 0
@@ -190,7 +200,8 @@ export class ClientSession {
     this.arrivedClosing = worker.closing
     this.noPqexec = worker.settings.disablePqexec
     // TCP_NODELAY is already set: the listener is created with noDelay.
-    if (worker.settings.tcpKeepalive) socket.setKeepAlive(true)
+    // tcp_keepidle sets TCP_KEEPIDLE; Node sets TCP_KEEPINTVL and TCP_KEEPCNT itself.
+    if (worker.settings.tcpKeepalive) socket.setKeepAlive(true, worker.settings.tcpKeepidle * 1000)
     ;(socket as SessionSocket)[kSession] = this
     socket.on('error', onSocketError)
     socket.on('close', onSocketClose)
@@ -233,6 +244,8 @@ export class ClientSession {
       return
     }
     this.bytesReceived += view.length
+    this.lastRequest = this.worker.now
+    this.idleTxSince = 0
     let chunk = view
     if (this.held !== null) {
       chunk = Buffer.concat([this.held, view])
@@ -336,16 +349,16 @@ export class ClientSession {
           this.action = ACTION_PQEXEC
           return true
         }
-        if (this.outstanding++ === 0) this.queryStart = this.worker.now
+        if (this.outstanding++ === 0) this.requestStarted()
         if (this.hasStatements) this.addEdit(type, start, end)
         return false
       case FrontendCode.FunctionCall:
-        if (this.outstanding++ === 0) this.queryStart = this.worker.now
+        if (this.outstanding++ === 0) this.requestStarted()
         // The end of a request, which the server's ParseCompletes are counted against.
         if (this.hasStatements) this.addEdit(type, start, end)
         return false
       case FrontendCode.Sync:
-        if (this.outstanding++ === 0) this.queryStart = this.worker.now
+        if (this.outstanding++ === 0) this.requestStarted()
         this.extended = false
         if (this.hasStatements) this.addEdit(type, start, end)
         return false
@@ -364,6 +377,12 @@ export class ClientSession {
         }
         return false
     }
+  }
+
+  private requestStarted(): void {
+    const now = this.worker.now
+    this.queryStart = now
+    if (this.xactStart === 0) this.xactStart = now
   }
 
   private toServer(view: Buffer, edits: Edit[] | null): void {
@@ -439,7 +458,12 @@ export class ClientSession {
       this.pool!.totals.queryUs += (this.worker.now - this.queryStart) * 1000
     }
     this.queryCount++
-    if (status === TxStatus.Idle) this.xactCount++
+    if (status === TxStatus.Idle) {
+      this.xactCount++
+      if (this.outstanding === 0) this.xactStart = 0
+    } else if (this.outstanding === 0) {
+      this.idleTxSince = this.worker.now
+    }
     if (this.mode === 'session') return false
     if (this.outstanding > 0 || this.extended || !this.scanner.atBoundary || this.held !== null)
       return false
@@ -483,8 +507,9 @@ export class ClientSession {
     if (this.state === 'welcome') {
       this.sendWelcome()
       if (this.mode !== 'session' && this.queuedCount === 0) {
-        // The server was only needed for its parameters.
+        // The server was only needed for its parameters: still as fresh as its login.
         this.server = null
+        server.checked = true
         const pool = this.pool!
         queueMicrotask(() => pool.release(server))
         return
@@ -898,6 +923,7 @@ export class ClientSession {
       if (rest.length > 0) (this.early ??= []).unshift(rest)
     }
     this.state = 'active'
+    this.lastRequest = this.worker.now
     const early = this.early
     this.early = null
     if (early !== null) for (const chunk of early) this.onData(chunk)
@@ -943,6 +969,15 @@ export class ClientSession {
       { client: this.id, remote: this.remote, db: this.database, user: this.user },
       `pooler error: ${errorMessage(error)}`,
     )
+  }
+
+  /** PgBouncer's disconnect with a reason: FATAL (08P01) to the client, the reason in the log. */
+  disconnect(reason: string): void {
+    if (this.state === 'closed') return
+    const error = fatal(reason)
+    this.logPoolerError(error)
+    this.write(error)
+    this.close(reason)
   }
 
   onSocketError(err: Error): void {

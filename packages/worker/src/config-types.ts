@@ -46,6 +46,8 @@ export interface DatabaseConfig {
   authUser?: string
   authDbname?: string
   authQuery?: string
+  /** Per database (PgBouncer 1.24): overrides the global value; the user's wins over it. */
+  queryWaitTimeout?: number
 }
 
 export interface UserConfig {
@@ -54,6 +56,13 @@ export interface UserConfig {
   maxUserConnections?: number
   maxUserClientConnections?: number
   poolSize?: number
+  /** Overrides of PgBouncer 1.24/1.25; a timeout of 0 leaves the global value in force. */
+  reservePoolSize?: number
+  queryTimeout?: number
+  queryWaitTimeout?: number
+  idleTransactionTimeout?: number
+  transactionTimeout?: number
+  clientIdleTimeout?: number
 }
 
 /** A [peers] entry: another pooler, by the peer_id it issues cancel keys with. */
@@ -90,6 +99,16 @@ export interface WorkerSettings {
   serverConnectTimeout: number
   serverLoginRetry: number
   queryWaitTimeout: number
+  queryWaitNotify: number
+  queryTimeout: number
+  idleTransactionTimeout: number
+  transactionTimeout: number
+  clientIdleTimeout: number
+  cancelWaitTimeout: number
+  serverCheckQuery: string
+  serverCheckDelay: number
+  serverFastClose: boolean
+  serverRoundRobin: boolean
   clientLoginTimeout: number
   ignoreStartupParameters: string[]
   maxPacketSize: number
@@ -107,6 +126,7 @@ export interface WorkerSettings {
   disablePqexec: boolean
   tcpKeepalive: boolean
   peerId: number
+  tcpKeepidle: number
 }
 
 /**

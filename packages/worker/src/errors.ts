@@ -51,6 +51,13 @@ export const Texts = {
   serverRefusedSsl: 'server refused SSL',
   unsupportedParameter: (key: string) => `unsupported startup parameter: ${key}`,
   queryWaitTimeout: 'query_wait_timeout',
+  queryTimeout: 'query timeout',
+  /** A client still waiting for a server when query_timeout ran out (1.18 said `query timeout`). */
+  queryTimeoutWaiting: 'query_timeout',
+  idleTransactionTimeout: 'idle transaction timeout',
+  transactionTimeout: 'transaction timeout',
+  clientIdleTimeout: 'client_idle_timeout',
+  configurationChanged: 'database configuration changed',
   clientLoginTimeout: 'client_login_timeout (server down)',
   serverConnCrashed: 'server conn crashed?',
   serverLoginRetry: 'server login has been failing, try again later (server_login_retry)',

@@ -2,6 +2,7 @@ import { isMd5Hash } from '@pgbouncer-cluster/protocol/auth/md5'
 import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
 import { Counter, type PoolCounters } from '@pgbouncer-cluster/protocol/counters'
 import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
+import { query } from '@pgbouncer-cluster/protocol/serializer'
 import { BreakerState, type BreakerWords } from '@pgbouncer-cluster/protocol/shared-memory'
 import type { DatabaseConfig, PoolMode } from './config-types.ts'
 import { fatal, Texts } from './errors.ts'
@@ -16,6 +17,8 @@ import type { PoolerWorker } from './worker.ts'
 export interface PoolClient {
   /** A client session's id (SHOW CLIENTS' ptr); 0 for the pooler's own. */
   readonly id: number
+  /** The user it logged in as, for [users] overrides; the pool's user when absent. */
+  readonly user?: string
   waitingSince: number
   xactCount: number
   queryCount: number
@@ -102,6 +105,8 @@ export class Pool {
   private waitingHead = 0
   /** Servers between open() and the end of their login. */
   private readonly loggingIn = new Set<Server>()
+  /** Servers running server_check_query before they serve a client. */
+  private checking = 0
   /** Our server that is the breaker's half-open probe, while it logs in. */
   private probe: Server | null = null
   private permitLoop = false
@@ -147,8 +152,9 @@ export class Pool {
     this.counters.setOldestWait(this.slot, this.worker.id, this.oldestWaitingSince)
   }
 
+  /** Servers on their way to serve a waiting client: logging in, or being checked. */
   private get connecting(): number {
-    return this.loggingIn.size
+    return this.loggingIn.size + this.checking
   }
 
   // ---- limits (read from the current config at each use: reload changes them) ----
@@ -162,7 +168,11 @@ export class Pool {
   }
 
   get reserveSize(): number {
-    return this.database.reservePoolSize ?? this.worker.settings.reservePoolSize
+    return (
+      this.worker.userConfig(this.user)?.reservePoolSize ??
+      this.database.reservePoolSize ??
+      this.worker.settings.reservePoolSize
+    )
   }
 
   get minPoolSize(): number {
@@ -255,19 +265,32 @@ export class Pool {
    */
   request(client: PoolClient): void {
     const now = this.worker.now
+    const roundRobin = this.worker.settings.serverRoundRobin
     while (this.idle.length > 0) {
-      const server = this.idle.pop()!
-      if (server.isReusable(now)) {
-        this.link(server, client)
-        return
+      // server_round_robin: the one idle longest, so load spreads over all of them.
+      const server = roundRobin ? this.idle.shift()! : this.idle.pop()!
+      if (!server.isReusable(now)) {
+        server.close()
+        continue
       }
-      server.close()
+      if (this.needsCheck(server, now)) {
+        // The client waits for the check; the checked server comes back through release().
+        this.check(server)
+        break
+      }
+      this.link(server, client)
+      return
     }
     // Waiting is the slow path: an exact clock for SHOW STATS' wait time is affordable here.
     client.waitingSince = Date.now()
     this.waiting.push(client)
     this.publishWaiting()
     this.grow()
+  }
+
+  /** The clients waiting, oldest first (a copy: the janitor may drop some). */
+  waitingClients(): PoolClient[] {
+    return this.waiting.slice(this.waitingHead)
   }
 
   /** A waiting client left (disconnect, timeout): forget it. */
@@ -292,6 +315,7 @@ export class Pool {
   private link(server: Server, client: PoolClient): void {
     if (client.waitingSince !== 0) this.totals.waitUs += (Date.now() - client.waitingSince) * 1000
     this.totals.serverAssignmentCount++
+    server.checked = false
     server.state = 'active'
     server.client = client
     server.lastUsed = this.worker.now
@@ -492,6 +516,8 @@ export class Pool {
 
   serverLoggedIn(server: Server): void {
     this.loggingIn.delete(server)
+    // Fresh from its login: no check before its first client, as in PgBouncer.
+    server.checked = true
     if (this.probe === server) this.probe = null
     this.lastLoginFailure = null
     // One shared load per login; the coordinator hears only what changes a breaker.
@@ -592,6 +618,10 @@ export class Pool {
       server.close()
       return
     }
+    if (this.waitingCount > 0 && this.needsCheck(server, now)) {
+      this.check(server)
+      return
+    }
     const client = this.nextWaiting()
     if (client !== null) {
       this.link(server, client)
@@ -614,6 +644,10 @@ export class Pool {
 
   serverClosed(server: Server): void {
     if (!this.servers.delete(server)) return
+    if (server.checking) {
+      server.checking = false
+      this.checking--
+    }
     // Closed before its login ended (RECONNECT, reload, shutdown).
     if (this.loggingIn.delete(server)) {
       const host = this.hostOf(server)
@@ -636,17 +670,37 @@ export class Pool {
     if (this.waitingCount > 0) this.grow()
   }
 
+  // ---- server_check_query -------------------------------------------------------
+
+  /**
+   * A server idle longer than server_check_delay (or any server, with a delay
+   * of 0) runs server_check_query before it serves a client, unless it has
+   * just done so or just logged in.
+   */
+  private needsCheck(server: Server, now: number): boolean {
+    const settings = this.worker.settings
+    if (settings.serverCheckQuery === '' || server.checked) return false
+    const delay = settings.serverCheckDelay * 1000
+    return delay === 0 || now - server.lastUsed > delay
+  }
+
+  private check(server: Server): void {
+    this.checking++
+    server.check(checkStatement(this.worker.settings.serverCheckQuery))
+  }
+
+  /** The check query answered: the server serves the next waiting client, or idles. */
+  serverChecked(server: Server): void {
+    server.checking = false
+    this.checking--
+    server.checked = true
+    this.release(server)
+  }
+
   // ---- housekeeping (called by the worker's janitor) ---------------------------
 
   tick(now: number): void {
     const settings = this.worker.settings
-    // Waiting clients past query_wait_timeout get PgBouncer's error.
-    if (settings.queryWaitTimeout > 0) {
-      const limit = settings.queryWaitTimeout * 1000
-      while (this.waitingCount > 0 && now - this.waiting[this.waitingHead].waitingSince >= limit) {
-        this.nextWaiting()!.fail(fatal(Texts.queryWaitTimeout))
-      }
-    }
     if (this.waitingCount > 0) this.grow()
     // Idle servers past their lifetime or idle timeout, never below min_pool_size.
     const idleTimeout = settings.serverIdleTimeout * 1000
@@ -762,6 +816,17 @@ const ERRNO_TEXT: Record<string, string> = {
   ETIMEDOUT: 'connection timed out',
   ENOTFOUND: 'host name not found',
   EAI_AGAIN: 'host name lookup failed',
+}
+
+let checkText = ''
+let checkQuery: Buffer | null = null
+/** The Query message of server_check_query, built once per text; `<empty>` is the empty query. */
+function checkStatement(text: string): Buffer {
+  if (checkQuery === null || text !== checkText) {
+    checkText = text
+    checkQuery = query(text === '<empty>' ? '' : text)
+  }
+  return checkQuery
 }
 
 export function poolKey(database: string, user: string): string {

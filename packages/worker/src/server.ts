@@ -78,6 +78,10 @@ export class Server implements PreparedServer {
   cancelsInFlight = 0
   /** Released while a cancel was in flight: waits out of the pool for it. */
   parked = false
+  /** Running server_check_query, out of the idle list (pool.ts). */
+  checking = false
+  /** Checked (or logged in) since its last client: serves the next without a check. */
+  checked = false
   /** Writes PostgreSQL has not taken yet (see socket-io.ts). */
   queuedWrites = 0
   /** The client that stopped reading until this server takes its bytes. */
@@ -124,6 +128,7 @@ export class Server implements PreparedServer {
       port: this.port,
       noDelay: true,
       keepAlive: pool.worker.settings.tcpKeepalive,
+      keepAliveInitialDelay: pool.worker.settings.tcpKeepidle * 1000,
     })
     this.socket.on('connect', this.onConnect)
     this.socket.on('error', this.onError)
@@ -380,6 +385,7 @@ export class Server implements PreparedServer {
   /** Bytes from a server nobody is linked to: status reports, or a FATAL on its way out. */
   private onIdleData(chunk: Buffer): void {
     let start = 0
+    let checked = false
     while (start < chunk.length) {
       this.action = 0
       start = this.scanner.scan(chunk, start, this.onIdleMessage)
@@ -387,7 +393,9 @@ export class Server implements PreparedServer {
         this.close()
         return
       }
+      if (this.action === ACTION_CHECKED) checked = true
     }
+    if (checked) this.pool.serverChecked(this)
   }
 
   private readonly onIdleMessage = (type: number, msg: Buffer | null): boolean => {
@@ -398,10 +406,19 @@ export class Server implements PreparedServer {
     if (type === BackendCode.ReadyForQuery && this.swallow > 0) {
       this.swallow--
       this.txStatus = readyForQueryStatus(msg!)
+      if (this.swallow === 0 && this.checking) this.action = ACTION_CHECKED
       return false
     }
     if (type === BackendCode.ErrorResponse) {
       const fields = parseErrorFields(msg!)
+      if (this.checking) {
+        this.pool.worker.log.warn(
+          { server: this.id, sqlstate: fields.code, error: fields.message },
+          'server_check_query failed, closing the server',
+        )
+        this.action = ACTION_CLOSE
+        return true
+      }
       if (this.swallow > 0) {
         this.pool.worker.log.warn(
           { server: this.id, sqlstate: fields.code, error: fields.message },
@@ -571,6 +588,12 @@ export class Server implements PreparedServer {
     return send(this.socket, this, buf)
   }
 
+  /** server_check_query (pool.ts): the pool hears of its ReadyForQuery. */
+  check(statement: Buffer): void {
+    this.checking = true
+    this.runOwn(statement)
+  }
+
   /** A statement of the pooler's own: its reply never reaches a client. */
   runOwn(statement: Buffer): void {
     this.swallow++
@@ -631,6 +654,7 @@ const ACTION_SKIP = 1
 const ACTION_RELEASE = 2
 const ACTION_CLOSE = 3
 const ACTION_DROP = 4
+const ACTION_CHECKED = 5
 const DEALLOCATE_ALL = query('DEALLOCATE ALL')
 
 function ignoreError(): void {}

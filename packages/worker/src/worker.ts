@@ -29,6 +29,7 @@ import type {
   WorkerSettings,
 } from './config-types.ts'
 import { fatal, SqlState, Texts } from './errors.ts'
+import { Janitor } from './janitor.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
@@ -114,7 +115,10 @@ export class PoolerWorker {
   readonly admin: WorkerAdmin
   private nextPid = 1
   private clients = 0
-  private janitor: NodeJS.Timeout | null = null
+  private ticker: NodeJS.Timeout | null = null
+  private readonly janitor = new Janitor(this)
+  /** CancelRequests on their way to PostgreSQL, by send time (cancel_wait_timeout). */
+  readonly cancels = new Map<net.Socket, number>()
   /** An 'immediate' shutdown cuts a wait for clients or servers short. */
   private hurry = false
   private shutdownMode: ShutdownMode | null = null
@@ -183,7 +187,7 @@ export class PoolerWorker {
       )
     })
     if (this.unixSocket !== null) await this.listenUnix(this.unixSocket)
-    this.janitor = setInterval(this.tick, JANITOR_INTERVAL_MS)
+    this.ticker = setInterval(this.tick, JANITOR_INTERVAL_MS)
     this.send({ type: 'worker-ready', worker: this.id, port })
   }
 
@@ -474,9 +478,11 @@ export class PoolerWorker {
     const done = () => {
       if (closed) return
       closed = true
+      this.cancels.delete(socket)
       server.cancelDone()
     }
     const socket = net.connect({ host, port })
+    this.cancels.set(socket, this.now)
     socket.on('error', failed)
     socket.on('close', done)
     const setup = this.tls.server
@@ -585,7 +591,7 @@ export class PoolerWorker {
   private readonly tick = (): void => {
     const now = Date.now()
     this.now = now
-    for (const pool of this.pools.values()) pool.tick(now)
+    this.janitor.tick(now)
     this.admin.checkDrained()
   }
 
@@ -648,7 +654,7 @@ export class PoolerWorker {
     for (const session of this.sessions.values())
       session.fail(fatal(Texts.shuttingDown, SqlState.AdminShutdown))
     for (const pool of this.pools.values()) pool.closeAll()
-    if (this.janitor !== null) clearInterval(this.janitor)
+    if (this.ticker !== null) clearInterval(this.ticker)
     this.log.info('worker stopped')
     flushLogger(this.log)
     this.send({ type: 'worker-stopped', worker: this.id })

@@ -106,7 +106,7 @@ log_connections = 0
 stats_period = 30
 ;; not implemented here
 client_tls_ecdhcurve = auto
-server_round_robin = 1
+tcp_socket_buffer = 0
 dns_max_ttl = 30
 %include extra.ini
 `,
@@ -152,7 +152,6 @@ describe('loadConfig: a realistic pgbouncer.ini', () => {
       logConnections: false,
       statsPeriod: 30,
       clientTlsEcdhcurve: 'auto',
-      serverRoundRobin: true,
       dnsMaxTtl: 30,
       maxDbConnections: 100,
       maxUserConnections: 50,
@@ -253,7 +252,7 @@ describe('loadConfig: a realistic pgbouncer.ini', () => {
     assert.equal(config.warnings.length, 1)
     const [w] = config.warnings
     assert.match(w!, /not implemented/)
-    for (const name of ['client_tls_ecdhcurve', 'server_round_robin', 'dns_max_ttl'])
+    for (const name of ['client_tls_ecdhcurve', 'tcp_socket_buffer', 'dns_max_ttl'])
       assert.ok(w!.includes(name), name)
     for (const name of ['listen_port', 'pool_mode', 'max_db_connections', 'client_tls_sslmode'])
       assert.ok(!w!.includes(name), name)
@@ -358,7 +357,7 @@ describe('loadConfig: details', () => {
     assert.match(c.warnings[0]!, /:1, .*:5: \[pgbouncer\] appears more than once; PgBouncer resets/)
   })
 
-  test('unimplemented [databases] and [users] keys join the one warning; [peers] is read', () => {
+  test('unimplemented [databases] keys join the one warning; [users] has none left, [peers] is read', () => {
     const c = loadConfig(
       ini(
         '[databases]\na = server_lifetime=5\n[users]\nu = query_timeout=3\n[peers]\n1 = host=/tmp/p1\n[pgbouncer]\nauth_type=trust\nsyslog=1\n',
@@ -367,7 +366,7 @@ describe('loadConfig: details', () => {
     assert.equal(c.warnings.length, 1)
     assert.match(
       c.warnings[0]!,
-      /server_lifetime \(in \[databases\]\), query_timeout \(in \[users\]\), syslog$/,
+      /no effect: server_lifetime \(in \[databases\]\), syslog$/,
     )
     assert.deepEqual(c.peers['1'], { id: 1, host: '/tmp/p1', port: 6432 })
   })
@@ -381,6 +380,22 @@ describe('loadConfig: details', () => {
     assert.equal(c.settings.peerId, 1)
     assert.deepEqual(c.peers['1'], { id: 1, host: '127.0.0.2', port: 7000, poolSize: 3 })
     assert.deepEqual(c.peers['2'], { id: 2, host: '/run/pgb', port: 6432 })
+  })
+
+  test('socket options Node.js cannot set are each named with what the sockets get instead', () => {
+    const c = loadConfig(
+      ini(
+        '[pgbouncer]\nauth_type=trust\ntcp_keepidle=30\ntcp_keepintvl=5\ntcp_keepcnt=3\ntcp_user_timeout=1000\n',
+      ),
+    )
+    assert.equal(c.warnings.length, 3)
+    assert.match(
+      c.warnings[0]!,
+      /:4: tcp_keepintvl has no effect: Node\.js sets TCP_KEEPINTVL to 1/,
+    )
+    assert.match(c.warnings[1]!, /:5: tcp_keepcnt has no effect: Node\.js sets TCP_KEEPCNT to 10/)
+    assert.match(c.warnings[2]!, /:6: tcp_user_timeout has no effect: Node\.js cannot set/)
+    assert.ok(!c.warnings.some((w) => w.includes('tcp_keepidle')))
   })
 
   test('a password auth_type without auth_file or auth_user warns', () => {

@@ -24,6 +24,7 @@ import { ConfigError, errText, type IniItem, readIniFile, resolveConfigPath } fr
 import {
   checkSettingValue,
   defaultSettings,
+  NODE_CANNOT_SET,
   parseSettingValue,
   SETTINGS,
   SETTINGS_BY_NAME,
@@ -195,6 +196,10 @@ function buildConfig(items: IniItem[], file: string | null, overrides: Partial<S
   if (!origins.has('conffile') && file !== null) settings.conffile = file
 
   const warnings: string[] = []
+  for (const [name, why] of NODE_CANNOT_SET) {
+    if (!unimplemented.delete(name)) continue
+    warnings.push(`${at(origins.get(name)!)}: ${name} has no effect: ${why}`)
+  }
   if (unimplemented.size > 0) {
     warnings.push(
       `${file ?? 'config'}: these settings are accepted but not implemented by this version, so they have no effect: ${[...unimplemented].join(', ')}`,

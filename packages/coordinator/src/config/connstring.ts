@@ -74,20 +74,13 @@ export interface DatabaseConfig extends WorkerDatabaseConfig {
   maxDbClientConnections?: number
   serverLifetime?: number
   targetSessionAttrs?: TargetSessionAttrs
-  queryWaitTimeout?: number
   line: number // where it was defined, for messages
   file?: string
 }
 
 export interface UserConfig extends WorkerUserConfig {
   // Accepted, not implemented yet (see USER_PARAMS).
-  reservePoolSize?: number
   maxUserClientConnections?: number
-  queryTimeout?: number
-  queryWaitTimeout?: number
-  idleTransactionTimeout?: number
-  transactionTimeout?: number
-  clientIdleTimeout?: number
   line: number
   file?: string
 }
@@ -140,20 +133,20 @@ export const DATABASE_PARAMS: readonly ParamSpec[] = [
   p('target_session_attrs', 'targetSessionAttrs', 'enum', false, {
     values: ['any', 'read-write', 'read-only', 'primary', 'standby'],
   }),
-  p('query_wait_timeout', 'queryWaitTimeout', 'seconds', false, { unsetValue: -1 }),
+  p('query_wait_timeout', 'queryWaitTimeout', 'seconds', true, { unsetValue: -1 }),
 ]
 
 export const USER_PARAMS: readonly ParamSpec[] = [
   p('pool_mode', 'poolMode', 'enum', true, { values: POOL_MODES }),
   p('max_user_connections', 'maxUserConnections', 'count', true),
   p('pool_size', 'poolSize', 'count', true),
-  p('reserve_pool_size', 'reservePoolSize', 'count', false),
+  p('reserve_pool_size', 'reservePoolSize', 'count', true),
   p('max_user_client_connections', 'maxUserClientConnections', 'count', true),
-  p('query_timeout', 'queryTimeout', 'seconds', false),
-  p('query_wait_timeout', 'queryWaitTimeout', 'seconds', false, { unsetValue: -1 }),
-  p('idle_transaction_timeout', 'idleTransactionTimeout', 'seconds', false),
-  p('transaction_timeout', 'transactionTimeout', 'seconds', false),
-  p('client_idle_timeout', 'clientIdleTimeout', 'seconds', false),
+  p('query_timeout', 'queryTimeout', 'seconds', true),
+  p('query_wait_timeout', 'queryWaitTimeout', 'seconds', true, { unsetValue: -1 }),
+  p('idle_transaction_timeout', 'idleTransactionTimeout', 'seconds', true),
+  p('transaction_timeout', 'transactionTimeout', 'seconds', true),
+  p('client_idle_timeout', 'clientIdleTimeout', 'seconds', true),
 ]
 
 const byName = (specs: readonly ParamSpec[]) => new Map(specs.map((s) => [s.name, s]))

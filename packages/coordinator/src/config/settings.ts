@@ -187,8 +187,8 @@ const ROWS: Row[] = [
   ['auth_type', 'enum', 'md5', Y, { values: AUTH_TYPES }],
   ['auth_user', 'string', null, Y, NULLABLE],
   ['autodb_idle_timeout', 'seconds', 3600, N],
-  ['cancel_wait_timeout', 'seconds', 10, N],
-  ['client_idle_timeout', 'seconds', 0, N],
+  ['cancel_wait_timeout', 'seconds', 10, Y],
+  ['client_idle_timeout', 'seconds', 0, Y],
   ['client_login_timeout', 'seconds', 60, Y],
   ['client_tls13_ciphers', 'string', null, N, NULLABLE],
   ['client_tls_ca_file', 'string', '', Y],
@@ -205,7 +205,7 @@ const ROWS: Row[] = [
   ['dns_max_ttl', 'seconds', 15, N],
   ['dns_nxdomain_ttl', 'seconds', 15, N],
   ['dns_zone_check_period', 'seconds', 0, N],
-  ['idle_transaction_timeout', 'seconds', 0, N],
+  ['idle_transaction_timeout', 'seconds', 0, Y],
   ['ignore_startup_parameters', 'list', [], Y],
   ['job_name', 'string', 'pgbouncer', N, NO_RELOAD],
   ['listen_addr', 'string', '', Y, NO_RELOAD],
@@ -230,24 +230,24 @@ const ROWS: Row[] = [
   ['pkt_buf', 'int', 4096, N, { reloadable: false, min: 1 }],
   ['pool_idle_timeout', 'seconds', 0, N], // newer than 1.24
   ['pool_mode', 'enum', 'session', Y, { values: POOL_MODES }],
-  ['query_timeout', 'seconds', 0, N],
-  ['query_wait_notify', 'int', 5, N],
+  ['query_timeout', 'seconds', 0, Y],
+  ['query_wait_notify', 'int', 5, Y],
   ['query_wait_timeout', 'seconds', 120, Y],
   ['reserve_pool_size', 'int', 0, Y],
   ['reserve_pool_timeout', 'seconds', 5, Y],
   ['resolv_conf', 'string', '', N, NO_RELOAD],
   ['sbuf_loopcnt', 'int', 5, N],
   ['scram_iterations', 'int', 4096, Y, { min: 1 }],
-  ['server_check_delay', 'seconds', 30, N],
-  ['server_check_query', 'string', '<empty>', N], // 1.18: select 1
+  ['server_check_delay', 'seconds', 30, Y],
+  ['server_check_query', 'string', '<empty>', Y], // 1.18: select 1
   ['server_connect_timeout', 'seconds', 15, Y],
-  ['server_fast_close', 'bool', false, N],
+  ['server_fast_close', 'bool', false, Y],
   ['server_idle_timeout', 'seconds', 600, Y],
   ['server_lifetime', 'seconds', 3600, Y],
   ['server_login_retry', 'seconds', 15, Y],
   ['server_reset_query', 'string', 'DISCARD ALL', Y],
   ['server_reset_query_always', 'bool', false, Y],
-  ['server_round_robin', 'bool', false, N],
+  ['server_round_robin', 'bool', false, Y],
   ['server_tls13_ciphers', 'string', null, N, NULLABLE],
   ['server_tls_ca_file', 'string', '', Y],
   ['server_tls_cert_file', 'string', '', Y],
@@ -266,18 +266,26 @@ const ROWS: Row[] = [
   ['tcp_defer_accept', 'bool', true, N], // Linux default
   ['tcp_keepalive', 'bool', true, Y],
   ['tcp_keepcnt', 'int', 0, N],
-  ['tcp_keepidle', 'int', 0, N],
+  ['tcp_keepidle', 'int', 0, Y],
   ['tcp_keepintvl', 'int', 0, N],
   ['tcp_socket_buffer', 'int', 0, N],
   ['tcp_user_timeout', 'int', 0, N], // milliseconds
   ['track_extra_parameters', 'list', ['IntervalStyle'], Y, NO_RELOAD],
-  ['transaction_timeout', 'seconds', 0, N],
+  ['transaction_timeout', 'seconds', 0, Y],
   ['unix_socket_dir', 'string', '/tmp', Y, NO_RELOAD],
   ['unix_socket_group', 'string', '', Y, NO_RELOAD],
   ['unix_socket_mode', 'int', 0o777, Y, NO_RELOAD],
   ['user', 'string', null, N, { nullable: true, reloadable: false }],
   ['verbose', 'int', 0, N],
 ]
+
+// Socket options Node.js gives no way to set: named apart in the start-up
+// warning, with what the sockets get instead.
+export const NODE_CANNOT_SET: ReadonlyMap<string, string> = new Map([
+  ['tcp_keepintvl', 'Node.js sets TCP_KEEPINTVL to 1 second itself when keepalive is on'],
+  ['tcp_keepcnt', 'Node.js sets TCP_KEEPCNT to 10 itself when keepalive is on'],
+  ['tcp_user_timeout', 'Node.js cannot set TCP_USER_TIMEOUT; the kernel default applies'],
+])
 
 const camel = (name: string) => name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase())
 
