@@ -364,10 +364,7 @@ describe('loadConfig: details', () => {
       ),
     )
     assert.equal(c.warnings.length, 1)
-    assert.match(
-      c.warnings[0]!,
-      /no effect: server_lifetime \(in \[databases\]\), syslog$/,
-    )
+    assert.match(c.warnings[0]!, /no effect: server_lifetime \(in \[databases\]\), syslog$/)
     assert.deepEqual(c.peers['1'], { id: 1, host: '/tmp/p1', port: 6432 })
   })
 

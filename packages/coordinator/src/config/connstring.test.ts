@@ -85,10 +85,7 @@ describe('parseDatabase', () => {
       line: 9,
       file: 'p.ini',
     })
-    assert.deepEqual(unimplemented, [
-      'server_lifetime',
-      'target_session_attrs',
-    ])
+    assert.deepEqual(unimplemented, ['server_lifetime', 'target_session_attrs'])
   })
 
   test('defaults: 127.0.0.1:5432, dbname = entry name', () => {
