@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
@@ -14,6 +14,7 @@ import { type IniSpec, type Pooler, startPooler, withClient, writeIni } from './
 // PgBouncer 1.18 has the same feature, against it with the same files.
 const TEST_TIMEOUT = 30_000
 const db = usePostgres({
+  tls: true,
   roles: [{ name: 'alice' }, { name: 'bob' }, { name: 'dave' }, { name: 'eve' }],
   databases: ['app', 'closed'],
 })
@@ -87,7 +88,9 @@ for (const target of ['pgbouncer-cluster', 'PgBouncer 1.18'] as const) {
       const dir = sharedDir()
       writeShared(dir, 'staff.txt', 'dave, eve\n')
       const s = spec(writeShared(dir, 'hba.conf', `${HBA}\n`))
-      pooler = reference ? await startPgBouncer(s) : await startPooler(writeIni(s), { workers: 1 })
+      pooler = reference
+        ? await startPgBouncer(s)
+        : await startPooler(writeIni(s), { workers: 1, timeoutMs: 60_000 })
     })
     after(() => pooler.stop())
 
@@ -136,6 +139,7 @@ describe('auth_type hba: the unix socket, reload, a broken file', () => {
     const socketDir = sharedDir()
     pooler = await startPooler(writeIni(spec(hbaFile, { unix_socket_dir: socketDir })), {
       workers: 1,
+      timeoutMs: 60_000,
     })
     ;(pooler as unknown as { socketDir: string }).socketDir = socketDir
   })
@@ -189,7 +193,7 @@ describe('scram_iterations', () => {
         pgbouncer: { auth_type: 'scram-sha-256', scram_iterations: 1234 },
         userlist: { alice: 'alice-pw' },
       }),
-      { workers: 1 },
+      { workers: 1, timeoutMs: 60_000 },
     )
   })
   after(() => pooler.stop())
@@ -220,5 +224,64 @@ describe('scram_iterations', () => {
     }
     // And a real client logs in through it.
     assert.deepEqual(await login(pooler, 'alice', 'app', 'alice-pw'), { ok: 'alice' })
+  })
+})
+
+describe('auth_type hba over TLS: hostssl lines and the cert method', () => {
+  let pooler: Pooler
+  let client: { key: string; cert: string }
+  before(async () => {
+    const dir = sharedDir()
+    // A self-signed client certificate for CN=postgres, its own CA.
+    const keyPath = join(dir, 'client.key')
+    const certPath = join(dir, 'client.crt')
+    await run('openssl', [
+      ...['req', '-x509', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'],
+      ...['-keyout', keyPath, '-out', certPath, '-days', '2', '-subj', '/CN=postgres'],
+    ])
+    client = { key: readFileSync(keyPath, 'utf8'), cert: readFileSync(certPath, 'utf8') }
+    const hba = writeShared(
+      dir,
+      'hba.conf',
+      [
+        'hostnossl all all 0.0.0.0/0 reject',
+        'hostssl all postgres 127.0.0.1/32 cert',
+        'hostssl all alice 127.0.0.0/8 md5',
+      ].join('\n'),
+    )
+    const tls = db.server.tls!
+    pooler = await startPooler(
+      writeIni(
+        spec(hba, {
+          client_tls_sslmode: 'verify-ca',
+          client_tls_ca_file: certPath,
+          client_tls_cert_file: tls.certPath,
+          client_tls_key_file: tls.keyPath,
+        }),
+      ),
+      { workers: 1, timeoutMs: 60_000 },
+    )
+  })
+  after(() => pooler.stop())
+
+  test('the certificate logs postgres in; alice gives her password; a user with no line is refused', {
+    timeout: TEST_TIMEOUT,
+  }, async () => {
+    const ssl = { rejectUnauthorized: false, key: client.key, cert: client.cert }
+    const as = (user: string, password?: string) =>
+      withClient(
+        { host: pooler.host, port: pooler.port, user, database: 'app', password, ssl },
+        async (c) => (await c.query('SELECT current_user AS u')).rows[0].u as string,
+      ).then(
+        (u): LoginResult => ({ ok: u }),
+        (e: Error & { code?: string }): LoginResult => ({ error: e.message, code: e.code }),
+      )
+    assert.deepEqual(await as('postgres'), { ok: 'postgres' })
+    assert.deepEqual(await as('alice', 'alice-pw'), { ok: 'alice' })
+    assert.match(String((await as('alice', 'nope')).error), /password authentication failed/)
+    assert.deepEqual(await as('bob', 'bob-pw'), {
+      error: 'no authentication method is found',
+      code: '08P01',
+    })
   })
 })
