@@ -192,6 +192,10 @@ export class Cluster {
       },
       `listening on ${host}:${port}${unix === null ? '' : ` and ${unix}`}`,
     )
+    if (this.config.settings.soReuseport) {
+      const problem = migrateReqProblem()
+      if (problem !== null) this.log.warn(problem)
+    }
     if (this.options.signals === false) return
     process.on('SIGINT', this.onStopSignal)
     process.on('SIGTERM', this.onStopSignal)
@@ -573,4 +577,24 @@ function freePort(host: string): Promise<number> {
 function hostOf(msg: { host?: number; hosts?: number }): HostOf | undefined {
   if (msg.host === undefined || msg.hosts === undefined || msg.host >= msg.hosts) return undefined
   return { index: msg.host, count: msg.hosts }
+}
+
+const MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req'
+
+/**
+ * With so_reuseport several processes share the port, and one of them stopping
+ * closes its listening sockets. Unless net.ipv4.tcp_migrate_req is 1 (Linux
+ * 5.14+), the kernel resets the connections still queued on those sockets
+ * instead of handing them to another listener: a client that connected in that
+ * instant of a rolling restart gets ECONNRESET. Only the host can fix that.
+ */
+function migrateReqProblem(): string | null {
+  let value: string
+  try {
+    value = readFileSync(MIGRATE_REQ, 'utf8').trim()
+  } catch {
+    return 'so_reuseport: this kernel has no net.ipv4.tcp_migrate_req (Linux 5.14+): a client connecting while another process on the port stops may get its connection reset'
+  }
+  if (value !== '0') return null
+  return 'so_reuseport: net.ipv4.tcp_migrate_req is 0, so a client connecting while another process on the port stops may get its connection reset; sysctl -w net.ipv4.tcp_migrate_req=1 hands such connections to the processes that stay'
 }
