@@ -32,6 +32,14 @@ export interface ClusterOptions {
 }
 
 const LAYOUT = { maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
+/**
+ * A worker's young generation. V8's default lets it grow to tens of MB while
+ * thousands of clients log in, and it stays that large: 10,000 idle clients
+ * then cost about 4,300 bytes each instead of about 2,600 with this bound.
+ * The pass-through path allocates little and briefly, so collections stay
+ * cheap (one scavenge per about a thousand transactions either way).
+ */
+const WORKER_YOUNG_GENERATION_MB = 6
 /** A worker that keeps dying is restarted no faster than this, doubling up to the cap. */
 const RESTART_BACKOFF_MS = { first: 100, max: 10_000 }
 /** An immediate stop gives a worker thread this long to close its sockets before it is terminated. */
@@ -361,6 +369,7 @@ export class Cluster {
     const thread = new Worker(workerEntry, {
       workerData: data,
       name: `pgbouncer-cluster worker ${id}`,
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     })
     slot.thread = thread
     slot.ready ??= Promise.withResolvers<void>()
