@@ -3,58 +3,64 @@ import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
 import { Counter, type PoolCounters } from '@pgbouncer-cluster/protocol/counters'
 import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
 import { query } from '@pgbouncer-cluster/protocol/serializer'
-import { BreakerState, type BreakerWords } from '@pgbouncer-cluster/protocol/shared-memory'
-import type { DatabaseConfig, PoolMode } from './config-types.ts'
+import {
+  BreakerState,
+  type BreakerWords,
+  type SharedMemory,
+} from '@pgbouncer-cluster/protocol/shared-memory'
+import type { DatabaseConfig, PoolMode, UserConfig } from './config-types.ts'
 import { fatal, Texts } from './errors.ts'
-import type { TrackedName } from './params.ts'
-import { type LoginFailure, Server } from './server.ts'
-import type { PoolerWorker } from './worker.ts'
+import type { Logger } from './log.ts'
+import {
+  type LinkedClient,
+  type LoginFailure,
+  Server,
+  type ServerHost,
+  type ServerSecret,
+} from './server.ts'
 
 /**
  * Whoever a server is linked to: a client session (client.ts), or the
- * pooler's own auth_query (auth-query.ts).
+ * pooler's own auth_query (auth-query.ts). The server sees only its
+ * LinkedClient part.
  */
-export interface PoolClient {
-  /** A client session's id (SHOW CLIENTS' ptr); 0 for the pooler's own. */
-  readonly id: number
+export interface PoolClient extends LinkedClient {
   /** The user it logged in as, for [users] overrides; the pool's user when absent. */
   readonly user?: string
   waitingSince: number
   xactCount: number
   queryCount: number
   bytesReceived: number
-  bytesSent: number
   /** Named Parses and Binds of them (max_prepared_statements), for SHOW STATS. */
   clientParseCount: number
   bindCount: number
   /** The pool links a server to it. */
   attachServer(server: Server): void
-  /** The server's ReadyForQuery: true when the server may go back to the pool now. */
-  onReadyForQuery(status: number): boolean
-  /** The server's bytes up to and including the releasing ReadyForQuery. */
-  write(buf: Buffer): void
-  /** The server's bytes, with backpressure toward it. */
-  forwardFromServer(buf: Buffer, server: Server): void
-  /** Right after the releasing ReadyForQuery was written. */
-  releaseServer(): void
-  /** The server died under it. */
-  serverLost(server: Server): void
-  /** The server reported a tracked parameter. */
-  serverReportedVar(name: TrackedName, value: string): void
   /** A FATAL error, and the end of it (query_wait_timeout, breaker). */
   fail(error: Buffer): void
+}
+
+/** What a pool needs of its worker thread (worker.ts's PoolerWorker is one). */
+export interface PoolHost extends ServerHost {
+  readonly id: number
+  readonly closing: boolean
+  readonly log: Logger
+  readonly shared: SharedMemory
+  readonly authUsers: Record<string, string>
+  userConfig(user: string): UserConfig | undefined
+  queriedSecret(database: string, user: string): string | undefined
+  /** The error clients get while the database's breaker is open. */
+  breakerError(database: string, seq: number): Buffer
+  breakerText(database: string): { sqlstate: string; message: string }
+  /** `host`: the index in the database's host list, -1 for the whole database. */
+  reportLoginFailure(pool: Pool, sqlstate: string, message: string, host?: number): void
+  reportLoginOk(pool: Pool, host?: number): void
 }
 
 export interface PoolSlots {
   pool: number
   databaseSlot: number
   userSlot: number
-}
-
-export interface ServerSecret {
-  password: string | null
-  md5: string | null
-  scramKeys: { clientKey: Buffer; serverKey: Buffer } | null
 }
 
 /**
@@ -65,7 +71,7 @@ export interface ServerSecret {
  */
 export class Pool {
   readonly key: string
-  readonly worker: PoolerWorker
+  readonly worker: PoolHost
   /** Replaced on reload (reconfigure), so limits set in [databases] follow the file. */
   database: DatabaseConfig
   /** The user servers log in as: the database entry's forced user, or the client's. */
@@ -121,7 +127,7 @@ export class Pool {
   private hostCursor: number
 
   constructor(
-    worker: PoolerWorker,
+    worker: PoolHost,
     database: DatabaseConfig,
     user: string,
     mode: PoolMode,

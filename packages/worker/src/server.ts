@@ -19,12 +19,12 @@ import {
   startupMessage,
   terminate,
 } from '@pgbouncer-cluster/protocol/serializer'
-import type { ClientSession } from './client.ts'
+import type { DatabaseConfig, WorkerSettings } from './config-types.ts'
+import type { Logger } from './log.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
-import type { Pool, PoolClient } from './pool.ts'
 import { ParseTracker, type PreparedServer } from './prepared.ts'
 import { endWith, pauseReading, send, startReading } from './socket-io.ts'
-import { connectTls, sslAnswer } from './tls.ts'
+import { connectTls, sslAnswer, type TlsSetups } from './tls.ts'
 
 export type ServerState = 'login' | 'idle' | 'active' | 'closed'
 
@@ -48,6 +48,68 @@ SERVER_FLAGS[BackendCode.ParseComplete] = 1
 
 let nextServerId = 1
 
+// What a server sees of the objects around it: small interfaces, so that
+// server.ts imports none of them (pool.ts, client.ts and worker.ts import it).
+
+/** What a server needs of its worker thread. */
+export interface ServerHost {
+  readonly log: Logger
+  readonly settings: WorkerSettings
+  readonly tls: TlsSetups
+  readonly maxPacketSize: number
+  /** The janitor's clock, in ms. */
+  readonly now: number
+}
+
+/** How the pool logs a server in to PostgreSQL as its user. */
+export interface ServerSecret {
+  password: string | null
+  md5: string | null
+  scramKeys: { clientKey: Buffer; serverKey: Buffer } | null
+}
+
+/** What a server needs of the pool it belongs to (pool.ts's Pool). */
+export interface ServerPool {
+  readonly worker: ServerHost
+  readonly database: DatabaseConfig
+  readonly user: string
+  /** SHOW STATS counters the server adds to. */
+  readonly totals: { serverParseCount: number }
+  serverSecret(): ServerSecret
+  serverLoggedIn(server: Server): void
+  serverLoginFailed(server: Server, failure: LoginFailure): void
+  /** The linked client is done with it (transaction or session over). */
+  release(server: Server): void
+  serverGone(server: Server): void
+  serverClosed(server: Server): void
+  /** server_check_query answered: the server may be handed out. */
+  serverChecked(server: Server): void
+}
+
+/** What a server calls on whoever it is linked to (pool.ts's PoolClient). */
+export interface LinkedClient {
+  /** A client session's id (SHOW CLIENTS' ptr); 0 for the pooler's own. */
+  readonly id: number
+  bytesSent: number
+  /** The server's ReadyForQuery: true when the server may go back to the pool now. */
+  onReadyForQuery(status: number): boolean
+  /** The server's bytes up to and including the releasing ReadyForQuery. */
+  write(buf: Buffer): void
+  /** The server's bytes, with backpressure toward it. */
+  forwardFromServer(buf: Buffer, server: Server): void
+  /** Right after the releasing ReadyForQuery was written. */
+  releaseServer(): void
+  /** The server died under it. */
+  serverLost(server: Server): void
+  /** The server reported a tracked parameter. */
+  serverReportedVar(name: TrackedName, value: string): void
+}
+
+/** A client that stopped reading until this server takes its bytes. */
+export interface DrainWaiter {
+  serverDrained(): void
+}
+
 /**
  * One connection to PostgreSQL, owned by one worker for its whole life (a
  * socket that has spoken cannot move between threads). It holds one permit of
@@ -55,11 +117,11 @@ let nextServerId = 1
  */
 export class Server implements PreparedServer {
   readonly id = nextServerId++
-  readonly pool: Pool
+  readonly pool: ServerPool
   /** The connection to PostgreSQL; a TLS socket over it once PostgreSQL agreed to TLS. */
   socket: net.Socket
   state: ServerState = 'login'
-  client: PoolClient | null = null
+  client: LinkedClient | null = null
   /** ParameterStatus values as the server last reported them. */
   readonly params = new Map<string, string>()
   /** The tracked subset, for the SET on link, and its key (see params.ts). */
@@ -85,7 +147,7 @@ export class Server implements PreparedServer {
   /** Writes PostgreSQL has not taken yet (see socket-io.ts). */
   queuedWrites = 0
   /** The client that stopped reading until this server takes its bytes. */
-  drainWaiter: ClientSession | null = null
+  drainWaiter: DrainWaiter | null = null
   private readonly scanner: FrameScanner
   private loginReader: FrameReader | null = new FrameReader()
   private scram: ScramClient | null = null
@@ -98,7 +160,7 @@ export class Server implements PreparedServer {
   /** Prepared statements under our names (prepared.ts). */
   preparedGen = 0
   preparedCount = 0
-  get totals(): Pool['totals'] {
+  get totals(): ServerPool['totals'] {
     return this.pool.totals
   }
   readonly tracker = new ParseTracker()
@@ -114,7 +176,7 @@ export class Server implements PreparedServer {
   readonly host: string
   readonly port: number
 
-  constructor(pool: Pool, permits: number, hostIndex: number) {
+  constructor(pool: ServerPool, permits: number, hostIndex: number) {
     this.pool = pool
     this.permits = permits
     const target = pool.database.hosts[hostIndex]!
