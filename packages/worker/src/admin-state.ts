@@ -1,26 +1,28 @@
 import type {
-  AdminColumn,
   ConnectionInfo,
   ControlMessage,
   ControlOf,
   PoolStats,
 } from '@pgbouncer-cluster/protocol/control'
+import type { AdminReply } from './admin.ts'
 import type { ClientSession } from './client.ts'
 import { fatal } from './errors.ts'
+import type { PeerForwarder } from './peer.ts'
 import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
 import { tlsInfo } from './tls.ts'
-import type { PoolerWorker } from './worker.ts'
+
+/** What the console's worker side reads and acts on (worker.ts's PoolerWorker is one). */
+export interface AdminStateHost {
+  readonly id: number
+  readonly pools: ReadonlyMap<string, Pool>
+  readonly sessions: ReadonlyMap<number, ClientSession>
+  /** [peers]: SHOW PEER_POOLS' share of this worker. */
+  readonly peers: Pick<PeerForwarder, 'stats'>
+}
 
 /** PgBouncer's text for the clients of a database dropped by KILL. */
 const DATABASE_REMOVED = 'database removed'
-
-export interface AdminReply {
-  tag: string
-  columns: AdminColumn[]
-  rows: (string | null)[][]
-  error?: string
-}
 
 /**
  * The worker's side of the admin console: what PAUSE, RESUME, KILL and the
@@ -30,7 +32,7 @@ export interface AdminReply {
 export class WorkerAdmin {
   /** Queries run by this worker's admin sessions (SHOW STATS' pgbouncer row). */
   queries = 0
-  private readonly worker: PoolerWorker
+  private readonly worker: AdminStateHost
   private readonly send: (msg: ControlMessage) => void
   private pausedAll = false
   private readonly pausedDbs = new Set<string>()
@@ -39,7 +41,7 @@ export class WorkerAdmin {
   private readonly replies = new Map<number, (reply: AdminReply) => void>()
   private nextId = 1
 
-  constructor(worker: PoolerWorker, send: (msg: ControlMessage) => void) {
+  constructor(worker: AdminStateHost, send: (msg: ControlMessage) => void) {
     this.worker = worker
     this.send = send
   }

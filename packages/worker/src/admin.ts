@@ -1,3 +1,4 @@
+import type { AdminColumn } from '@pgbouncer-cluster/protocol/control'
 import { FrameReader } from '@pgbouncer-cluster/protocol/frame-reader'
 import { FrontendCode, TxStatus } from '@pgbouncer-cluster/protocol/messages'
 import {
@@ -10,9 +11,46 @@ import {
   readyForQuery,
   rowDescription,
 } from '@pgbouncer-cluster/protocol/serializer'
-import type { AdminReply } from './admin-state.ts'
-import type { ClientSession } from './client.ts'
+import type { WorkerSettings } from './config-types.ts'
 import { error, fatal, Texts } from './errors.ts'
+import type { Logger } from './log.ts'
+import type { Vars } from './params.ts'
+
+/** A console command's result, as the coordinator sends it back. */
+export interface AdminReply {
+  tag: string
+  columns: AdminColumn[]
+  rows: (string | null)[][]
+  error?: string
+}
+
+/** What a console session needs of its worker (worker.ts's PoolerWorker is one). */
+export interface AdminContext {
+  readonly settings: WorkerSettings
+  readonly log: Logger
+  /** The worker's side of the console (admin-state.ts's WorkerAdmin). */
+  readonly admin: {
+    queries: number
+    request(command: string, arg: string | undefined): Promise<AdminReply>
+  }
+}
+
+/** The client connection a console session speaks through (client.ts's ClientSession). */
+export interface AdminClient {
+  readonly worker: AdminContext
+  readonly state: string
+  /** SHOW CLIENTS' id. */
+  readonly id: number
+  readonly pid: number
+  readonly secret: number
+  readonly user: string
+  readonly remote: string
+  readonly vars: Vars
+  writeAll(messages: Buffer[]): void
+  fail(error: Buffer): void
+  close(reason: string | null): void
+  logPoolerError(error: Buffer): void
+}
 
 /**
  * PgBouncer's texts for the console (admin.c), so that scripts matching on
@@ -96,7 +134,7 @@ const MAX_ADMIN_MESSAGE = 64 * 1024
  * the whole cluster (one row per pool, summed over workers).
  */
 export class AdminSession {
-  private readonly client: ClientSession
+  private readonly client: AdminClient
   private readonly reader = new FrameReader({ maxLength: MAX_ADMIN_MESSAGE })
   /** Messages not handled yet: one command runs at a time, answers keep their order. */
   private readonly queue: Buffer[] = []
@@ -104,7 +142,7 @@ export class AdminSession {
   /** After an unsupported message PgBouncer drops whatever comes next. */
   private broken = false
 
-  constructor(client: ClientSession) {
+  constructor(client: AdminClient) {
     this.client = client
   }
 

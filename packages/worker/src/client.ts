@@ -16,9 +16,10 @@ import {
   readyForQuery,
 } from '@pgbouncer-cluster/protocol/serializer'
 import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
-import { AdminSession } from './admin.ts'
+import { type AdminContext, AdminSession } from './admin.ts'
 import { ClientAuth } from './auth.ts'
-import type { AuthType, DatabaseConfig, PoolMode } from './config-types.ts'
+import type { Lookup } from './auth-query.ts'
+import type { AuthType, DatabaseConfig, PoolMode, WorkerConfig } from './config-types.ts'
 import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
 import { matchHba } from './hba.ts'
 import {
@@ -43,8 +44,42 @@ import {
 } from './prepared.ts'
 import type { Server } from './server.ts'
 import { pauseReading, resumeReading, send, sendAll, startReading } from './socket-io.ts'
-import { acceptTls, type TlsSetup, tlsRequired } from './tls.ts'
-import type { ClientSlots, PoolerWorker } from './worker.ts'
+import { acceptTls, type TlsSetup, type TlsSetups, tlsRequired } from './tls.ts'
+
+/** Shared-memory slots of a database's and a user's client counts; -1: not counted. */
+export interface ClientSlots {
+  databaseSlot: number
+  userSlot: number
+}
+
+/**
+ * What a client session needs of its worker thread: a narrow context, so
+ * that client.ts does not import worker.ts (whose PoolerWorker is one).
+ */
+export interface SessionHost extends AdminContext {
+  readonly tls: TlsSetups
+  /** The janitor's clock, in ms. */
+  readonly now: number
+  /** A shutdown is under way. */
+  readonly closing: boolean
+  readonly authUsers: Record<string, string>
+  readonly hasAuthFile: boolean
+  /** The running configuration (auth_hba_file's rules). */
+  readonly config: Pick<WorkerConfig, 'hba'>
+  /** max_client_conn, across the cluster. */
+  admitClient(): boolean
+  /** max_db_client_connections / max_user_client_connections, across the cluster. */
+  admitToLimits(db: DatabaseConfig, user: string): Promise<ClientSlots | 'db' | 'user'>
+  releaseCounted(session: ClientSession): void
+  clientClosed(session: ClientSession, admitted: boolean): void
+  isAdminDatabase(name: string): boolean
+  resolveDatabase(name: string): DatabaseConfig | null
+  authUserFor(db: DatabaseConfig): string | null
+  authQuery(db: DatabaseConfig, user: string): Promise<Lookup>
+  getPool(db: DatabaseConfig, user: string): Promise<Pool>
+  /** A CancelRequest: carried out here or routed to the worker that owns the key. */
+  cancel(pid: number, secret: number): void
+}
 
 export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
 
@@ -98,7 +133,7 @@ function onLoginFrame(type: number, msg: Buffer): boolean {
  * that links it to a server for as long as the pool mode says.
  */
 export class ClientSession {
-  readonly worker: PoolerWorker
+  readonly worker: SessionHost
   /** The client's socket; a TLS socket over it once the client asked for TLS. */
   socket: net.Socket
   state: ClientState = 'startup'
@@ -185,7 +220,7 @@ export class ClientSession {
   private readonly arrivedClosing: boolean
 
   constructor(
-    worker: PoolerWorker,
+    worker: SessionHost,
     socket: net.Socket,
     id: number,
     key: { pid: number; secret: number },

@@ -160,3 +160,15 @@ export interface WorkerConfig {
   /** auth_hba_file's rules, when auth_type is hba. */
   hba: HbaRule[] | null
 }
+
+/** What the coordinator hands a worker thread at start. */
+export interface WorkerData {
+  id: number
+  sab: SharedArrayBuffer
+  config: WorkerConfig
+  listen: { host: string; port: number }
+  /** unix_socket_dir's socket; worker 0 listens on it (a path has one listener). */
+  unixSocket: { path: string; mode: number; gid: number } | null
+  logLevel: string
+  pretty: boolean
+}

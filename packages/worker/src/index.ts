@@ -1,5 +1,4 @@
 export type * from './config-types.ts'
-export type { WorkerData } from './worker.ts'
 
 /**
  * The worker thread's entry file, for `new Worker(workerEntry)`: thread.ts

@@ -20,12 +20,13 @@ import { cancelRequest, sslRequest } from '@pgbouncer-cluster/protocol/serialize
 import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { WorkerAdmin } from './admin-state.ts'
 import { AuthQuery, type Lookup } from './auth-query.ts'
-import { ClientSession } from './client.ts'
+import { ClientSession, type ClientSlots } from './client.ts'
 import type {
   DatabaseConfig,
   PoolMode,
   UserConfig,
   WorkerConfig,
+  WorkerData,
   WorkerSettings,
 } from './config-types.ts'
 import { fatal, SqlState, Texts } from './errors.ts'
@@ -35,24 +36,6 @@ import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
-
-/** What the coordinator hands a worker thread at start. */
-export interface WorkerData {
-  id: number
-  sab: SharedArrayBuffer
-  config: WorkerConfig
-  listen: { host: string; port: number }
-  /** unix_socket_dir's socket; worker 0 listens on it (a path has one listener). */
-  unixSocket: { path: string; mode: number; gid: number } | null
-  logLevel: string
-  pretty: boolean
-}
-
-/** Shared-memory slots of a database's and a user's client counts; -1: not counted. */
-export interface ClientSlots {
-  databaseSlot: number
-  userSlot: number
-}
 
 /** A per-database or per-user limit overrides the global one when above 0; 0 means none. */
 function limitOf(own: number | undefined, global: number): number {
