@@ -34,15 +34,28 @@ const db = usePostgres()
 let tarball = ''
 let oldestNode = ''
 
-/** npm with the repository's Node first on PATH (npm's own `node` lookups). */
-function npm(args: string[], cwd: string): string {
-  const PATH = `${join(process.execPath, '..')}:${process.env.PATH}`
+/**
+ * npm as a user's shell runs it: with the repository's Node first on PATH, and without the
+ * npm_* variables of the `npm test` this may run under, whose npm_config_local_prefix would
+ * make `npm install` work on the repository instead of `cwd`.
+ */
+function userNpm(args: string[], cwd: string): string {
   return execFileSync('npm', [...args, '--no-audit', '--no-fund', '--loglevel=error'], {
     cwd,
     encoding: 'utf8',
-    env: { ...process.env, PATH },
+    env: userEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: 600_000,
   })
+}
+
+function userEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {}
+  for (const [key, value] of Object.entries(process.env)) {
+    if (!/^npm_/i.test(key)) env[key] = value
+  }
+  env.PATH = `${join(process.execPath, '..')}:${process.env.PATH}`
+  return env
 }
 
 /** The `node` npm package at `version`, installed once per machine in the temp dir. */
@@ -64,13 +77,13 @@ function nodeBinary(version: string): string {
     join(dir, 'package.json'),
     JSON.stringify({ private: true, allowScripts: { node: true } }),
   )
-  npm(['install', `node@${version}`], dir)
+  userNpm(['install', `node@${version}`], dir)
   assert.ok(works(), `node@${version} did not install a working binary at ${path}`)
   return path
 }
 
 function run(node: string, args: string[], cwd = app) {
-  return spawnSync(node, args, { cwd, encoding: 'utf8', timeout: 120_000 })
+  return spawnSync(node, args, { cwd, encoding: 'utf8', timeout: 120_000, env: userEnv() })
 }
 
 /** One line on stderr, no stack trace, no Node error code. */
@@ -99,6 +112,7 @@ async function serveOneQuery(node: string): Promise<void> {
   )
   const child = spawn(node, [bin, ini, '--workers', '2'], {
     cwd: app,
+    env: userEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let out = ''
@@ -175,7 +189,7 @@ describe('the packed tarball, installed alone', () => {
       assert.deepEqual(readdirSync(dist), [tarball.split('/').pop()])
       mkdirSync(app)
       writeFileSync(join(app, 'package.json'), '{ "private": true }\n')
-      npm(['install', tarball], app)
+      userNpm(['install', tarball], app)
       oldestNode = nodeBinary(OLDEST_NODE)
     },
     { timeout: 600_000 },

@@ -5,7 +5,6 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { test } from 'node:test'
 import pg from 'pg'
 
@@ -46,11 +45,11 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   test(`npm start prints one line that connects; ${signal} leaves nothing behind`, {
     timeout: 300_000,
   }, async () => {
-    // npm itself runs on whichever Node is first on PATH; the script gets the repository's.
-    const PATH = `${join(root, 'node_modules', '.bin')}:${process.env.PATH}`
+    // As from a shell: none of the npm_* variables of an `npm test` this may run under.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k)))
     const child = spawn('npm', ['start', '--silent'], {
       cwd: root,
-      env: { ...process.env, PATH },
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true, // its own process group, to signal as a terminal does
     })
