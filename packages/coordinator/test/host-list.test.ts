@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
+import { type AddressInfo, createServer, type Socket } from 'node:net'
 import { after, describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
@@ -143,6 +144,45 @@ describe('host lists', { timeout: 240_000 }, () => {
       assert.ok(seen.has(a.server.host), 'the host that came back gets servers again')
     } finally {
       await a.server.restart()
+    }
+  })
+
+  test('a host that accepts but never answers is skipped after server_connect_timeout; no client error', async () => {
+    // A silent peer at 127.0.0.4: the TCP handshake succeeds, the startup packet gets no reply.
+    // disable: the first login of the pooler goes to it, the first host of the list.
+    const held: Socket[] = []
+    const silent = createServer((socket) => void held.push(socket))
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.4', resolve))
+    const silentPort = (silent.address() as AddressInfo).port
+    try {
+      const ini = writeIni({
+        databases: {
+          app: `host=127.0.0.4,${b.server.host} port=${silentPort},${b.server.port} dbname=app load_balance_hosts=disable`,
+        },
+        pgbouncer: {
+          admin_users: 'postgres',
+          pool_mode: 'session',
+          default_pool_size: 10,
+          server_connect_timeout: 1,
+          query_wait_timeout: 60,
+        },
+      })
+      const pooler = await startPooler(ini, { workers: 2, timeoutMs: 60_000 })
+      poolers.push(pooler)
+      for (let round = 0; round < 2; round++) {
+        assert.deepEqual(new Set(await concurrentAddrs(pooler, 6)), new Set([b.server.host]))
+        await withClient(
+          { host: pooler.host, port: pooler.port, user: 'postgres', database: 'pgbouncer' },
+          (c) => c.query('RECONNECT app'),
+        )
+      }
+      assert.ok(held.length > 0, 'no login ever tried the silent host')
+      assert.match(pooler.output(), /server connect timeout/)
+      assert.match(pooler.output(), /host breaker open/)
+      assert.doesNotMatch(pooler.output(), /circuit breaker open/)
+    } finally {
+      for (const socket of held) socket.destroy()
+      silent.close()
     }
   })
 
