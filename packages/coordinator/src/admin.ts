@@ -55,12 +55,30 @@ export interface AdminHost {
 
 type Result = Omit<ControlOf<'admin-reply'>, 'type' | 'id'>
 
+/**
+ * What /metrics reads, gathered once: the console's own views (so every
+ * exporter metric equals what SHOW answers at the same moment) and each
+ * worker's report for the per-worker figures.
+ */
+export interface AdminSnapshot {
+  /** Every live worker answered in time. */
+  complete: boolean
+  reports: ControlOf<'stats'>[]
+  version: string
+  pools: View
+  stats: View
+  databases: View
+  lists: View
+  config: View
+}
+
 /** A worker that does not answer a SHOW in time is left out of it rather than hanging the console. */
 const GATHER_TIMEOUT_MS = 2000
 
 const VERSION: string = JSON.parse(
   readFileSync(new URL('../package.json', import.meta.url), 'utf8'),
 ).version
+const VERSION_TEXT = `PgBouncer 1.18.0 (pgbouncer-cluster ${VERSION})`
 
 /**
  * The coordinator's half of PgBouncer's admin console. A worker's admin
@@ -283,10 +301,7 @@ export class AdminConsole {
     const config = this.host.config()
     switch (what) {
       case 'VERSION':
-        return view({
-          columns: COLUMNS.version,
-          rows: [[`PgBouncer 1.18.0 (pgbouncer-cluster ${VERSION})`]],
-        })
+        return view({ columns: COLUMNS.version, rows: [[VERSION_TEXT]] })
       case 'CONFIG':
         return view(showConfig(config))
       case 'DNS_HOSTS':
@@ -325,37 +340,57 @@ export class AdminConsole {
         return view(showTotals(all, this.averages.get('') ?? ZERO_STATS))
       }
       case 'DATABASES':
-        return view(
-          showDatabases(
-            config,
-            this.databaseNames(stats),
-            stats.pools,
-            this.pausedDbs,
-            this.host.port(),
-          ),
-        )
+        return view(this.databasesView(stats))
       case 'USERS':
         return view(showUsers(config, this.userNames(stats)))
-      case 'LISTS': {
-        let clients = stats.adminSessions
-        let servers = 0
-        for (const p of stats.pools) {
-          clients += p.clActive + p.clWaiting
-          servers += p.svActive + p.svIdle + p.svUsed + p.svLogin + p.svBeingCanceled
-        }
-        return view(
-          showLists({
-            databases: new Set(this.databaseNames(stats)).size + 1,
-            users: this.userNames(stats).length,
-            pools: stats.pools.length + 1,
-            clients,
-            servers,
-          }),
-        )
-      }
+      case 'LISTS':
+        return view(this.listsView(stats))
       default:
         return fail(`invalid command 'SHOW ${what}', use SHOW HELP;`)
     }
+  }
+
+  /** For /metrics: SHOW POOLS, STATS, DATABASES, LISTS and CONFIG from one gather. */
+  async snapshot(): Promise<AdminSnapshot> {
+    const asked = this.host.workers().length
+    const reports = await this.gather(undefined)
+    const stats = clusterStatsOf(reports)
+    return {
+      complete: reports.length === asked,
+      reports,
+      version: VERSION_TEXT,
+      pools: showPools(stats),
+      stats: showStats(statTotals(stats), this.averages, 'stats'),
+      databases: this.databasesView(stats),
+      lists: this.listsView(stats),
+      config: showConfig(this.host.config()),
+    }
+  }
+
+  private databasesView(stats: ClusterStats): View {
+    return showDatabases(
+      this.host.config(),
+      this.databaseNames(stats),
+      stats.pools,
+      this.pausedDbs,
+      this.host.port(),
+    )
+  }
+
+  private listsView(stats: ClusterStats): View {
+    let clients = stats.adminSessions
+    let servers = 0
+    for (const p of stats.pools) {
+      clients += p.clActive + p.clWaiting
+      servers += p.svActive + p.svIdle + p.svUsed + p.svLogin + p.svBeingCanceled
+    }
+    return showLists({
+      databases: new Set(this.databaseNames(stats)).size + 1,
+      users: this.userNames(stats).length,
+      pools: stats.pools.length + 1,
+      clients,
+      servers,
+    })
   }
 
   private databaseNames(stats: ClusterStats): string[] {
@@ -372,14 +407,7 @@ export class AdminConsole {
   }
 
   async clusterStats(): Promise<ClusterStats> {
-    const reports = await this.gather(undefined)
-    let adminSessions = 0
-    let adminQueries = 0
-    for (const r of reports) {
-      adminSessions += r.admin?.sessions ?? 0
-      adminQueries += r.admin?.queries ?? 0
-    }
-    return { pools: mergePools(reports.map((r) => r.pools ?? [])), adminSessions, adminQueries }
+    return clusterStatsOf(await this.gather(undefined))
   }
 
   /** Every live worker's share, or what arrived within the timeout. */
@@ -448,4 +476,14 @@ function done(tag: string): Result {
 
 function fail(message: string): Result {
   return { tag: '', columns: [], rows: [], error: message }
+}
+
+function clusterStatsOf(reports: ControlOf<'stats'>[]): ClusterStats {
+  let adminSessions = 0
+  let adminQueries = 0
+  for (const r of reports) {
+    adminSessions += r.admin?.sessions ?? 0
+    adminQueries += r.admin?.queries ?? 0
+  }
+  return { pools: mergePools(reports.map((r) => r.pools ?? [])), adminSessions, adminQueries }
 }

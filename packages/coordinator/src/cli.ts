@@ -20,6 +20,8 @@ export interface CliOptions {
   logLevel: string
   /** --check: validate the configuration, say what it serves, and exit. */
   check: boolean
+  /** `--metrics HOST:PORT`: a flag only, as PgBouncer refuses keys it does not know in its ini. */
+  metrics: { host: string; port: number } | null
 }
 
 /**
@@ -60,6 +62,7 @@ export async function main(argv: string[]): Promise<number> {
     logLevel: options.logLevel,
     pretty,
     log,
+    metrics: options.metrics,
     // SIGHUP reads the same file with the same flags winning over it.
     load: () => readConfig(options),
   })
@@ -106,6 +109,10 @@ export function parseArgs(argv: string[]): CliOptions {
       type: 'boolean',
       describe: 'check the configuration, print what it serves, and exit (0: good, 2: error)',
     })
+    .option('metrics', {
+      type: 'string',
+      describe: 'HOST:PORT to serve Prometheus /metrics, /health and /ready on',
+    })
     .option('log-level', {
       type: 'string',
       default: 'info',
@@ -137,15 +144,16 @@ export function parseArgs(argv: string[]): CliOptions {
     poolMode: (args['pool-mode'] as CliOptions['poolMode']) ?? null,
     logLevel: args['log-level'],
     check: args.check === true,
+    metrics: args.metrics === undefined ? null : parseListen(args.metrics, '--metrics'),
   }
 }
 
-function parseListen(value: string): { host: string; port: number } {
+function parseListen(value: string, flag = '--listen'): { host: string; port: number } {
   const i = value.lastIndexOf(':')
   const host = i < 0 ? '127.0.0.1' : value.slice(0, i).replace(/^\[(.*)\]$/, '$1') || '127.0.0.1'
   const port = Number(i < 0 ? value : value.slice(i + 1))
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new UsageError(`--listen: bad port in "${value}"`)
+    throw new UsageError(`${flag}: bad port in "${value}"`)
   }
   return { host, port }
 }

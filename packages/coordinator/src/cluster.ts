@@ -16,6 +16,8 @@ import { AdminConsole } from './admin.ts'
 import type { ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError } from './config/config.ts'
+import { Metrics } from './metrics.ts'
+import { MetricsServer } from './metrics-server.ts'
 import { SlotRegistry } from './registry.ts'
 import { nextConfig } from './reload.ts'
 
@@ -29,6 +31,8 @@ export interface ClusterOptions {
   load?: () => Config
   /** Answer SIGINT/SIGTERM/SIGHUP (the command); a program embedding the pooler keeps its own. */
   signals?: boolean
+  /** `--metrics HOST:PORT`: serve /metrics, /health and /ready there. */
+  metrics?: { host: string; port: number } | null
 }
 
 const LAYOUT = { maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
@@ -90,6 +94,8 @@ export class Cluster {
   private readonly done = Promise.withResolvers<number>()
   private readonly breakers: Breakers
   private readonly admin: AdminConsole
+  private metricsServer: MetricsServer | null = null
+  private metricsAddress: { host: string; port: number } | null = null
 
   constructor(options: ClusterOptions) {
     this.options = options
@@ -147,6 +153,16 @@ export class Cluster {
     return this.shutdownMode
   }
 
+  /** Where /metrics listens (its port resolved when 0 was asked), or null without --metrics. */
+  get metricsListen(): { host: string; port: number } | null {
+    return this.metricsAddress
+  }
+
+  /** Accepting clients: false from the first SIGINT/SIGTERM (or SHUTDOWN) on, as /ready says. */
+  get accepting(): boolean {
+    return !this.draining
+  }
+
   /** The live thread of worker `id` (null while it is being replaced): for supervision tests. */
   workerThread(id: number): Worker | null {
     return this.slots[id]?.thread ?? null
@@ -187,6 +203,7 @@ export class Cluster {
       this.spawn(id)
     }
     await Promise.all(this.slots.map((s) => s.ready!.promise))
+    if (this.options.metrics) await this.startMetrics(this.options.metrics)
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) writeFileSync(pidfile, `${process.pid}\n`)
     const unix = this.unixSocket?.path ?? null
@@ -214,6 +231,33 @@ export class Cluster {
   /** What the workers report, summed per pool: SHOW POOLS and STATS, and the API's stats(). */
   stats(): Promise<ClusterStats> {
     return this.admin.clusterStats()
+  }
+
+  private async startMetrics(at: { host: string; port: number }): Promise<void> {
+    const metrics = new Metrics({
+      shared: this.shared,
+      snapshot: () => this.admin.snapshot(),
+      pools: () =>
+        [...this.registry.entries()].map(([key, slot]) => {
+          const [database, user] = key.split('\u0000')
+          return { database, user, slot }
+        }),
+      databases: () => [...this.registry.databaseEntries()].map(([name, slot]) => ({ name, slot })),
+      workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
+    })
+    this.metricsServer = new MetricsServer({
+      host: at.host,
+      port: at.port,
+      metrics,
+      log: this.log,
+      ready: () => this.accepting,
+    })
+    const address = await this.metricsServer.listen()
+    this.metricsAddress = { host: at.host, port: address.port }
+    this.log.info(
+      { host: at.host, port: address.port },
+      `metrics on http://${at.host.includes(':') ? `[${at.host}]` : at.host}:${address.port}/metrics`,
+    )
   }
 
   /** Resolves with the exit status once the cluster has stopped. */
@@ -352,6 +396,7 @@ export class Cluster {
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) rmSync(pidfile, { force: true })
     if (this.unixSocket !== null) rmSync(this.unixSocket.path, { force: true })
+    await this.metricsServer?.close()
     this.log.info('stopped')
   }
 

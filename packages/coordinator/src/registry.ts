@@ -41,6 +41,11 @@ export class SlotRegistry {
   entries(): IterableIterator<[string, number]> {
     return this.pools.entries()
   }
+
+  /** Slots of every database, for /metrics. */
+  databaseEntries(): IterableIterator<[string, number]> {
+    return this.databases.entries()
+  }
 }
 
 function assign(map: Map<string, number>, key: string, max: number): number {

@@ -79,7 +79,9 @@ describe('PoolCounters', () => {
         for (const idx of Object.values(Counter)) c.add(p, w, idx, v++)
       }
     }
-    const rowValue = (p: number, w: number, idx: number) => 1 + (w * layout.maxPools + p) * 14 + idx
+    const order: number[] = Object.values(Counter)
+    const rowValue = (p: number, w: number, idx: number) =>
+      1 + (w * layout.maxPools + p) * order.length + order.indexOf(idx)
     for (let p = 0; p < layout.maxPools; p++) {
       for (const [name, idx] of Object.entries(Counter)) {
         let expected = 0

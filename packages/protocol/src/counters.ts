@@ -15,7 +15,8 @@
  *                            xact_time_us query_time_us wait_time_us server_connects
  *   row word 14      oldest_wait  since when (epoch ms) this worker's longest-waiting
  *                                 client of the pool waits; 0 when none does
- *   row word 15      spare
+ *   row word 15      handovers   servers this worker closed so that another worker's
+ *                                 waiting clients get the permit (rebalance), a total
  *
  * Why Float64 and plain `+=` rather than Atomics: with one writer per row
  * there is no read-modify-write race, and on Node 24 (x64) a plain Float64
@@ -41,6 +42,7 @@ export const Counter = {
   query_time_us: 11,
   wait_time_us: 12,
   server_connects: 13,
+  handovers: 15,
 } as const
 
 export type CounterName = keyof typeof Counter

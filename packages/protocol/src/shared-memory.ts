@@ -43,6 +43,11 @@
  *                                 limit max_user_client_connections
  *  ─── counters (byte offset, Float64 rows, see counters.ts) ──────────────────────
  *  counters                       row per (worker, pool), written by that worker only
+ *  ─── latency (byte offset, Float64, see latency.ts) ─────────────────────────────
+ *  histograms                     row per (worker, database): query, transaction and
+ *                                 wait-time histograms, written by that worker only
+ *  figures                        row per worker: event-loop delay, CPU, heap,
+ *                                 written by that worker about once a second
  *
  * A server connection of pool p (database d, user u) holds one permit of each
  * of pool(p), database(d) and user(u) whose limit is set. The permits are
@@ -51,6 +56,7 @@
  */
 
 import { PoolCounters } from './counters.ts'
+import { LatencyHistograms, WorkerFigures } from './latency.ts'
 import { Semaphore } from './semaphore.ts'
 
 export interface SharedLayout {
@@ -135,6 +141,8 @@ interface Offsets {
   userClients: number // Int32 word
   stride: number // Int32 words per semaphore
   counters: number // byte offset
+  histograms: number // byte offset
+  figures: number // byte offset
   byteLength: number
 }
 
@@ -148,7 +156,9 @@ function offsets(layout: SharedLayout): Offsets {
   const dbClients = clients + stride
   const userClients = dbClients + layout.maxDatabases * stride
   const counters = (userClients + layout.maxUsers * stride) * 4
-  const byteLength = counters + PoolCounters.byteLength(layout.maxPools, layout.maxWorkers)
+  const histograms = counters + PoolCounters.byteLength(layout.maxPools, layout.maxWorkers)
+  const figures = histograms + LatencyHistograms.byteLength(layout.maxDatabases, layout.maxWorkers)
+  const byteLength = figures + WorkerFigures.byteLength(layout.maxWorkers)
   return {
     breakers,
     pools,
@@ -159,6 +169,8 @@ function offsets(layout: SharedLayout): Offsets {
     userClients,
     stride,
     counters,
+    histograms,
+    figures,
     byteLength,
   }
 }
@@ -207,6 +219,8 @@ export class SharedMemory {
   readonly sab: SharedArrayBuffer
   readonly layout: Readonly<SharedLayout>
   readonly counters: PoolCounters
+  readonly histograms: LatencyHistograms
+  readonly figures: WorkerFigures
   readonly #i32: Int32Array
   readonly #offsets: Offsets
   readonly #pools: (Semaphore | undefined)[]
@@ -252,6 +266,13 @@ export class SharedMemory {
     this.#userClients = new Array(layout.maxUsers)
     this.#breakers = new Array(layout.maxDatabases)
     this.counters = new PoolCounters(sab, o.counters, layout.maxPools, layout.maxWorkers)
+    this.histograms = new LatencyHistograms(
+      sab,
+      o.histograms,
+      layout.maxDatabases,
+      layout.maxWorkers,
+    )
+    this.figures = new WorkerFigures(sab, o.figures, layout.maxWorkers)
   }
 
   /** Server connections of one (database, user) pool: pool_size (+ reserve_pool_size). */

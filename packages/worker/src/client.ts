@@ -2,6 +2,7 @@ import { Buffer } from 'node:buffer'
 import type net from 'node:net'
 import type tls from 'node:tls'
 import { FrameReader, FrameScanner } from '@pgbouncer-cluster/protocol/frame-reader'
+import { Latency } from '@pgbouncer-cluster/protocol/latency'
 import {
   FrontendCode,
   MAX_STARTUP_PACKET_SIZE,
@@ -173,6 +174,8 @@ export class ClientSession {
   private outstanding = 0
   /** When the oldest of them was sent (the janitor's clock). */
   private queryStart = 0
+  /** Pool.clock() at the query's start, for the query-time histogram. */
+  private queryClock = 0
   /** Extended-protocol messages sent since the last Sync: the server holds state for them. */
   private extended = false
   // Bytes that arrived before a server was linked. The slots are reused from
@@ -418,6 +421,7 @@ export class ClientSession {
     const now = this.worker.now
     this.queryStart = now
     if (this.xactStart === 0) this.xactStart = now
+    if (this.pool !== null) this.queryClock = this.pool.clock()
   }
 
   private toServer(view: Buffer, edits: Edit[] | null): void {
@@ -491,6 +495,7 @@ export class ClientSession {
     if (this.outstanding > 0 && --this.outstanding === 0) {
       // Query time on the janitor's clock, as transaction time (pool.ts release()).
       this.pool!.totals.queryUs += (this.worker.now - this.queryStart) * 1000
+      this.pool!.recordLatency(Latency.query, this.queryClock)
     }
     this.queryCount++
     if (status === TxStatus.Idle) {

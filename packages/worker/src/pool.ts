@@ -1,6 +1,7 @@
 import { isMd5Hash } from '@pgbouncer-cluster/protocol/auth/md5'
 import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
 import { Counter, type PoolCounters } from '@pgbouncer-cluster/protocol/counters'
+import { Latency, type LatencyHistograms } from '@pgbouncer-cluster/protocol/latency'
 import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
 import { query } from '@pgbouncer-cluster/protocol/serializer'
 import {
@@ -125,6 +126,8 @@ export class Pool {
   private readonly breaker: BreakerWords
   /** With a host list: the next host to try (round-robin), or the one in use (disable). */
   private hostCursor: number
+  private readonly latency: LatencyHistograms | null
+  private readonly dbSlot: number
 
   constructor(
     worker: PoolHost,
@@ -147,6 +150,19 @@ export class Pool {
     // round-robin: workers start at different hosts, so their first servers
     // spread too; disable: every worker starts at the first host.
     this.hostCursor = database.loadBalanceHosts === 'disable' ? 0 : worker.id
+    this.latency = worker.latency
+    this.dbSlot = slots.databaseSlot
+  }
+
+  /** A start time for recordLatency(): performance.now(), or 0 with the histograms off. */
+  clock(): number {
+    return this.latency === null ? 0 : performance.now()
+  }
+
+  /** /metrics' histogram of this pool's database: O(1), no allocation. */
+  recordLatency(kind: number, since: number): void {
+    if (this.latency !== null)
+      this.latency.record(this.dbSlot, this.worker.id, kind, (performance.now() - since) * 1000)
   }
 
   /**
@@ -288,7 +304,7 @@ export class Pool {
       return
     }
     // Waiting is the slow path: an exact clock for SHOW STATS' wait time is affordable here.
-    client.waitingSince = Date.now()
+    client.waitingSince = preciseNow()
     this.waiting.push(client)
     this.publishWaiting()
     this.grow()
@@ -319,7 +335,12 @@ export class Pool {
   }
 
   private link(server: Server, client: PoolClient): void {
-    if (client.waitingSince !== 0) this.totals.waitUs += (Date.now() - client.waitingSince) * 1000
+    if (client.waitingSince !== 0) {
+      const us = (preciseNow() - client.waitingSince) * 1000
+      this.totals.waitUs += us
+      this.latency?.record(this.dbSlot, this.worker.id, Latency.wait, us)
+    }
+    server.linkedAt = this.clock()
     this.totals.serverAssignmentCount++
     server.checked = false
     server.state = 'active'
@@ -461,6 +482,7 @@ export class Pool {
     this.giveBackTimer = setTimeout(() => {
       this.giveBackTimer = null
       if (this.idle.length === 0 || this.othersWaiting() <= 0) return
+      this.counters.add(this.slot, this.worker.id, Counter.handovers, 1)
       this.idle.shift()!.close()
       this.scheduleGiveBack()
     }, GIVE_BACK_DELAY_MS)
@@ -606,6 +628,7 @@ export class Pool {
     // session mode a link lasts the session: not a transaction's time.
     if (server.client !== null && this.mode !== 'session') {
       this.totals.xactUs += (this.worker.now - server.lastUsed) * 1000
+      this.recordLatency(Latency.xact, server.linkedAt)
     }
     server.client = null
     if (server.state === 'closed') return
@@ -621,6 +644,7 @@ export class Pool {
     }
     server.lastUsed = now
     if (this.owesPermit()) {
+      this.counters.add(this.slot, this.worker.id, Counter.handovers, 1)
       server.close()
       return
     }
@@ -847,3 +871,11 @@ const GIVE_BACK_DELAY_MS = 10
 const PERMIT_POOL = 1
 const PERMIT_DATABASE = 2
 const PERMIT_USER = 4
+
+/**
+ * Epoch milliseconds with a fraction: waits are counted on the slow path, and
+ * /metrics' wait histogram reads below a millisecond.
+ */
+function preciseNow(): number {
+  return performance.timeOrigin + performance.now()
+}

@@ -131,6 +131,8 @@ export class Server implements PreparedServer {
   secret = 0
   readonly createdAt: number
   lastUsed: number
+  /** When the pool linked it to its client (Pool.clock()), for the transaction-time histogram. */
+  linkedAt = 0
   txStatus: number = TxStatus.Idle
   /** ReadyForQuery messages whose reply the pooler asked for itself (SET, reset, connect_query). */
   swallow = 0

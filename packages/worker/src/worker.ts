@@ -16,6 +16,7 @@ import {
   encodeControl,
   type ShutdownMode,
 } from '@pgbouncer-cluster/protocol/control'
+import type { LatencyHistograms } from '@pgbouncer-cluster/protocol/latency'
 import { cancelRequest, sslRequest } from '@pgbouncer-cluster/protocol/serializer'
 import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { WorkerAdmin } from './admin-state.ts'
@@ -30,6 +31,7 @@ import type {
   WorkerSettings,
 } from './config-types.ts'
 import { fatal, SqlState, Texts } from './errors.ts'
+import { FigurePublisher } from './figures.ts'
 import { Janitor } from './janitor.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
@@ -69,6 +71,11 @@ function random32(): number {
 export class PoolerWorker {
   readonly id: number
   readonly shared: SharedMemory
+  /**
+   * /metrics' latency histograms; null when PGBOUNCER_CLUSTER_HISTOGRAMS=off,
+   * which also spares the hot path its clock reads (for measuring their cost).
+   */
+  readonly latency: LatencyHistograms | null
   readonly log: Logger
   config: WorkerConfig
   /** Secure contexts for client_tls_* and server_tls_*, rebuilt on reload. */
@@ -102,6 +109,7 @@ export class PoolerWorker {
   private readonly janitor = new Janitor(this)
   /** CancelRequests on their way to PostgreSQL, by send time (cancel_wait_timeout). */
   readonly cancels = new Map<net.Socket, number>()
+  private readonly figures: FigurePublisher
   /** An 'immediate' shutdown cuts a wait for clients or servers short. */
   private hurry = false
   private shutdownMode: ShutdownMode | null = null
@@ -114,6 +122,9 @@ export class PoolerWorker {
   constructor(data: WorkerData, port: MessagePort) {
     this.id = data.id
     this.shared = new SharedMemory(data.sab)
+    this.latency =
+      process.env.PGBOUNCER_CLUSTER_HISTOGRAMS === 'off' ? null : this.shared.histograms
+    this.figures = new FigurePublisher(this.shared.figures, data.id)
     this.config = data.config
     this.tls = tlsSetups(data.config.tls)
     trackParameters(data.config.settings.trackExtraParameters)
@@ -576,6 +587,7 @@ export class PoolerWorker {
     this.now = now
     this.janitor.tick(now)
     this.admin.checkDrained()
+    this.figures.tick(now)
   }
 
   /**
@@ -638,6 +650,7 @@ export class PoolerWorker {
       session.fail(fatal(Texts.shuttingDown, SqlState.AdminShutdown))
     for (const pool of this.pools.values()) pool.closeAll()
     if (this.ticker !== null) clearInterval(this.ticker)
+    this.figures.close()
     this.log.info('worker stopped')
     flushLogger(this.log)
     this.send({ type: 'worker-stopped', worker: this.id })

@@ -1,0 +1,262 @@
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { after, before, describe, test } from 'node:test'
+import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
+import type pg from 'pg'
+import { type Pooler, startPooler, writeIni } from './support.ts'
+
+// --metrics: real HTTP requests, bodies checked by Prometheus' own parser
+// (promtool, from Debian's prometheus package, which .ci/run installs).
+
+const PROMTOOL = (() => {
+  try {
+    execFileSync('promtool', ['--version'], { stdio: 'ignore' })
+    return 'promtool'
+  } catch {
+    return null
+  }
+})()
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+interface Response {
+  status: number
+  type: string
+  body: string
+}
+
+async function get(base: string, path: string, init: RequestInit = {}): Promise<Response> {
+  const res = await fetch(`${base}${path}`, { ...init, signal: AbortSignal.timeout(15_000) })
+  return { status: res.status, type: res.headers.get('content-type') ?? '', body: await res.text() }
+}
+
+function metricsBase(pooler: Pooler): string {
+  const m = /metrics on (http:\/\/[^"\s]+)\/metrics/.exec(pooler.output())
+  assert.ok(m, `no metrics address in the log:\n${pooler.output()}`)
+  return m[1]
+}
+
+/** promtool check metrics: exit 0 means the text parsed and passed its lint. */
+function promtoolCheck(body: string): string {
+  if (PROMTOOL === null) throw new Error('promtool is not installed (apt-get install prometheus)')
+  try {
+    return execFileSync(PROMTOOL, ['check', 'metrics'], { input: body, encoding: 'utf8' })
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string }
+    throw new Error(`promtool check metrics failed:\n${e.stdout ?? ''}${e.stderr ?? ''}`)
+  }
+}
+
+type Samples = Map<string, number>
+
+/** name{labels} → value, labels in the order the body has them. */
+function parse(body: string): Samples {
+  const out: Samples = new Map()
+  for (const line of body.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const i = line.lastIndexOf(' ')
+    out.set(line.slice(0, i), Number(line.slice(i + 1)))
+  }
+  return out
+}
+
+function value(samples: Samples, key: string): number {
+  const v = samples.get(key)
+  assert.ok(v !== undefined, `no sample ${key}`)
+  return v
+}
+
+describe('--metrics', { timeout: 120_000 }, () => {
+  const db = usePostgres({ databases: ['app'] })
+  let pooler: Pooler
+  let base: string
+  let admin: pg.Client
+  let app: pg.Client
+
+  before(async () => {
+    const ini = writeIni({
+      databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app pool_size=4` },
+      pgbouncer: { pool_mode: 'transaction', admin_users: 'postgres', max_client_conn: 77 },
+    })
+    pooler = await startPooler(ini, {
+      workers: 2,
+      args: ['--metrics', '127.0.0.1:0'],
+      timeoutMs: 60_000,
+    })
+    base = metricsBase(pooler)
+    admin = pooler.client({ database: 'pgbouncer' })
+    app = pooler.client({ database: 'app' })
+    await admin.connect()
+    await app.connect()
+  })
+  after(async () => {
+    await admin?.end().catch(() => {})
+    await app?.end().catch(() => {})
+    await pooler?.stop('SIGQUIT')
+  })
+
+  test('/health and /ready answer 200, other paths 404, other methods 405', async () => {
+    assert.equal((await get(base, '/health')).status, 200)
+    assert.equal((await get(base, '/ready')).status, 200)
+    assert.equal((await get(base, '/')).status, 404)
+    assert.equal((await get(base, '/metricsx')).status, 404)
+    assert.equal((await get(base, '/metrics', { method: 'POST' })).status, 405)
+  })
+
+  test('/metrics is Prometheus text that promtool accepts, with the exporter names', async () => {
+    await app.query('SELECT 1')
+    const res = await get(base, '/metrics')
+    assert.equal(res.status, 200)
+    assert.match(res.type, /^text\/plain; version=0\.0\.4/)
+    promtoolCheck(res.body)
+    const s = parse(res.body)
+    assert.equal(value(s, 'pgbouncer_up'), 1)
+    assert.equal(value(s, 'pgbouncer_config_max_client_connections'), 77)
+    for (const name of [
+      'pgbouncer_stats_queries_pooled_total{database="app"}',
+      'pgbouncer_stats_sql_transactions_pooled_total{database="app"}',
+      'pgbouncer_stats_queries_duration_seconds_total{database="app"}',
+      'pgbouncer_stats_client_wait_seconds_total{database="app"}',
+      'pgbouncer_stats_server_in_transaction_seconds_total{database="app"}',
+      'pgbouncer_stats_received_bytes_total{database="app"}',
+      'pgbouncer_stats_sent_bytes_total{database="app"}',
+      'pgbouncer_pools_client_active_connections{database="app",user="postgres"}',
+      'pgbouncer_pools_client_waiting_connections{database="app",user="postgres"}',
+      'pgbouncer_pools_server_active_connections{database="app",user="postgres"}',
+      'pgbouncer_pools_server_idle_connections{database="app",user="postgres"}',
+      'pgbouncer_pools_client_maxwait_seconds{database="app",user="postgres"}',
+      'pgbouncer_databases_pool_size{name="app",host="127.0.0.1",port="' +
+        db.server.port +
+        '",database="app",force_user="",pool_mode=""}',
+      'pgbouncer_pools{}',
+      'pgbouncer_cluster_workers{}',
+      'pgbouncer_cluster_pool_permits_in_use{database="app",user="postgres"}',
+      'pgbouncer_cluster_pool_handovers_total{database="app",user="postgres"}',
+      'pgbouncer_cluster_breaker_state{database="app",state="closed"}',
+      'pgbouncer_cluster_query_duration_seconds_bucket{database="app",le="+Inf"}',
+      'pgbouncer_cluster_transaction_duration_seconds_count{database="app"}',
+      'pgbouncer_cluster_client_wait_seconds_sum{database="app"}',
+      'pgbouncer_cluster_worker_clients{worker="0"}',
+      'pgbouncer_cluster_worker_cpu_seconds_total{worker="1",mode="user"}',
+      'pgbouncer_cluster_process_resident_memory_bytes',
+      'pgbouncer_cluster_nodejs_heap_size_used_bytes',
+    ]) {
+      const key = name.endsWith('{}') ? name.slice(0, -2) : name
+      assert.ok(s.has(key) || [...s.keys()].some((k) => k.startsWith(`${key}{`)), `missing ${key}`)
+    }
+    assert.equal(value(s, 'pgbouncer_cluster_breaker_state{database="app",state="closed"}'), 1)
+    assert.equal(value(s, 'pgbouncer_cluster_workers'), 2)
+    assert.ok(
+      value(s, 'pgbouncer_cluster_pool_permits_in_use{database="app",user="postgres"}') >= 1,
+    )
+  })
+
+  test('OpenMetrics when the scraper asks for it', async () => {
+    const res = await get(base, '/metrics', {
+      headers: { accept: 'application/openmetrics-text; version=1.0.0,text/plain;q=0.5' },
+    })
+    assert.equal(res.status, 200)
+    assert.match(res.type, /^application\/openmetrics-text; version=1\.0\.0/)
+    assert.match(res.body, /\n# EOF\n$/)
+    assert.equal(res.body.match(/# EOF/g)?.length, 1)
+    assert.match(res.body, /^# TYPE pgbouncer_stats_queries_pooled counter$/m)
+    assert.match(res.body, /^pgbouncer_stats_queries_pooled_total\{database="app"\} \d+$/m)
+    // The Prometheus format afterwards still has its counters' full names.
+    const again = parse((await get(base, '/metrics')).body)
+    assert.ok(again.has('pgbouncer_stats_queries_pooled_total{database="app"}'))
+  })
+
+  test('after N queries the counters and histograms rose by N', async () => {
+    const key = (name: string) => `${name}{database="app"}`
+    const before = parse((await get(base, '/metrics')).body)
+    const N = 37
+    for (let i = 0; i < N; i++) await app.query('SELECT $1::int', [i])
+    const after = parse((await get(base, '/metrics')).body)
+    const rose = (name: string) => value(after, key(name)) - value(before, key(name))
+    assert.equal(rose('pgbouncer_stats_queries_pooled_total'), N)
+    assert.equal(rose('pgbouncer_stats_sql_transactions_pooled_total'), N)
+    assert.equal(rose('pgbouncer_cluster_query_duration_seconds_count'), N)
+    assert.equal(rose('pgbouncer_cluster_transaction_duration_seconds_count'), N)
+    assert.ok(rose('pgbouncer_stats_received_bytes_total') > 0)
+    assert.ok(rose('pgbouncer_cluster_query_duration_seconds_sum') > 0)
+    // Cumulative buckets never fall, and +Inf holds them all.
+    const buckets = [...after.entries()].filter(([k]) =>
+      k.startsWith('pgbouncer_cluster_query_duration_seconds_bucket{database="app"'),
+    )
+    assert.ok(buckets.length > 30)
+    for (let i = 1; i < buckets.length; i++) assert.ok(buckets[i]![1] >= buckets[i - 1]![1])
+    assert.equal(
+      buckets.at(-1)![1],
+      value(after, key('pgbouncer_cluster_query_duration_seconds_count')),
+    )
+  })
+
+  test('the metrics equal SHOW STATS and SHOW POOLS', async () => {
+    await app.query('SELECT pg_sleep(0.01)')
+    // Nothing moves between the two reads: the app client is idle, and the
+    // console's own query counts only in the pgbouncer database's rows.
+    const stats = (await admin.query('SHOW STATS')).rows.find((r) => r.database === 'app')
+    const pools = (await admin.query('SHOW POOLS')).rows.find(
+      (r) => r.database === 'app' && r.user === 'postgres',
+    )
+    const s = parse((await get(base, '/metrics')).body)
+    const stat = (name: string) => value(s, `pgbouncer_stats_${name}{database="app"}`)
+    assert.equal(stat('queries_pooled_total'), Number(stats.total_query_count))
+    assert.equal(stat('sql_transactions_pooled_total'), Number(stats.total_xact_count))
+    assert.equal(stat('received_bytes_total'), Number(stats.total_received))
+    assert.equal(stat('sent_bytes_total'), Number(stats.total_sent))
+    assert.equal(stat('queries_duration_seconds_total'), Number(stats.total_query_time) * 1e-6)
+    assert.equal(stat('server_in_transaction_seconds_total'), Number(stats.total_xact_time) * 1e-6)
+    assert.equal(stat('client_wait_seconds_total'), Number(stats.total_wait_time) * 1e-6)
+    const pool = (name: string) =>
+      value(s, `pgbouncer_pools_${name}{database="app",user="postgres"}`)
+    assert.equal(pool('client_active_connections'), Number(pools.cl_active))
+    assert.equal(pool('client_waiting_connections'), Number(pools.cl_waiting))
+    assert.equal(pool('server_active_connections'), Number(pools.sv_active))
+    assert.equal(pool('server_idle_connections'), Number(pools.sv_idle))
+    assert.equal(pool('server_used_connections'), Number(pools.sv_used))
+    assert.equal(pool('server_login_connections'), Number(pools.sv_login))
+    assert.equal(pool('client_maxwait_seconds'), Number(pools.maxwait))
+    assert.equal(pool('client_active_connections'), 1)
+    assert.ok(pool('server_idle_connections') >= 1)
+  })
+})
+
+describe('--metrics /ready during a drain', { timeout: 120_000 }, () => {
+  const db = usePostgres()
+
+  test('/ready turns 503 at SIGTERM while /health stays 200 until the exit', async () => {
+    const ini = writeIni({
+      databases: { postgres: `host=127.0.0.1 port=${db.server.port} dbname=postgres` },
+      pgbouncer: { pool_mode: 'session' },
+    })
+    const pooler = await startPooler(ini, {
+      workers: 1,
+      args: ['--metrics', '127.0.0.1:0'],
+      timeoutMs: 60_000,
+    })
+    const base = metricsBase(pooler)
+    // A connected client keeps the graceful shutdown draining.
+    const c = pooler.client()
+    c.on('error', () => {})
+    await c.connect()
+    await c.query('SELECT 1')
+    try {
+      assert.equal((await get(base, '/ready')).status, 200)
+      pooler.child.kill('SIGTERM')
+      let ready = 200
+      for (let i = 0; i < 200 && ready === 200; i++) {
+        ready = (await get(base, '/ready')).status
+        if (ready === 200) await sleep(50)
+      }
+      assert.equal(ready, 503)
+      assert.equal((await get(base, '/health')).status, 200)
+      assert.equal(pooler.child.exitCode, null, 'still draining')
+    } finally {
+      await c.end().catch(() => {})
+    }
+    const code = await Promise.race([pooler.exited, sleep(60_000).then(() => 'timeout')])
+    if (code === 'timeout') await pooler.stop('SIGQUIT')
+    assert.equal(code, 0)
+  })
+})
