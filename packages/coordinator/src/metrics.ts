@@ -87,6 +87,27 @@ const EXPORTER = {
         1e-6,
         'Total number of seconds spent by pgbouncer when connected to PostgreSQL in a transaction, either idle in transaction or executing queries',
       ],
+      [
+        'total_client_parse_count',
+        'client_parses_total',
+        'counter',
+        1,
+        'Total number of prepared statement Parse messages received from clients',
+      ],
+      [
+        'total_server_parse_count',
+        'server_parses_total',
+        'counter',
+        1,
+        'Total number of prepared statement Parse messages sent by pgbouncer to PostgreSQL',
+      ],
+      [
+        'total_bind_count',
+        'binds_total',
+        'counter',
+        1,
+        'Total number of prepared statements readied for execution with a Bind message',
+      ],
     ],
   },
   pools: {
