@@ -16,8 +16,7 @@ import { AdminConsole } from './admin.ts'
 import type { ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError } from './config/config.ts'
-import { Metrics } from './metrics.ts'
-import { MetricsServer } from './metrics-server.ts'
+import type { MetricsServer } from './metrics-server.ts'
 import { SlotRegistry } from './registry.ts'
 import { nextConfig } from './reload.ts'
 
@@ -234,6 +233,9 @@ export class Cluster {
   }
 
   private async startMetrics(at: { host: string; port: number }): Promise<void> {
+    // prom-client is loaded only by a pooler that serves metrics.
+    const { Metrics } = await import('./metrics.ts')
+    const { MetricsServer } = await import('./metrics-server.ts')
     const metrics = new Metrics({
       shared: this.shared,
       snapshot: () => this.admin.snapshot(),
