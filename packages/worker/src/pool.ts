@@ -47,6 +47,8 @@ export interface PoolHost extends ServerHost {
   readonly closing: boolean
   readonly log: Logger
   readonly shared: SharedMemory
+  /** /metrics' latency histograms, or null when they are off. */
+  readonly latency: LatencyHistograms | null
   readonly authUsers: Record<string, string>
   userConfig(user: string): UserConfig | undefined
   queriedSecret(database: string, user: string): string | undefined
