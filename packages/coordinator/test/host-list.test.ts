@@ -223,7 +223,9 @@ describe('host lists', { timeout: 240_000 }, () => {
             await client.connect()
           }
           const { rows } = await client.query<{ addr: string }>(
-            'SELECT host(inet_server_addr()) AS addr',
+            // A few ms per query keeps several servers busy, so round-robin has opened
+            // servers on both hosts before the kill even on a fast machine.
+            'SELECT host(inet_server_addr()) AS addr, pg_sleep(0.005)',
           )
           const addr = rows[0]!.addr
           if (killedAt === 0) {
