@@ -4,6 +4,7 @@ import yargs from 'yargs'
 import { Cluster } from './cluster.ts'
 import type { Settings } from './config/config.ts'
 import { type Config, ConfigError, defaultConfig, loadConfig } from './config/config.ts'
+import { splitHostPort } from './config/listen.ts'
 import { describeConfig } from './config/summary.ts'
 import { defaultWorkers } from './default-workers.ts'
 
@@ -149,13 +150,9 @@ export function parseArgs(argv: string[]): CliOptions {
 }
 
 function parseListen(value: string, flag = '--listen'): { host: string; port: number } {
-  const i = value.lastIndexOf(':')
-  const host = i < 0 ? '127.0.0.1' : value.slice(0, i).replace(/^\[(.*)\]$/, '$1') || '127.0.0.1'
-  const port = Number(i < 0 ? value : value.slice(i + 1))
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new UsageError(`${flag}: bad port in "${value}"`)
-  }
-  return { host, port }
+  const listen = splitHostPort(value)
+  if (listen === null) throw new UsageError(`${flag}: bad port in "${value}"`)
+  return listen
 }
 
 function readConfig(options: CliOptions): Config {

@@ -17,6 +17,7 @@ import {
   loadConfig,
   type Settings,
 } from './config/config.ts'
+import { splitHostPort } from './config/listen.ts'
 import { defaultWorkers } from './default-workers.ts'
 
 export type PoolMode = 'session' | 'transaction' | 'statement'
@@ -191,13 +192,9 @@ function commandLineSettings(options: StartPoolerOptions): Partial<Settings> {
   return out
 }
 
-/** `HOST:PORT`, `[v6]:PORT` or `PORT` (host 127.0.0.1), as `--listen` takes it. */
+/** `--listen` of the API: a bad value is a ConfigError on the key `listen`. */
 export function parseListen(value: string): { host: string; port: number } {
-  const i = value.lastIndexOf(':')
-  const host = i < 0 ? '127.0.0.1' : value.slice(0, i).replace(/^\[(.*)\]$/, '$1') || '127.0.0.1'
-  const port = Number(i < 0 ? value : value.slice(i + 1))
-  if (value.trim() === '' || !Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new ConfigError(`bad port in "${value}"`, { key: 'listen' })
-  }
-  return { host, port }
+  const listen = splitHostPort(value)
+  if (listen === null) throw new ConfigError(`bad port in "${value}"`, { key: 'listen' })
+  return listen
 }
