@@ -35,15 +35,22 @@ let tarball = ''
 let oldestNode = ''
 
 /**
- * npm as a user's shell runs it: with the repository's Node first on PATH, and without the
- * npm_* variables of the `npm test` this may run under, whose npm_config_local_prefix would
- * make `npm install` work on the repository instead of `cwd`.
+ * npm as a user's shell runs it: on the host's own Node, without the node_modules/.bin
+ * directories and npm_* variables of the `npm test` this may run under. Under the
+ * repository's Node, npm would read its global npmrc from that Node's prefix and miss the
+ * host's (where a host keeps its registry CA file, for one), and npm_config_local_prefix
+ * would make `npm install` work on the repository instead of `cwd`.
  */
 function userNpm(args: string[], cwd: string): string {
+  const env = userEnv()
+  env.PATH = (process.env.PATH ?? '')
+    .split(':')
+    .filter((dir) => !/node_modules[/\\](\.bin|node[/\\]bin)$/.test(dir))
+    .join(':')
   return execFileSync('npm', [...args, '--no-audit', '--no-fund', '--loglevel=error'], {
     cwd,
     encoding: 'utf8',
-    env: userEnv(),
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
     timeout: 600_000,
   })
