@@ -13,8 +13,10 @@ import { promisify } from 'node:util'
 import { Latency } from '@pgbouncer-cluster/protocol/latency'
 import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { findPgTool, startPostgres } from '@pgbouncer-cluster/scripts/pg-harness'
+import { cleanupAll } from './cleanup.ts'
+import { clusterCli } from './cluster-build.ts'
 import { cpuSeconds, parseStatTicks } from './proc-stats.ts'
-import { CLUSTER_CLI, freePort } from './targets.ts'
+import { freePort } from './targets.ts'
 
 const run = promisify(execFile)
 const arg = (name: string, fallback: number) => {
@@ -46,7 +48,7 @@ async function startCluster(ini: string, histograms: boolean): Promise<Cluster> 
   const child = spawn(
     process.execPath,
     [
-      CLUSTER_CLI,
+      (await clusterCli()).path,
       ini,
       '--workers',
       '1',
@@ -229,6 +231,7 @@ async function main(): Promise<void> {
     on.child.kill('SIGQUIT')
     off.child.kill('SIGQUIT')
     await pg.stop()
+    await cleanupAll()
   }
 }
 

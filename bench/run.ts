@@ -6,6 +6,7 @@ import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from './args.ts'
 import { cleanupAll, installSignalHandlers, isStopping, onCleanup, trackPid } from './cleanup.ts'
+import { clusterFrom } from './cluster-build.ts'
 import { describeMachine, machineInfo } from './machine.ts'
 import { measure, planRuns, type RunSample, warmUp } from './measure.ts'
 import {
@@ -180,6 +181,10 @@ async function main(): Promise<number> {
   out.push(
     `Pool: transaction mode, default_pool_size ${POOL_SIZE}, one generated pgbouncer.ini; ${args.rounds} rounds, targets alternating.`,
     '',
+    clusterFrom() === 'package'
+      ? 'pgbouncer-cluster: the compiled package, as installed (built at bench start).'
+      : 'pgbouncer-cluster: the `.ts` sources (BENCH_CLUSTER=sources), not the compiled package.',
+    '',
   )
   if (workloads.length > 0) {
     out.push(markdownTable({ rows, skips, workloads, targets: targetsOut }), '', TABLE_LEGEND, '')
@@ -215,6 +220,7 @@ async function main(): Promise<number> {
     options: {
       ...args,
       cpus: availableParallelism(),
+      clusterFrom: clusterFrom(),
       poolSize: POOL_SIZE,
       maxClientConn: MAX_CLIENT_CONN,
     },

@@ -10,6 +10,7 @@ import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { trackDir, trackPid } from './cleanup.ts'
+import { clusterCli } from './cluster-build.ts'
 import type { Endpoint } from './endpoint.ts'
 import { withNofile } from './pgbench.ts'
 import { poolerIni, userlist } from './pooler-config.ts'
@@ -33,9 +34,6 @@ export interface Target {
 }
 
 export const PGBOUNCER_BIN = process.env.BENCH_PGBOUNCER ?? '/usr/sbin/pgbouncer'
-export const CLUSTER_CLI = fileURLToPath(
-  new URL('../packages/coordinator/bin/pgbouncer-cluster.js', import.meta.url),
-)
 const RELAY_SCRIPT = fileURLToPath(new URL('./node-relay.ts', import.meta.url))
 export const POOL_SIZE = 20
 /** Enough for the 10,000 idle connections of the memory scenario. */
@@ -354,17 +352,14 @@ async function startCluster(
   ep: Endpoint,
 ): Promise<Target> {
   const label = `pgbouncer-cluster ×${workers}`
-  if (!existsSync(CLUSTER_CLI)) {
-    return notReady(
-      id,
-      label,
-      'cluster',
-      ep,
-      'failed',
-      `failed to start: ${CLUSTER_CLI} does not exist yet`,
-    )
+  let cli: string
+  try {
+    cli = (await clusterCli()).path
+  } catch (err) {
+    const reason = `failed to build the package: ${(err as Error).message}`
+    return notReady(id, label, 'cluster', ep, 'failed', reason)
   }
-  const args = [CLUSTER_CLI, ini, '--workers', String(workers), '--log-level', 'info']
+  const args = [cli, ini, '--workers', String(workers), '--log-level', 'info']
   const [cmd, argv] = withNofile(NOFILE, process.execPath, args)
   // the threads' allocation totals, for the bytes per transaction and GC columns
   const s = spawnLogged(cmd, argv, logFile, { PGBC_ALLOC_STATS: allocDir })
