@@ -15,7 +15,7 @@ import type { Logger } from '@pgbouncer-cluster/worker/log'
 import { AdminConsole } from './admin.ts'
 import type { ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
-import { type Config, ConfigError } from './config/config.ts'
+import { type Config, ConfigError, resolveDatabase } from './config/config.ts'
 import type { MetricsServer } from './metrics-server.ts'
 import { SlotRegistry } from './registry.ts'
 import { nextConfig } from './reload.ts'
@@ -244,7 +244,12 @@ export class Cluster {
           const [database, user] = key.split('\u0000')
           return { database, user, slot }
         }),
-      databases: () => [...this.registry.databaseEntries()].map(([name, slot]) => ({ name, slot })),
+      databases: () =>
+        [...this.registry.databaseEntries()].map(([name, slot]) => ({
+          name,
+          slot,
+          hosts: resolveDatabase(this.config, name)?.hosts ?? [],
+        })),
       workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
     })
     this.metricsServer = new MetricsServer({

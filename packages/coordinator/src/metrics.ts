@@ -270,13 +270,19 @@ const HISTOGRAMS = [
 
 const BREAKER_STATES = ['closed', 'open', 'half_open', 'probing'] as const
 
+/** One entry of a database's host list (`host=a,b port=...`), in the list's order. */
+export interface Host {
+  host: string
+  port: number
+}
+
 /** What the metrics need of the cluster, read at scrape time. */
 export interface MetricsSource {
   shared: SharedMemory
   snapshot(): Promise<AdminSnapshot>
   /** Pool slots by (database, user), database slots by name: the registry's. */
   pools(): Iterable<{ database: string; user: string; slot: number }>
-  databases(): Iterable<{ name: string; slot: number }>
+  databases(): Iterable<{ name: string; slot: number; hosts: readonly Host[] }>
   /** Worker ids with a live thread. */
   workers(): number[]
 }
@@ -453,6 +459,32 @@ export class Metrics {
       const state = shared.breaker(db.slot).state()
       BREAKER_STATES.forEach((name, i) => {
         breaker.set({ database: db.name, state: name }, state === i ? 1 : 0)
+      })
+    }
+    // Per host of a host list: its own breaker, index h of the list. A
+    // one-host database has none (its database breaker is the host's).
+    const hostBreaker = gauge(
+      reg,
+      'pgbouncer_cluster_host_breaker_state',
+      "Breaker of one host of the database's host list: 1 for the state it is in",
+      ['database', 'host', 'port', 'state'],
+    )
+    for (const db of dbs) {
+      if (db.hosts.length < 2) continue
+      const words = shared.breaker(db.slot)
+      const seen = new Set<string>()
+      db.hosts.forEach((h, i) => {
+        const key = `${h.host}\u0000${h.port}`
+        // The same host:port twice in a list: its first entry speaks for it.
+        if (seen.has(key)) return
+        seen.add(key)
+        const state = words.hostState(i)
+        BREAKER_STATES.forEach((name, s) => {
+          hostBreaker.set(
+            { database: db.name, host: h.host, port: String(h.port), state: name },
+            state === s ? 1 : 0,
+          )
+        })
       })
     }
     for (const [kind, name, help] of HISTOGRAMS) {

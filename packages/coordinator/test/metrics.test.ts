@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
-import { type Pooler, startPooler, writeIni } from './support.ts'
+import { freePort, type Pooler, startPooler, writeIni } from './support.ts'
 
 // --metrics: real HTTP requests, bodies checked by Prometheus' own parser
 // (promtool, from Debian's prometheus package, which .ci/run installs).
@@ -258,5 +258,67 @@ describe('--metrics /ready during a drain', { timeout: 120_000 }, () => {
     const code = await Promise.race([pooler.exited, sleep(60_000).then(() => 'timeout')])
     if (code === 'timeout') await pooler.stop('SIGQUIT')
     assert.equal(code, 0)
+  })
+})
+
+describe('--metrics breaker state per host', { timeout: 120_000 }, () => {
+  // One PostgreSQL on 127.0.0.2; nothing listens on 127.0.0.3 (Linux answers
+  // on all of 127.0.0.0/8, so the login is refused at once).
+  const db = usePostgres({ host: '127.0.0.2', databases: ['app'] })
+
+  test('a host that refuses shows open, the host that answers and the database stay closed', async () => {
+    const refused = await freePort()
+    const up = { host: db.server.host, port: String(db.server.port) }
+    const down = { host: '127.0.0.3', port: String(refused) }
+    const ini = writeIni({
+      databases: {
+        app: `host=${up.host},${down.host} port=${up.port},${down.port} dbname=app`,
+      },
+      // A long cool-down keeps the refusing host open until the scrape.
+      pgbouncer: { pool_mode: 'session', default_pool_size: 10, server_login_retry: 60 },
+    })
+    const pooler = await startPooler(ini, {
+      workers: 1,
+      args: ['--metrics', '127.0.0.1:0'],
+      timeoutMs: 60_000,
+    })
+    try {
+      const base = metricsBase(pooler)
+      const state = (s: Samples, h: { host: string; port: string }, st: string) =>
+        value(
+          s,
+          `pgbouncer_cluster_host_breaker_state{database="app",host="${h.host}",port="${h.port}",state="${st}"}`,
+        )
+      const before = parse((await get(base, '/metrics')).body)
+      assert.ok(
+        ![...before.keys()].some((k) => k.startsWith('pgbouncer_cluster_host_breaker_state{')),
+        'no database has been used yet',
+      )
+      // Round-robin: of four servers opened at once, at least one login picks
+      // the refusing host, fails over to the other, and no client sees it.
+      const clients = Array.from({ length: 4 }, () => pooler.client({ database: 'app' }))
+      try {
+        await Promise.all(clients.map((c) => c.connect()))
+        await Promise.all(clients.map((c) => c.query('BEGIN')))
+        const addrs = await Promise.all(
+          clients.map(
+            async (c) => (await c.query('SELECT host(inet_server_addr()) AS a')).rows[0].a,
+          ),
+        )
+        assert.deepEqual(new Set(addrs), new Set([up.host]))
+      } finally {
+        await Promise.all(clients.map((c) => c.end().catch(() => {})))
+      }
+      const res = await get(base, '/metrics')
+      promtoolCheck(res.body)
+      const s = parse(res.body)
+      assert.equal(state(s, down, 'open'), 1)
+      assert.equal(state(s, down, 'closed'), 0)
+      assert.equal(state(s, up, 'closed'), 1)
+      assert.equal(state(s, up, 'open'), 0)
+      assert.equal(value(s, 'pgbouncer_cluster_breaker_state{database="app",state="closed"}'), 1)
+    } finally {
+      await pooler.stop('SIGQUIT')
+    }
   })
 })
