@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { after, before, describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
@@ -261,15 +262,46 @@ describe('--metrics /ready during a drain', { timeout: 120_000 }, () => {
   })
 })
 
-describe('--metrics breaker state per host', { timeout: 120_000 }, () => {
+const DASHBOARD = new URL('../../../deploy/grafana/pgbouncer-cluster.json', import.meta.url)
+
+/** Every PromQL query of the dashboard (panels' targets and template variables). */
+function dashboardQueries(): string[] {
+  const out: string[] = []
+  const walk = (v: unknown, key: string): void => {
+    if (typeof v === 'string') {
+      if (key === 'expr' || key === 'query') out.push(v)
+    } else if (Array.isArray(v)) for (const x of v) walk(x, key)
+    else if (v !== null && typeof v === 'object') for (const [k, x] of Object.entries(v)) walk(x, k)
+  }
+  walk(JSON.parse(readFileSync(DASHBOARD, 'utf8')), '')
+  return out.filter((q) => q.includes('pgbouncer_'))
+}
+
+/** Sample names of a body, each with the label names its samples carry. */
+function labelsByName(body: string): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>()
+  for (const line of body.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? /.exec(line)
+    if (m === null) continue
+    const labels = out.get(m[1]!) ?? new Set<string>()
+    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_]\w*)="/g)) labels.add(l[1]!)
+    out.set(m[1]!, labels)
+  }
+  return out
+}
+
+describe('--metrics with a host list', { timeout: 120_000 }, () => {
   // One PostgreSQL on 127.0.0.2; nothing listens on 127.0.0.3 (Linux answers
   // on all of 127.0.0.0/8, so the login is refused at once).
   const db = usePostgres({ host: '127.0.0.2', databases: ['app'] })
+  let pooler: Pooler
+  let base: string
+  let up: { host: string; port: string }
+  let down: { host: string; port: string }
 
-  test('a host that refuses shows open, the host that answers and the database stay closed', async () => {
-    const refused = await freePort()
-    const up = { host: db.server.host, port: String(db.server.port) }
-    const down = { host: '127.0.0.3', port: String(refused) }
+  before(async () => {
+    up = { host: db.server.host, port: String(db.server.port) }
+    down = { host: '127.0.0.3', port: String(await freePort()) }
     const ini = writeIni({
       databases: {
         app: `host=${up.host},${down.host} port=${up.port},${down.port} dbname=app`,
@@ -277,48 +309,87 @@ describe('--metrics breaker state per host', { timeout: 120_000 }, () => {
       // A long cool-down keeps the refusing host open until the scrape.
       pgbouncer: { pool_mode: 'session', default_pool_size: 10, server_login_retry: 60 },
     })
-    const pooler = await startPooler(ini, {
+    pooler = await startPooler(ini, {
       workers: 1,
       args: ['--metrics', '127.0.0.1:0'],
       timeoutMs: 60_000,
     })
+    base = metricsBase(pooler)
+  })
+  after(() => pooler?.stop('SIGQUIT'))
+
+  /**
+   * Four servers opened at once, in round-robin: at least one login picks the
+   * refusing host and fails over to the other, and no client sees it.
+   */
+  async function openServers(): Promise<void> {
+    const clients = Array.from({ length: 4 }, () => pooler.client({ database: 'app' }))
     try {
-      const base = metricsBase(pooler)
-      const state = (s: Samples, h: { host: string; port: string }, st: string) =>
-        value(
-          s,
-          `pgbouncer_cluster_host_breaker_state{database="app",host="${h.host}",port="${h.port}",state="${st}"}`,
-        )
-      const before = parse((await get(base, '/metrics')).body)
-      assert.ok(
-        ![...before.keys()].some((k) => k.startsWith('pgbouncer_cluster_host_breaker_state{')),
-        'no database has been used yet',
+      await Promise.all(clients.map((c) => c.connect()))
+      await Promise.all(clients.map((c) => c.query('BEGIN')))
+      const addrs = await Promise.all(
+        clients.map(async (c) => (await c.query('SELECT host(inet_server_addr()) AS a')).rows[0].a),
       )
-      // Round-robin: of four servers opened at once, at least one login picks
-      // the refusing host, fails over to the other, and no client sees it.
-      const clients = Array.from({ length: 4 }, () => pooler.client({ database: 'app' }))
-      try {
-        await Promise.all(clients.map((c) => c.connect()))
-        await Promise.all(clients.map((c) => c.query('BEGIN')))
-        const addrs = await Promise.all(
-          clients.map(
-            async (c) => (await c.query('SELECT host(inet_server_addr()) AS a')).rows[0].a,
-          ),
-        )
-        assert.deepEqual(new Set(addrs), new Set([up.host]))
-      } finally {
-        await Promise.all(clients.map((c) => c.end().catch(() => {})))
-      }
-      const res = await get(base, '/metrics')
-      promtoolCheck(res.body)
-      const s = parse(res.body)
-      assert.equal(state(s, down, 'open'), 1)
-      assert.equal(state(s, down, 'closed'), 0)
-      assert.equal(state(s, up, 'closed'), 1)
-      assert.equal(state(s, up, 'open'), 0)
-      assert.equal(value(s, 'pgbouncer_cluster_breaker_state{database="app",state="closed"}'), 1)
+      assert.deepEqual(new Set(addrs), new Set([up.host]))
     } finally {
-      await pooler.stop('SIGQUIT')
+      await Promise.all(clients.map((c) => c.end().catch(() => {})))
     }
+  }
+
+  test('breaker state per host: the host that refuses shows open, the other host and the database stay closed', async () => {
+    const state = (s: Samples, h: { host: string; port: string }, st: string) =>
+      value(
+        s,
+        `pgbouncer_cluster_host_breaker_state{database="app",host="${h.host}",port="${h.port}",state="${st}"}`,
+      )
+    const before = parse((await get(base, '/metrics')).body)
+    assert.ok(
+      ![...before.keys()].some((k) => k.startsWith('pgbouncer_cluster_host_breaker_state{')),
+      'no database has been used yet',
+    )
+    await openServers()
+    const res = await get(base, '/metrics')
+    promtoolCheck(res.body)
+    const s = parse(res.body)
+    assert.equal(state(s, down, 'open'), 1)
+    assert.equal(state(s, down, 'closed'), 0)
+    assert.equal(state(s, up, 'closed'), 1)
+    assert.equal(state(s, up, 'open'), 0)
+    assert.equal(value(s, 'pgbouncer_cluster_breaker_state{database="app",state="closed"}'), 1)
+  })
+
+  test('every metric the Grafana dashboard queries is in the body, with the labels it uses', async () => {
+    await openServers()
+    const body = (await get(base, '/metrics')).body
+    const have = labelsByName(body)
+    const queries = dashboardQueries()
+    assert.ok(queries.length >= 20, `only ${queries.length} queries found in the dashboard`)
+    const checked = new Set<string>()
+    for (const q of queries) {
+      const names = [...new Set(q.match(/\bpgbouncer_[a-zA-Z0-9_:]*/g) ?? [])]
+      // Labels the query selects on or groups by (`le` only belongs to buckets).
+      const used = new Set<string>()
+      for (const m of q.matchAll(/\{([^}]*)\}/g))
+        for (const l of m[1]!.matchAll(/([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)/g)) used.add(l[1]!)
+      for (const m of q.matchAll(/\bby\s*\(([^)]*)\)/g))
+        for (const l of m[1]!.split(',')) if (l.trim() !== '') used.add(l.trim())
+      for (const name of names) {
+        checked.add(name)
+        const family = name.replace(/_(bucket|sum|count)$/, '')
+        // A histogram nothing has observed yet (GC) has its TYPE line and no sample.
+        const declared = new RegExp(`^# TYPE ${family} histogram$`, 'm').test(body)
+        assert.ok(
+          have.has(name) || (name !== family && declared),
+          `${name} (in ${q}) is not served`,
+        )
+        for (const l of used) {
+          if (l === 'le' && !name.endsWith('_bucket')) continue
+          if (!have.has(name)) continue
+          assert.ok(have.get(name)!.has(l), `${name} has no label ${l} (used in ${q})`)
+        }
+      }
+    }
+    assert.ok(checked.has('pgbouncer_cluster_host_breaker_state'))
+    assert.ok(checked.size >= 25, `${checked.size} names checked`)
   })
 })
