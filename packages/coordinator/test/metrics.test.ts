@@ -4,7 +4,15 @@ import { readFileSync } from 'node:fs'
 import { after, before, describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
-import { freePort, type Pooler, startPooler, writeIni } from './support.ts'
+import {
+  freePort,
+  metricsBase,
+  type Pooler,
+  parseMetrics as parse,
+  type Samples,
+  startPooler,
+  writeIni,
+} from './support.ts'
 
 // --metrics: real HTTP requests, bodies checked by Prometheus' own parser
 // (promtool, from Debian's prometheus package, which .ci/run installs).
@@ -31,12 +39,6 @@ async function get(base: string, path: string, init: RequestInit = {}): Promise<
   return { status: res.status, type: res.headers.get('content-type') ?? '', body: await res.text() }
 }
 
-function metricsBase(pooler: Pooler): string {
-  const m = /metrics on (http:\/\/[^"\s]+)\/metrics/.exec(pooler.output())
-  assert.ok(m, `no metrics address in the log:\n${pooler.output()}`)
-  return m[1]
-}
-
 /** promtool check metrics: exit 0 means the text parsed and passed its lint. */
 function promtoolCheck(body: string): string {
   if (PROMTOOL === null) throw new Error('promtool is not installed (apt-get install prometheus)')
@@ -46,19 +48,6 @@ function promtoolCheck(body: string): string {
     const e = err as { stdout?: string; stderr?: string }
     throw new Error(`promtool check metrics failed:\n${e.stdout ?? ''}${e.stderr ?? ''}`)
   }
-}
-
-type Samples = Map<string, number>
-
-/** name{labels} → value, labels in the order the body has them. */
-function parse(body: string): Samples {
-  const out: Samples = new Map()
-  for (const line of body.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue
-    const i = line.lastIndexOf(' ')
-    out.set(line.slice(0, i), Number(line.slice(i + 1)))
-  }
-  return out
 }
 
 function value(samples: Samples, key: string): number {

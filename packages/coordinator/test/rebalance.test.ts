@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
-import { type Pooler, startPooler, writeIni } from './support.ts'
+import { metricsBase, type Pooler, scrapeMetrics, startPooler, writeIni } from './support.ts'
 
 // Invariant 3: a client never waits for a server while another worker keeps one
 // idle for the same pool.
@@ -53,7 +53,7 @@ describe('rebalance between two workers (transaction mode, pool_size 2)', () => 
         query_wait_timeout: QUERY_WAIT_TIMEOUT,
       },
     })
-    pooler = await startPooler(ini, { workers: 2 })
+    pooler = await startPooler(ini, { workers: 2, args: ['--metrics', '127.0.0.1:0'] })
     const byWorker = new Map<number, pg.Client[]>()
     // Connect one at a time: each login may need a server for its welcome, and
     // sequential logins never make one wait on another.
@@ -130,5 +130,39 @@ describe('rebalance between two workers (transaction mode, pool_size 2)', () => 
     }
     assert.ok(peak <= POOL_SIZE, `saw ${peak} servers for a pool of ${POOL_SIZE}`)
     assert.ok(slowest < 2000, `a round took ${slowest} ms`)
+  })
+
+  test('/metrics: the waiting worker shows as a permit waiter, and the hand-over is counted', {
+    timeout: TEST_TIMEOUT,
+  }, async () => {
+    const base = metricsBase(pooler)
+    const pool = (name: string) => `pgbouncer_cluster_${name}{database="app",user="postgres"}`
+    const before = await scrapeMetrics(base)
+    // The holders keep both permits in open transactions; the waiter's worker
+    // has none and parks on the shared semaphore.
+    await Promise.all(holders.map((c) => c.query('BEGIN')))
+    await Promise.all(holders.map((c) => c.query('SELECT 1')))
+    const waited = waiter.query('SELECT 1 AS ok')
+    let during = await scrapeMetrics(base)
+    for (let i = 0; i < 100 && during.get(pool('pool_permit_waiters')) !== 1; i++) {
+      await new Promise((r) => setTimeout(r, 50))
+      during = await scrapeMetrics(base)
+    }
+    assert.equal(during.get(pool('pool_permit_waiters')), 1, 'one worker waits for a permit')
+    assert.equal(during.get(pool('pool_permits_in_use')), POOL_SIZE)
+    assert.equal(
+      during.get('pgbouncer_pools_client_waiting_connections{database="app",user="postgres"}'),
+      1,
+    )
+    // The holders commit; their worker hands a permit over to the waiter's.
+    await Promise.all(holders.map((c) => c.query('COMMIT')))
+    assert.equal((await waited).rows[0].ok, 1)
+    const after = await scrapeMetrics(base)
+    assert.ok(
+      after.get(pool('pool_handovers_total'))! >= before.get(pool('pool_handovers_total'))! + 1,
+      `hand-overs ${before.get(pool('pool_handovers_total'))} → ${after.get(pool('pool_handovers_total'))}`,
+    )
+    assert.equal(after.get(pool('pool_permit_waiters')), 0)
+    assert.ok(after.get(pool('pool_permits_in_use'))! <= POOL_SIZE)
   })
 })

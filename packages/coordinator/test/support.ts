@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
@@ -170,4 +171,31 @@ export async function withClient<T>(
   } finally {
     await client.end().catch(() => {})
   }
+}
+
+/** The /metrics base URL a pooler started with `--metrics HOST:0` logged. */
+export function metricsBase(pooler: Pooler): string {
+  const m = /metrics on (http:\/\/[^"\s]+)\/metrics/.exec(pooler.output())
+  assert.ok(m, `no metrics address in the log:\n${pooler.output()}`)
+  return m[1]!
+}
+
+export type Samples = Map<string, number>
+
+/** A Prometheus text body as name{labels} → value, labels in the order the body has them. */
+export function parseMetrics(body: string): Samples {
+  const out: Samples = new Map()
+  for (const line of body.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const i = line.lastIndexOf(' ')
+    out.set(line.slice(0, i), Number(line.slice(i + 1)))
+  }
+  return out
+}
+
+/** GET base/metrics, parsed. */
+export async function scrapeMetrics(base: string): Promise<Samples> {
+  const res = await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(15_000) })
+  assert.equal(res.status, 200)
+  return parseMetrics(await res.text())
 }
