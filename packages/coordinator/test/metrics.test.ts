@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import net from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
@@ -141,6 +142,59 @@ describe('--metrics', { timeout: 120_000 }, () => {
     )
   })
 
+  test('per-worker and process figures are filled: CPU, heap, event-loop delay, RSS, GC', async () => {
+    // Each worker rewrites its figures row about once a second.
+    let s = parse((await get(base, '/metrics')).body)
+    const w = (name: string, id: number) =>
+      value(s, `pgbouncer_cluster_worker_${name}{worker="${id}"}`)
+    for (let i = 0; i < 100 && !(w('heap_used_bytes', 0) > 0 && w('heap_used_bytes', 1) > 0); i++) {
+      await sleep(100)
+      s = parse((await get(base, '/metrics')).body)
+    }
+    for (const id of [0, 1]) {
+      assert.ok(w('heap_used_bytes', id) > 1e6, `worker ${id} heap`)
+      assert.ok(w('event_loop_delay_max_seconds', id) > 0, `worker ${id} event-loop delay`)
+      assert.ok(w('event_loop_delay_max_seconds', id) >= w('event_loop_delay_p99_seconds', id))
+      const cpu =
+        value(s, `pgbouncer_cluster_worker_cpu_seconds_total{worker="${id}",mode="user"}`) +
+        value(s, `pgbouncer_cluster_worker_cpu_seconds_total{worker="${id}",mode="system"}`)
+      assert.ok(cpu > 0, `worker ${id} CPU`)
+    }
+    assert.ok(value(s, 'pgbouncer_cluster_process_resident_memory_bytes') > 10e6)
+    assert.ok(value(s, 'pgbouncer_cluster_nodejs_heap_size_used_bytes') > 1e6)
+    assert.ok(value(s, 'pgbouncer_cluster_process_cpu_seconds_total') > 0)
+    const body = (await get(base, '/metrics')).body
+    assert.match(body, /^# TYPE pgbouncer_cluster_nodejs_gc_duration_seconds histogram$/m)
+  })
+
+  test('stuck scrapers block nobody: clients, the console and other scrapes are served meanwhile', async () => {
+    const url = new URL(base)
+    // One sends half a request and stops; others ask for /metrics and never read the answer.
+    const stuck: net.Socket[] = []
+    const open = () =>
+      new Promise<net.Socket>((resolve, reject) => {
+        const sock = net.connect(Number(url.port), url.hostname, () => resolve(sock))
+        sock.on('error', reject)
+        stuck.push(sock)
+      })
+    try {
+      ;(await open()).write('GET /metrics HTTP/1.1\r\nHost: x\r\n')
+      for (let i = 0; i < 5; i++) {
+        const sock = await open()
+        sock.pause()
+        sock.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n')
+      }
+      for (let i = 0; i < 20; i++)
+        assert.equal((await app.query('SELECT $1::int AS n', [i])).rows[0].n, i)
+      assert.ok((await admin.query('SHOW POOLS')).rows.length > 0)
+      const res = await get(base, '/metrics')
+      assert.equal(res.status, 200)
+      assert.equal(value(parse(res.body), 'pgbouncer_up'), 1)
+    } finally {
+      for (const sock of stuck) sock.destroy()
+    }
+  })
+
   test('OpenMetrics when the scraper asks for it', async () => {
     const res = await get(base, '/metrics', {
       headers: { accept: 'application/openmetrics-text; version=1.0.0,text/plain;q=0.5' },
@@ -215,40 +269,47 @@ describe('--metrics', { timeout: 120_000 }, () => {
 describe('--metrics /ready during a drain', { timeout: 120_000 }, () => {
   const db = usePostgres()
 
-  test('/ready turns 503 at SIGTERM while /health stays 200 until the exit', async () => {
-    const ini = writeIni({
-      databases: { postgres: `host=127.0.0.1 port=${db.server.port} dbname=postgres` },
-      pgbouncer: { pool_mode: 'session' },
-    })
-    const pooler = await startPooler(ini, {
-      workers: 1,
-      args: ['--metrics', '127.0.0.1:0'],
-      timeoutMs: 60_000,
-    })
-    const base = metricsBase(pooler)
-    // A connected client keeps the graceful shutdown draining.
-    const c = pooler.client()
-    c.on('error', () => {})
-    await c.connect()
-    await c.query('SELECT 1')
-    try {
-      assert.equal((await get(base, '/ready')).status, 200)
-      pooler.child.kill('SIGTERM')
-      let ready = 200
-      for (let i = 0; i < 200 && ready === 200; i++) {
-        ready = (await get(base, '/ready')).status
-        if (ready === 200) await sleep(50)
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    test(`/ready turns 503 at ${signal} while /health stays 200 until the exit`, async () => {
+      const ini = writeIni({
+        databases: { postgres: `host=127.0.0.1 port=${db.server.port} dbname=postgres` },
+        pgbouncer: { pool_mode: 'session' },
+      })
+      const pooler = await startPooler(ini, {
+        workers: 1,
+        args: ['--metrics', '127.0.0.1:0'],
+        timeoutMs: 60_000,
+      })
+      const base = metricsBase(pooler)
+      // A client in an open transaction keeps either graceful shutdown
+      // draining (SIGTERM waits for clients, SIGINT for servers).
+      const c = pooler.client()
+      c.on('error', () => {})
+      await c.connect()
+      await c.query('BEGIN')
+      await c.query('SELECT 1')
+      try {
+        assert.equal((await get(base, '/ready')).status, 200)
+        pooler.child.kill(signal)
+        let ready = 200
+        for (let i = 0; i < 200 && ready === 200; i++) {
+          ready = (await get(base, '/ready')).status
+          if (ready === 200) await sleep(50)
+        }
+        assert.equal(ready, 503)
+        assert.equal((await get(base, '/health')).status, 200)
+        assert.equal(pooler.child.exitCode, null, 'still draining')
+        // The client's transaction is untouched by the drain.
+        assert.equal((await c.query('SELECT 2 AS n')).rows[0].n, 2)
+        await c.query('COMMIT')
+      } finally {
+        await c.end().catch(() => {})
       }
-      assert.equal(ready, 503)
-      assert.equal((await get(base, '/health')).status, 200)
-      assert.equal(pooler.child.exitCode, null, 'still draining')
-    } finally {
-      await c.end().catch(() => {})
-    }
-    const code = await Promise.race([pooler.exited, sleep(60_000).then(() => 'timeout')])
-    if (code === 'timeout') await pooler.stop('SIGQUIT')
-    assert.equal(code, 0)
-  })
+      const code = await Promise.race([pooler.exited, sleep(60_000).then(() => 'timeout')])
+      if (code === 'timeout') await pooler.stop('SIGQUIT')
+      assert.equal(code, 0)
+    })
+  }
 })
 
 const DASHBOARD = new URL('../../../deploy/grafana/pgbouncer-cluster.json', import.meta.url)
