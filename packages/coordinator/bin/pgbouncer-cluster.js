@@ -14,6 +14,15 @@ if (major < NEEDS[0] || (major === NEEDS[0] && minor < NEEDS[1])) {
   process.exit(1)
 }
 
+// A 1 MB semi-space: V8 grows the young generation to 8 MB while the modules
+// load and keeps it, though the coordinator allocates little once started;
+// this saves about 3 MB of RSS, and bounds the workers' young generation a
+// little further (see cluster.ts). Set here, before anything is loaded,
+// because the main thread's heap has no other knob and flags hold for
+// every thread.
+const v8 = await import('node:v8')
+v8.setFlagsFromString('--max-semi-space-size=1')
+
 let cli
 try {
   cli = await import('../src/cli.ts')

@@ -41,6 +41,8 @@ const LAYOUT = { maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
  * then cost about 4,300 bytes each instead of about 2,600 with this bound.
  * The pass-through path allocates little and briefly, so collections stay
  * cheap (one scavenge per about a thousand transactions either way).
+ * Started from the bin, the process-wide 1 MB semi-space it sets bounds it
+ * further (to 2 MB of semi-spaces).
  */
 const WORKER_YOUNG_GENERATION_MB = 6
 /** A worker that keeps dying is restarted no faster than this, doubling up to the cap. */
