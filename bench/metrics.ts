@@ -2,10 +2,10 @@
 // 100 ms during `pgbench -S` changes tps, and what the latency histograms cost
 // per transaction (pgbouncer-cluster with PGBOUNCER_CLUSTER_HISTOGRAMS=off
 // against the default, in alternating rounds, plus a micro benchmark of one
-// recording). Standalone: node metrics.ts [--seconds N] [--rounds N]
+// recording). Standalone: node metrics.ts [--seconds N] [--rounds N] [--workers N]
 
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -13,9 +13,8 @@ import { promisify } from 'node:util'
 import { Latency } from '@pgbouncer-cluster/protocol/latency'
 import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { findPgTool, startPostgres } from '@pgbouncer-cluster/scripts/pg-harness'
-import { cleanupAll } from './cleanup.ts'
+import { cleanupAll, trackPid } from './cleanup.ts'
 import { clusterCli } from './cluster-build.ts'
-import { cpuSeconds, parseStatTicks } from './proc-stats.ts'
 import { freePort } from './targets.ts'
 
 const run = promisify(execFile)
@@ -24,16 +23,28 @@ const arg = (name: string, fallback: number) => {
   return i < 0 ? fallback : Number(process.argv[i + 1])
 }
 const SECONDS = arg('seconds', 8)
-const ROUNDS = arg('rounds', 3)
+const ROUNDS = arg('rounds', 5)
+const WORKERS = arg('workers', 1)
 const CLIENTS = 16
 const SCRAPE_EVERY_MS = 100
+/** Idle scrapes: ROUNDS batches of this many. */
+const IDLE_BATCH = 50
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-const TICK = 100 // clock ticks per second on Linux
 
-/** CPU seconds of the process's main thread (the coordinator, where scrapes run). */
-function mainThreadCpu(pid: number): number {
-  const { utime, stime } = parseStatTicks(readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8'))
-  return (utime + stime) / TICK
+// CPU from /proc/.../schedstat: nanoseconds on CPU, where /proc/PID/stat
+// counts 10 ms ticks (too coarse for one scrape).
+const schedNs = (path: string) => Number(readFileSync(path, 'utf8').split(' ')[0])
+/** CPU ns of the process's main thread (the coordinator, where scrapes run). */
+const mainThreadNs = (pid: number) => schedNs(`/proc/${pid}/task/${pid}/schedstat`)
+/** CPU ns of every live thread of the process (coordinator and workers). */
+function processNs(pid: number): number {
+  let ns = 0
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += schedNs(`/proc/${pid}/task/${tid}/schedstat`)
+    } catch {} // a thread that just ended
+  }
+  return ns
 }
 
 interface Cluster {
@@ -51,7 +62,7 @@ async function startCluster(ini: string, histograms: boolean): Promise<Cluster> 
       (await clusterCli()).path,
       ini,
       '--workers',
-      '1',
+      String(WORKERS),
       '--listen',
       `127.0.0.1:${port}`,
       '--metrics',
@@ -64,6 +75,7 @@ async function startCluster(ini: string, histograms: boolean): Promise<Cluster> 
       env: { ...process.env, PGBOUNCER_CLUSTER_HISTOGRAMS: histograms ? 'on' : 'off' },
     },
   )
+  trackPid(child.pid!)
   const metrics = `http://127.0.0.1:${mport}`
   for (let i = 0; i < 300; i++) {
     try {
@@ -78,16 +90,17 @@ async function startCluster(ini: string, histograms: boolean): Promise<Cluster> 
 interface Round {
   tps: number
   xacts: number
+  /** Whole-process CPU (all threads) per transaction. */
   cpuUsPerXact: number
-  scrapes: number
+  processNs: number
+  mainNs: number
   scrapeMs: number[]
-  mainCpuS: number
 }
 
 async function pgbenchRound(c: Cluster, scrape: boolean): Promise<Round> {
   const pid = c.child.pid!
-  const cpu0 = cpuSeconds(pid)
-  const main0 = mainThreadCpu(pid)
+  const cpu0 = processNs(pid)
+  const main0 = mainThreadNs(pid)
   const scrapeMs: number[] = []
   let scraping = scrape
   const scraper = (async () => {
@@ -108,23 +121,28 @@ async function pgbenchRound(c: Cluster, scrape: boolean): Promise<Round> {
   await scraper
   const xacts = Number(/number of transactions actually processed: (\d+)/.exec(stdout)?.[1])
   const tps = Number(/tps = ([\d.]+)/.exec(stdout)?.[1])
+  const processUsed = processNs(pid) - cpu0
   return {
     tps,
     xacts,
-    cpuUsPerXact: ((cpuSeconds(pid) - cpu0) * 1e6) / xacts,
-    scrapes: scrapeMs.length,
+    cpuUsPerXact: processUsed / 1e3 / xacts,
+    processNs: processUsed,
+    mainNs: mainThreadNs(pid) - main0,
     scrapeMs,
-    mainCpuS: mainThreadCpu(pid) - main0,
   }
 }
 
-const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b)
-  return s[Math.floor(s.length / 2)]!
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
 }
-const spread = (xs: number[]) =>
-  `±${(((Math.max(...xs) - Math.min(...xs)) / 2 / mean(xs)) * 100).toFixed(1)}%`
+const quantile = (xs: number[], q: number) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!
+}
+/** median [min .. max] */
+const summary = (xs: number[], digits: number) =>
+  `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)} .. ${Math.max(...xs).toFixed(digits)}]`
 
 /** One recording as the hot path does it: two clock reads and record(). */
 function microRecord(): { withNs: number; withoutNs: number } {
@@ -177,56 +195,99 @@ async function main(): Promise<void> {
   const on = await startCluster(ini, true)
   const off = await startCluster(ini, false)
   try {
-    // Idle scrapes: time and coordinator CPU of one scrape alone.
-    const idleMs: number[] = []
-    const main0 = mainThreadCpu(on.child.pid!)
-    for (let i = 0; i < 100; i++) {
-      const t = performance.now()
-      await (await fetch(`${on.metrics}/metrics`)).text()
-      idleMs.push(performance.now() - t)
-    }
-    const idleCpuMs = ((mainThreadCpu(on.child.pid!) - main0) * 1000) / 100
-    const bytes = (await (await fetch(`${on.metrics}/metrics`)).text()).length
-    console.log(
-      `idle scrape: median ${median(idleMs).toFixed(2)} ms, coordinator CPU ${idleCpuMs.toFixed(2)} ms per scrape, ${bytes} bytes`,
-    )
-    await pgbenchRound(on, false) // warm-up
+    await pgbenchRound(on, false) // warm-up: servers open, code optimized
     await pgbenchRound(off, false)
-    const rows: Record<string, Round[]> = {
-      histograms: [],
-      'no histograms': [],
-      'histograms + scrape/100ms': [],
+
+    // Idle scrapes, one after another: wall time, and the CPU of the
+    // coordinator and of the whole process (the workers answer the console's
+    // stats request) per scrape.
+    const idle = { ms: [] as number[], mainMs: [] as number[], processMs: [] as number[] }
+    for (let b = 0; b < ROUNDS; b++) {
+      const pid = on.child.pid!
+      const main0 = mainThreadNs(pid)
+      const proc0 = processNs(pid)
+      const ms: number[] = []
+      for (let i = 0; i < IDLE_BATCH; i++) {
+        const t = performance.now()
+        await (await fetch(`${on.metrics}/metrics`)).text()
+        ms.push(performance.now() - t)
+      }
+      idle.ms.push(median(ms))
+      idle.mainMs.push((mainThreadNs(pid) - main0) / 1e6 / IDLE_BATCH)
+      idle.processMs.push((processNs(pid) - proc0) / 1e6 / IDLE_BATCH)
+      await sleep(200)
     }
+    const body = await (await fetch(`${on.metrics}/metrics`)).text()
+    console.log(
+      `\nidle scrape, ${WORKERS} worker(s), ${body.length} bytes, ${body.split('\n').filter((l) => l && !l.startsWith('#')).length} samples; ${ROUNDS} batches of ${IDLE_BATCH}, median [min .. max] of the batches:`,
+    )
+    console.log(`  wall time               ${summary(idle.ms, 2)} ms`)
+    console.log(`  coordinator CPU         ${summary(idle.mainMs, 2)} ms per scrape`)
+    console.log(`  whole process CPU       ${summary(idle.processMs, 2)} ms per scrape`)
+
+    // pgbench rounds; each round runs the three variants in a rotated order.
+    const variants = [
+      ['histograms', on, false],
+      ['no histograms', off, false],
+      ['histograms + scrape/100ms', on, true],
+    ] as const
+    const rows = new Map<string, Round[]>(variants.map(([name]) => [name, []]))
     for (let r = 0; r < ROUNDS; r++) {
-      rows.histograms!.push(await pgbenchRound(on, false))
-      rows['no histograms']!.push(await pgbenchRound(off, false))
-      rows['histograms + scrape/100ms']!.push(await pgbenchRound(on, true))
+      for (let k = 0; k < variants.length; k++) {
+        const [name, c, scrape] = variants[(r + k) % variants.length]!
+        rows.get(name)!.push(await pgbenchRound(c, scrape))
+      }
     }
     console.log(
-      `\npgbench -S -M simple, ${CLIENTS} clients, ${SECONDS} s x ${ROUNDS} alternating rounds, 1 worker, pool 20`,
+      `\npgbench -S -M simple, ${CLIENTS} clients, ${SECONDS} s x ${ROUNDS} rounds (variants alternating), ${WORKERS} worker(s), pool 20; median [min .. max] of the rounds`,
     )
-    console.log(
-      'variant                      tps (mean, spread)     pooler CPU µs/xact   scrapes  scrape ms (median)  coordinator CPU ms/scrape',
-    )
-    const baseMain = mean(rows.histograms!.map((x) => x.mainCpuS))
-    for (const [name, rs] of Object.entries(rows)) {
-      const tps = rs.map((x) => x.tps)
-      const scrapes = rs.reduce((a, x) => a + x.scrapes, 0)
-      const ms = rs.flatMap((x) => x.scrapeMs)
-      const perScrape =
-        scrapes > 0
-          ? (((mean(rs.map((x) => x.mainCpuS)) - baseMain) * rs.length) / scrapes) * 1000
-          : Number.NaN
+    for (const [name, rs] of rows) {
       console.log(
-        `${name.padEnd(28)} ${mean(tps).toFixed(0).padStart(8)} ${spread(tps).padStart(8)}   ${mean(
+        `  ${name.padEnd(26)} tps ${summary(
+          rs.map((x) => x.tps),
+          0,
+        )}   pooler CPU µs/tx ${summary(
           rs.map((x) => x.cpuUsPerXact),
-        )
-          .toFixed(2)
-          .padStart(
-            14,
-          )}   ${String(scrapes).padStart(7)}  ${(ms.length > 0 ? median(ms).toFixed(2) : '-').padStart(18)}  ${(Number.isNaN(perScrape) ? '-' : perScrape.toFixed(2)).padStart(24)}`,
+          2,
+        )}`,
       )
     }
+    // Per round, each variant against the plain one of the same round.
+    const h = rows.get('histograms')!
+    const n = rows.get('no histograms')!
+    const sc = rows.get('histograms + scrape/100ms')!
+    console.log('\nhistograms, per round against no histograms of the same round:')
+    console.log(
+      `  tps ratio (with / without)     ${summary(
+        h.map((x, i) => x.tps / n[i]!.tps),
+        3,
+      )}`,
+    )
+    console.log(
+      `  CPU µs per tx (with − without) ${summary(
+        h.map((x, i) => x.cpuUsPerXact - n[i]!.cpuUsPerXact),
+        2,
+      )}`,
+    )
+    console.log(
+      '\nscraping every 100 ms under load, per round against histograms without scraping:',
+    )
+    console.log(
+      `  tps ratio (scraped / not)      ${summary(
+        sc.map((x, i) => x.tps / h[i]!.tps),
+        3,
+      )}`,
+    )
+    const ms = sc.flatMap((x) => x.scrapeMs)
+    console.log(
+      `  scrape wall time               median ${median(ms).toFixed(2)} ms, p95 ${quantile(ms, 0.95).toFixed(2)} ms, max ${Math.max(...ms).toFixed(2)} ms (${ms.length} scrapes)`,
+    )
+    console.log(
+      `  coordinator CPU per scrape     ${summary(
+        sc.map((x, i) => (x.mainNs - h[i]!.mainNs) / 1e6 / x.scrapeMs.length),
+        2,
+      )} ms`,
+    )
   } finally {
     on.child.kill('SIGQUIT')
     off.child.kill('SIGQUIT')
