@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import net from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
-import type pg from 'pg'
-import { sendCancel } from './raw-protocol.ts'
+import pg from 'pg'
+import { cancelRequestPacket, RawConnection, sendCancel } from './raw-protocol.ts'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 
 // Cancel through the pooler: the client holds the pooler's BackendKeyData, never
@@ -13,6 +14,8 @@ import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 const TEST_TIMEOUT = 20_000
 const db = usePostgres({ databases: ['app'] })
 const PSQL = findPgTool('psql')
+const CANCEL_REQUEST_CODE = 80877102
+const SSL_REQUEST_CODE = 80877103
 
 /** BackendKeyData as node-postgres keeps it (not in its type definitions). */
 function keyOf(c: pg.Client): { pid: number; secret: number } {
@@ -25,8 +28,8 @@ function sqlstateOf(err: unknown): string | undefined {
 }
 
 /** Resolves once pg_stat_activity shows `sql` running; bounded. */
-async function waitUntilRunning(sql: string): Promise<void> {
-  const deadline = Date.now() + 5000
+async function waitUntilRunning(sql: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms
   while (Date.now() < deadline) {
     const { rows } = await db.server.query(
       "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
@@ -160,54 +163,385 @@ describe('psql interrupted with SIGINT', () => {
   })
 })
 
-// A cancel is aimed at a client, but carried out on whichever server that
-// client is linked to when the pooler acts on it. In transaction mode that
-// server may pass to another client before PostgreSQL receives the cancel, so
-// the server must not be handed on while a cancel for it is in flight
-// (PgBouncer keeps such servers aside until the cancel completed).
+// A cancel is aimed at a client, but PostgreSQL carries it out on a backend:
+// the one that client's server connection has. In transaction mode that server
+// passes to other clients between transactions, so a cancel for A must reach
+// PostgreSQL only while A is linked, and the server must not pass on while a
+// cancel for it is on its way (PgBouncer 1.18 keeps such a server aside, "being
+// canceled", until PostgreSQL closed the cancel connection).
+//
+// Pool of one, one worker: A and B share one backend, which pg_backend_pid()
+// names. B waits on an advisory lock the test holds, so B's query runs exactly
+// as long as the test wants: a cancel reaching that backend meanwhile cancels B
+// (57014), and nothing depends on how fast the host is. A relay in front of
+// PostgreSQL can hold the pooler's cancel connections, so that the test decides
+// when PostgreSQL acts on one.
 describe('cancel never hits a client it was not aimed at (transaction mode, one shared server)', () => {
+  const LOCK = 4201
   let pooler: Pooler
+  let relay: CancelRelay
+  let admin: pg.Client
+  let locker: pg.Client
   before(async () => {
+    relay = await cancelRelay(db.server.port)
     const ini = writeIni({
-      databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
-      pgbouncer: { pool_mode: 'transaction', default_pool_size: 1 },
+      databases: { app: `host=127.0.0.1 port=${relay.port} dbname=app` },
+      pgbouncer: { pool_mode: 'transaction', default_pool_size: 1, admin_users: 'postgres' },
     })
     pooler = await startPooler(ini, { workers: 1 })
+    admin = new pg.Client({ connectionString: pooler.url({ database: 'pgbouncer' }) })
+    await admin.connect()
+    // Straight to PostgreSQL, not through the pooler: it holds the lock B waits on.
+    locker = new pg.Client({ connectionString: db.server.url({ database: 'app' }) })
+    await locker.connect()
   })
-  after(() => pooler.stop())
+  after(async () => {
+    await admin?.end().catch(() => {})
+    await locker?.end().catch(() => {})
+    await pooler?.stop()
+    relay?.close()
+  })
 
-  // Skipped: on this host no cancel reaches A in this race at all, also on the code before
-  // this change (a130649), so the test cannot tell the guard working from cancels missing.
-  // Its scenario needs a deterministic rewrite.
-  test('cancels sent for A while A and B alternate on one server cancel only A', {
-    timeout: TEST_TIMEOUT,
-    skip: 'timing-dependent on this host: no cancel reaches A even before the guard; needs a deterministic rewrite',
+  const url = () => pooler.url({ database: 'app' })
+  const pidOf = async (c: pg.Client): Promise<number> =>
+    (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid
+
+  /** The backend running `sql`, once it waits on LOCK; bounded. */
+  async function blockedOnLock(sql: string, done = () => false): Promise<number> {
+    let pid = 0
+    await until(`${sql} waiting on the lock`, async () => {
+      if (done()) return true
+      const { rows } = await db.server.query(
+        "SELECT pid FROM pg_stat_activity WHERE query = $1 AND state = 'active' AND wait_event_type = 'Lock'",
+        [sql],
+      )
+      pid = rows[0]?.pid ?? 0
+      return pid !== 0
+    })
+    return pid
+  }
+
+  /** B's query: waits for LOCK, then says which backend ran it. */
+  function runB(b: pg.Client, tag: string) {
+    const sql = `SELECT pg_advisory_xact_lock(${LOCK})::text AS locked, pg_backend_pid() AS pid /* ${tag} */`
+    let settled = false
+    const result = b.query(sql).then(
+      (r) => ({ pid: r.rows[0].pid as number, err: null }),
+      (err: unknown) => ({ pid: 0, err }),
+    )
+    void result.then(() => {
+      settled = true
+    })
+    return { sql, result, done: () => settled }
+  }
+
+  async function poolRow(): Promise<Record<string, unknown>> {
+    const { rows } = await admin.query('SHOW POOLS')
+    const row = rows.find((r) => r.database === 'app' && r.user === 'postgres')
+    assert.ok(row, 'no pool row for app')
+    return row
+  }
+
+  test('a cancel for A while A runs a query on the server cancels that query (57014)', {
+    timeout: 60_000,
   }, async () => {
-    const url = pooler.url({ database: 'app' })
-    await withClient({ connectionString: url }, async (a) => {
-      await withClient({ connectionString: url }, async (b) => {
-        const { pid, secret } = keyOf(a)
-        const cancelled = { a: 0, b: 0 }
-        let stop = false
-        const loop = async (c: pg.Client, who: 'a' | 'b', sql: string) => {
-          while (!stop) {
-            await c.query(sql).catch((err: unknown) => {
-              if (sqlstateOf(err) !== '57014') throw err
-              cancelled[who]++
-            })
-          }
+    await withClient({ connectionString: url() }, async (a) => {
+      const pidA = await pidOf(a)
+      const sql = 'SELECT pg_sleep(30) /* A runs */'
+      const running = a.query(sql).then(
+        () => null,
+        (err: unknown) => err,
+      )
+      await waitUntilRunning(sql, 20_000)
+      const taken = relay.taken
+      const { pid, secret } = keyOf(a)
+      const cancel = await openCancel(pooler, pid, secret)
+      const err = await running
+      assert.ok(err !== null, 'the query was not cancelled: it slept its 30 s')
+      assert.equal(sqlstateOf(err), '57014')
+      assert.match((err as Error).message, /canceling statement due to user request/)
+      await cancel.closed()
+      await until('PostgreSQL took the cancel', async () => relay.taken === taken + 1)
+      // Same server, same backend: A goes on.
+      assert.equal(await pidOf(a), pidA)
+    })
+  })
+
+  test('a cancel for A while A is idle does not cancel B, which runs on the backend A used', {
+    timeout: 60_000,
+  }, async () => {
+    await withClient({ connectionString: url() }, async (a) => {
+      await withClient({ connectionString: url() }, async (b) => {
+        const pidA = await pidOf(a)
+        await locker.query('SELECT pg_advisory_lock($1)', [LOCK])
+        let locked = true
+        try {
+          const run = runB(b, 'B while A idle')
+          assert.equal(await blockedOnLock(run.sql), pidA, 'B does not run on the backend A used')
+          const forwarded = relay.forwarded
+          const { pid, secret } = keyOf(a)
+          for (let i = 0; i < 3; i++) await (await openCancel(pooler, pid, secret)).closed()
+          // A is linked to no server: there is nothing to cancel, and no
+          // cancel went to PostgreSQL (PgBouncer: "cancel request for idle client").
+          await relay.settled()
+          assert.equal(relay.forwarded, forwarded, 'a cancel for an idle client went to PostgreSQL')
+          await locker.query('SELECT pg_advisory_unlock($1)', [LOCK])
+          locked = false
+          const { pid: ran, err } = await run.result
+          assert.equal(err, null, `B, never targeted, failed: ${String(err)}`)
+          assert.equal(ran, pidA)
+        } finally {
+          if (locked) await locker.query('SELECT pg_advisory_unlock($1)', [LOCK])
         }
-        const loops = [
-          loop(a, 'a', 'SELECT pg_sleep(0.002)'),
-          loop(b, 'b', 'SELECT pg_sleep(0.02)'),
-        ]
-        const until = Date.now() + 2000
-        while (Date.now() < until) await sendCancel(pooler.host, pooler.port, pid, secret)
-        stop = true
-        await Promise.all(loops)
-        assert.ok(cancelled.a > 0, 'no cancel reached A at all')
-        assert.equal(cancelled.b, 0, `B, never targeted, had ${cancelled.b} queries cancelled`)
       })
     })
   })
+
+  test('a cancel for A that PostgreSQL takes after A committed does not cancel B: the server waits as being_canceled', {
+    timeout: 60_000,
+  }, async () => {
+    await withClient({ connectionString: url() }, async (a) => {
+      await withClient({ connectionString: url() }, async (b) => {
+        // A holds the only server for its transaction.
+        await a.query('BEGIN')
+        const pidA = await pidOf(a)
+        await locker.query('SELECT pg_advisory_lock($1)', [LOCK])
+        let locked = true
+        relay.hold = true
+        try {
+          const { pid, secret } = keyOf(a)
+          const cancel = await openCancel(pooler, pid, secret)
+          // The pooler sent it on while A was linked; the relay keeps it from PostgreSQL.
+          await until('the cancel at the relay', async () => relay.held === 1)
+          // B queues for the server; A's transaction ends.
+          const run = runB(b, 'B after A committed')
+          await until(
+            'B waiting for a server',
+            async () => Number((await poolRow()).cl_waiting) === 1,
+          )
+          await a.query('COMMIT')
+          // With the guard the server waits for the cancel and B keeps waiting;
+          // without it B now runs on that server and waits on the lock.
+          await until('the server set aside, or B on it', async () => {
+            if (Number((await poolRow()).sv_being_canceled) === 1) return true
+            const { rows } = await db.server.query(
+              "SELECT 1 FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+              [run.sql],
+            )
+            return rows.length > 0
+          })
+          const aside = await poolRow()
+          // PostgreSQL takes the cancel now, aimed at A's old backend.
+          relay.hold = false
+          relay.release()
+          await until('PostgreSQL took the cancel', async () => relay.taken === relay.forwarded)
+          await cancel.closed()
+          // The server goes to B; B gets the lock once the test lets go of it
+          // (B may have failed already: then nothing waits on the lock).
+          await blockedOnLock(run.sql, run.done)
+          await locker.query('SELECT pg_advisory_unlock($1)', [LOCK])
+          locked = false
+          const { pid: ran, err } = await run.result
+          assert.equal(err, null, `B, never targeted, failed: ${String(err)}`)
+          assert.equal(ran, pidA, 'B ran on another backend')
+          assert.equal(
+            Number(aside.sv_being_canceled),
+            1,
+            'the server passed on with a cancel in flight',
+          )
+          assert.equal(Number(aside.cl_waiting), 1)
+          assert.equal(Number((await poolRow()).sv_being_canceled), 0)
+          // A was idle when the cancel arrived: nothing of A's was cancelled either.
+          assert.equal(await pidOf(a), pidA)
+        } finally {
+          relay.hold = false
+          relay.release()
+          if (locked) await locker.query('SELECT pg_advisory_unlock($1)', [LOCK])
+        }
+      })
+    })
+  })
+
+  test('cancels for A fired while A and B alternate on the one server never cancel B', {
+    timeout: 90_000,
+  }, async () => {
+    // Each cancel reaches PostgreSQL a random 0-30 ms late (the relay), so
+    // many arrive after A's short query ended: the moment the server would
+    // pass to B. Bounded in count and time.
+    relay.jitterMs = 30
+    try {
+      await withClient({ connectionString: url() }, async (a) => {
+        await withClient({ connectionString: url() }, async (b) => {
+          const { pid, secret } = keyOf(a)
+          const cancelled = { a: 0, b: 0 }
+          let stop = false
+          const loop = async (c: pg.Client, who: 'a' | 'b', sql: string) => {
+            while (!stop) {
+              await c.query(sql).catch((err: unknown) => {
+                if (sqlstateOf(err) !== '57014') throw err
+                cancelled[who]++
+              })
+            }
+          }
+          const loops = [
+            loop(a, 'a', 'SELECT pg_sleep(0.005)'),
+            loop(b, 'b', 'SELECT pg_sleep(0.02)'),
+          ]
+          const until = Date.now() + 15_000
+          for (let i = 0; i < 200 && Date.now() < until; i++) {
+            await (await openCancel(pooler, pid, secret)).closed()
+          }
+          stop = true
+          await Promise.all(loops)
+          await relay.settled()
+          assert.equal(
+            cancelled.b,
+            0,
+            `B, never targeted, had ${cancelled.b} queries cancelled (A: ${cancelled.a})`,
+          )
+        })
+      })
+    } finally {
+      relay.jitterMs = 0
+    }
+  })
 })
+
+/** Polls `check` until it holds; fails after `ms` (generous: the host is shared). */
+async function until(what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+/** A CancelRequest on its own connection, as libpq sends it; closed() waits for the pooler to hang up. */
+async function openCancel(
+  to: Pooler,
+  pid: number,
+  secret: number,
+): Promise<{ closed: () => Promise<void> }> {
+  const conn = await RawConnection.connect(to.host, to.port)
+  conn.send(cancelRequestPacket(pid, secret))
+  return {
+    async closed() {
+      await conn.drain(20_000)
+      const open = !conn.closed
+      conn.destroy()
+      assert.ok(!open, 'the pooler kept the cancel connection open for 20 s')
+    },
+  }
+}
+
+interface CancelRelay {
+  readonly port: number
+  /** While true, CancelRequests wait at the relay until release(). */
+  hold: boolean
+  /** Each CancelRequest waits a random 0..jitterMs ms before it goes on. */
+  jitterMs: number
+  /** CancelRequests waiting now. */
+  readonly held: number
+  /** CancelRequests sent on to PostgreSQL. */
+  readonly forwarded: number
+  /** Of those, the ones PostgreSQL closed: it has acted on them. */
+  readonly taken: number
+  release(): void
+  /** Resolves once no cancel is on its way for a while (bounded). */
+  settled(): Promise<void>
+  close(): void
+}
+
+/**
+ * A TCP relay in front of the real PostgreSQL. Everything passes through at
+ * once, except CancelRequests, which it can hold or delay: the test decides
+ * when PostgreSQL sees them. It reads each connection's first packets to tell
+ * a CancelRequest (an SSLRequest may come first, as server_tls_sslmode=prefer
+ * sends it: PostgreSQL's answer goes back and the next packet is looked at).
+ */
+async function cancelRelay(pgPort: number): Promise<CancelRelay> {
+  const sockets = new Set<net.Socket>()
+  const waiting: (() => void)[] = []
+  let forwarded = 0
+  let taken = 0
+  let pending = 0
+  // Half-open allowed both ways: the pooler ends its side after the
+  // CancelRequest, and its connection must stay open until PostgreSQL closes,
+  // as it would without the relay.
+  const server = net.createServer({ allowHalfOpen: true }, (inbound) => {
+    const outbound = net.connect({ host: '127.0.0.1', port: pgPort, allowHalfOpen: true })
+    sockets.add(inbound)
+    sockets.add(outbound)
+    inbound.on('error', () => {})
+    outbound.on('error', () => {})
+    inbound.on('close', () => outbound.destroy())
+    outbound.on('close', () => inbound.destroy())
+    outbound.pipe(inbound)
+    let head = Buffer.alloc(0)
+    const sniff = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk])
+      while (head.length >= 8) {
+        const length = head.readInt32BE(0)
+        const code = head.readInt32BE(4)
+        if (length === 8 && code === SSL_REQUEST_CODE) {
+          outbound.write(head.subarray(0, 8))
+          head = head.subarray(8)
+          continue
+        }
+        inbound.off('data', sniff)
+        if (length !== 16 || code !== CANCEL_REQUEST_CODE) {
+          outbound.write(head)
+          inbound.pipe(outbound)
+          return
+        }
+        inbound.pause()
+        pending++
+        const go = () => {
+          forwarded++
+          outbound.on('close', () => {
+            taken++
+            pending--
+          })
+          outbound.write(head)
+          inbound.pipe(outbound)
+        }
+        if (relay.hold) waiting.push(go)
+        else if (relay.jitterMs > 0) setTimeout(go, Math.random() * relay.jitterMs)
+        else go()
+        return
+      }
+    }
+    inbound.on('data', sniff)
+  })
+  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok))
+  const relay: CancelRelay = {
+    port: (server.address() as net.AddressInfo).port,
+    hold: false,
+    jitterMs: 0,
+    get held() {
+      return waiting.length
+    },
+    get forwarded() {
+      return forwarded
+    },
+    get taken() {
+      return taken
+    },
+    release() {
+      for (const go of waiting.splice(0)) go()
+    },
+    async settled() {
+      // Quiet for 500 ms: a cancel the pooler sent after its client hung up has arrived by then.
+      let quietSince = Date.now()
+      await until('the cancels to settle', async () => {
+        if (pending > 0) quietSince = Date.now()
+        return Date.now() - quietSince >= 500
+      })
+    },
+    close() {
+      server.close()
+      for (const s of sockets) s.destroy()
+    },
+  }
+  return relay
+}
