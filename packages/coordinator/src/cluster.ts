@@ -522,9 +522,22 @@ export class Cluster {
       case 'cancel': {
         const owner = keyWorker(msg.pid)
         const thread = this.slots[owner]?.thread ?? null
-        if (owner !== id) this.sendTo(thread, msg)
+        if (owner === id) return
+        if (thread === null) {
+          // No such worker (or it is restarting): the cancel is lost, its client may go.
+          this.sendTo(this.slots[id]?.thread ?? null, {
+            type: 'cancel-done',
+            worker: id,
+            ref: msg.ref,
+          })
+          return
+        }
+        this.sendTo(thread, msg)
         return
       }
+      case 'cancel-done':
+        this.sendTo(this.slots[msg.worker]?.thread ?? null, msg)
+        return
       case 'server-login-failed': {
         this.log.warn(
           { database: msg.database, user: msg.user, sqlstate: msg.sqlstate, error: msg.message },

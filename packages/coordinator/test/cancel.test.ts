@@ -362,6 +362,41 @@ describe('cancel never hits a client it was not aimed at (transaction mode, one 
     })
   })
 
+  test("the cancel connection stays open until PostgreSQL has taken the cancel, so the client's next command is never hit", {
+    timeout: 60_000,
+  }, async () => {
+    await withClient({ connectionString: url() }, async (a) => {
+      await a.query('BEGIN')
+      const pidA = await pidOf(a)
+      relay.hold = true
+      try {
+        const { pid, secret } = keyOf(a)
+        const conn = await RawConnection.connect(pooler.host, pooler.port)
+        conn.send(cancelRequestPacket(pid, secret))
+        await until('the cancel at the relay', async () => relay.held === 1)
+        // A round trip through the pooler: a close it sent before has arrived by now.
+        await poolRow()
+        assert.equal(
+          conn.closed,
+          false,
+          'the pooler let the client go before PostgreSQL took the cancel',
+        )
+        relay.hold = false
+        relay.release()
+        await conn.drain(20_000)
+        assert.equal(conn.closed, true)
+        // PostgreSQL closed first: libpq may send the next command now.
+        assert.equal(relay.taken, relay.forwarded)
+        conn.destroy()
+        assert.equal(await pidOf(a), pidA)
+        await a.query('COMMIT')
+      } finally {
+        relay.hold = false
+        relay.release()
+      }
+    })
+  })
+
   test('cancels for A fired while A and B alternate on the one server never cancel B', {
     timeout: 90_000,
   }, async () => {

@@ -40,8 +40,14 @@ export type ControlMessage =
   | { type: 'pool-slot-error'; database: string; user: string; sqlstate: string; message: string }
   /** coordinator → worker: the (re)loaded configuration, a plain object. */
   | { type: 'config'; config: unknown }
-  /** either way: a CancelRequest for a backend key owned by another worker. */
-  | { type: 'cancel'; pid: number; secret: number }
+  /**
+   * either way: a CancelRequest for a backend key owned by another worker
+   * `from`, the worker its client came to, waits for 'cancel-done' with `ref`:
+   * the owner sends it once PostgreSQL has taken the cancel, or it was dropped.
+   */
+  | { type: 'cancel'; pid: number; secret: number; ref: number; from: number }
+  /** either way: the cancel `ref` of worker `worker` is over; its client may be let go. */
+  | { type: 'cancel-done'; worker: number; ref: number }
   /**
    * coordinator → workers: stop (PgBouncer 1.23+'s three ways). 'wait-for-clients'
    * (SIGTERM) closes the listeners and ends once every client has left;
@@ -235,7 +241,8 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   'client-slot': { database: 'string', user: 'string', databaseSlot: 'int', userSlot: 'int' },
   'pool-slot-error': { database: 'string', user: 'string', sqlstate: 'string', message: 'string' },
   config: { config: 'object' },
-  cancel: { pid: 'int', secret: 'int' },
+  cancel: { pid: 'int', secret: 'int', ref: 'uint', from: 'uint' },
+  'cancel-done': { worker: 'uint', ref: 'uint' },
   shutdown: { mode: ['immediate', 'wait-for-servers', 'wait-for-clients'] },
   pause: { database: 'string?' },
   paused: { worker: 'uint', database: 'string?' },

@@ -78,8 +78,8 @@ export interface SessionHost extends AdminContext {
   authUserFor(db: DatabaseConfig): string | null
   authQuery(db: DatabaseConfig, user: string): Promise<Lookup>
   getPool(db: DatabaseConfig, user: string): Promise<Pool>
-  /** A CancelRequest: carried out here or routed to the worker that owns the key. */
-  cancel(pid: number, secret: number): void
+  /** A CancelRequest: carried out here or routed to the worker that owns the key; `done` once it is over. */
+  cancel(pid: number, secret: number, done: () => void): void
 }
 
 export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
@@ -661,8 +661,10 @@ export class ClientSession {
         this.write(NO_ENCRYPTION)
         return
       case 'cancel':
-        this.worker.cancel(startup.pid, startup.secret)
-        this.close(null)
+        // Nothing more is read; the connection closes once PostgreSQL has
+        // taken the cancel, which is what the client waits for.
+        pauseReading(this.socket)
+        this.worker.cancel(startup.pid, startup.secret, () => this.close(null))
         return
       case 'startup':
         if (

@@ -107,6 +107,9 @@ export class PoolerWorker {
   private clients = 0
   private ticker: NodeJS.Timeout | null = null
   private readonly janitor = new Janitor(this)
+  /** Cancels routed to another worker, by ref: what to do when they are over. */
+  private readonly routedCancels = new Map<number, () => void>()
+  private nextCancelRef = 0
   /** CancelRequests on their way to PostgreSQL, by send time (cancel_wait_timeout). */
   readonly cancels = new Map<net.Socket, number>()
   private readonly figures: FigurePublisher
@@ -432,9 +435,13 @@ export class PoolerWorker {
   /**
    * A CancelRequest: sent on to the peer whose key it is ([peers]), routed to
    * the worker that owns the key, or carried out here. A key nobody owns is
-   * dropped without a word, as PostgreSQL does.
+   * dropped without a word, as PostgreSQL does. `done` runs once the cancel
+   * is over: PostgreSQL closed the connection it came on (it has signalled the
+   * backend), or it was dropped. Until then the client's cancel connection
+   * stays open, as with PostgreSQL and PgBouncer 1.18: libpq waits for that
+   * close so that a cancel never lands on the client's next command.
    */
-  cancel(pid: number, secret: number): void {
+  cancel(pid: number, secret: number, done: () => void = () => {}): void {
     const peerId = this.settings.peerId
     if (peerId !== 0) {
       const peer = keyPeer(pid)
@@ -445,19 +452,28 @@ export class PoolerWorker {
         } else if (!this.peers.forward(peer, pid, next)) {
           this.log.debug({ peer }, 'cancel request dropped: no such peer')
         }
+        // A peer's answer is not waited for.
+        done()
         return
       }
     }
     const owner = keyWorker(pid)
     if (owner !== this.id) {
-      this.send({ type: 'cancel', pid, secret })
+      const ref = ++this.nextCancelRef
+      this.routedCancels.set(ref, done)
+      this.send({ type: 'cancel', pid, secret, ref, from: this.id })
       return
     }
     const session = this.cancelKeys.get(lookupKey(pid, secret))
-    if (session === undefined) return
-    if (peerId === 0 ? session.secret !== secret : !sameSecret(session.secret, secret)) return
+    if (
+      session === undefined ||
+      (peerId === 0 ? session.secret !== secret : !sameSecret(session.secret, secret)) ||
+      session.server === null
+    ) {
+      done()
+      return
+    }
     const server = session.server
-    if (server === null) return
     // The server stays out of the pool until PostgreSQL has taken the cancel,
     // or it could cancel the next client's query instead.
     server.cancelsInFlight++
@@ -469,16 +485,17 @@ export class PoolerWorker {
     }
     // Whichever socket reports its close first (plain or TLS), once.
     let closed = false
-    const done = () => {
+    const over = () => {
       if (closed) return
       closed = true
       this.cancels.delete(socket)
       server.cancelDone()
+      done()
     }
     const socket = net.connect({ host, port })
     this.cancels.set(socket, this.now)
     socket.on('error', failed)
-    socket.on('close', done)
+    socket.on('close', over)
     const setup = this.tls.server
     if (setup === null) {
       socket.on('connect', () => socket.end(request))
@@ -496,7 +513,7 @@ export class PoolerWorker {
       } else {
         const secure = connectTls(socket, setup, host)
         secure.on('error', failed)
-        secure.on('close', done)
+        secure.on('close', over)
         secure.once('secureConnect', () => secure.end(request))
       }
     })
@@ -534,9 +551,19 @@ export class PoolerWorker {
         request?.resolve(slots)
         return
       }
-      case 'cancel':
-        this.cancel(msg.pid, msg.secret)
+      case 'cancel': {
+        const { ref, from } = msg
+        this.cancel(msg.pid, msg.secret, () =>
+          this.send({ type: 'cancel-done', worker: from, ref }),
+        )
         return
+      }
+      case 'cancel-done': {
+        const done = this.routedCancels.get(msg.ref)
+        this.routedCancels.delete(msg.ref)
+        done?.()
+        return
+      }
       case 'config':
         this.reconfigure(msg.config as WorkerConfig)
         return
