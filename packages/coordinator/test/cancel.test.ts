@@ -68,14 +68,12 @@ for (const mode of ['transaction', 'session'] as const) {
           )
           await waitUntilRunning(sql)
           const { pid, secret } = keyOf(c)
-          const sent = Date.now()
           await sendCancel(pooler.host, pooler.port, pid, secret)
+          // pg_sleep(10) ends in 57014 only if the cancel reached its backend
           const err = await running
-          const elapsed = Date.now() - sent
           assert.ok(err !== null, `round ${round}: the query was not cancelled`)
           assert.equal(sqlstateOf(err), '57014')
           assert.match((err as Error).message, /canceling statement due to user request/)
-          assert.ok(elapsed < 2000, `round ${round}: cancel took ${elapsed} ms`)
           // The connection survives its cancelled query.
           const { rows } = await c.query('SELECT $1::int AS n', [round])
           assert.equal(rows[0].n, round)
@@ -149,13 +147,10 @@ describe('psql interrupted with SIGINT', () => {
       const exited = new Promise<number | null>((resolve) => child.on('close', resolve))
       try {
         await waitUntilRunning(sql)
-        const sent = Date.now()
         child.kill('SIGINT')
         const code = await exited
-        const elapsed = Date.now() - sent
         assert.equal(code, 1, stderr)
         assert.match(stderr, /canceling statement due to user request/)
-        assert.ok(elapsed < 3000, `psql took ${elapsed} ms to stop`)
       } finally {
         if (child.exitCode === null) child.kill('SIGKILL')
       }
