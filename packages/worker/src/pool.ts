@@ -124,6 +124,8 @@ export class Pool {
   private readonly userSem: Semaphore
   private readonly counters: PoolCounters
   private giveBackTimer: NodeJS.Timeout | null = null
+  /** When this worker last handed a busy pool's server over (preciseNow ms). */
+  private lastHandover = 0
   private readonly slot: number
   private readonly breaker: BreakerWords
   /** With a host list: the next host to try (round-robin), or the one in use (disable). */
@@ -463,14 +465,26 @@ export class Pool {
   /**
    * Fairness between workers: a server just freed goes back to the shared
    * pool (closed, its permit released) when another worker's longest-waiting
-   * client has waited STARVATION_MS longer than ours. Comparing wait times,
-   * not queue lengths, keeps balanced load free of reconnect churn while no
-   * worker's clients can starve behind another worker's queue.
+   * client has waited more than twice as long as ours, and STARVATION_MS
+   * longer. Comparing wait times, not queue lengths, lets no worker's clients
+   * starve behind another worker's queue. The factor keeps an overloaded but
+   * balanced pool free of reconnect churn: with hundreds of clients queued on
+   * every worker, waits of a few hundred milliseconds differ by more than
+   * STARVATION_MS by chance, and each hand-over (a close, a PostgreSQL fork, a
+   * login) lengthens the giver's queue until the server is handed back. For
+   * the same reason one worker hands over at most one server of a pool per
+   * HANDOVER_INTERVAL_MS: the receiver's new server needs that long to log in
+   * and shorten the waits this decision reads.
    */
   private owesPermit(): boolean {
     if (this.waitingCount === 0 || this.othersWaiting() <= 0) return false
     const theirs = this.counters.oldestWaitOfOthers(this.slot, this.worker.id)
-    return theirs !== 0 && theirs + STARVATION_MS < this.oldestWaitingSince
+    if (theirs === 0) return false
+    const now = preciseNow()
+    if (now - this.lastHandover < HANDOVER_INTERVAL_MS) return false
+    if (now - theirs <= 2 * (now - this.oldestWaitingSince) + STARVATION_MS) return false
+    this.lastHandover = now
+    return true
   }
 
   /**
@@ -865,10 +879,12 @@ export function poolKey(database: string, user: string): string {
   return `${database}\u0000${user}`
 }
 
-/** How much longer another worker's client must have waited before we hand over a server. */
+/** How much longer than twice ours another worker's client must have waited before we hand over a server. */
 const STARVATION_MS = 100
 /** About what opening a server connection takes: an idle server wanted elsewhere waits this long. */
 const GIVE_BACK_DELAY_MS = 10
+/** At most one hand-over of a busy pool's server per worker this often. */
+const HANDOVER_INTERVAL_MS = 100
 
 const PERMIT_POOL = 1
 const PERMIT_DATABASE = 2
