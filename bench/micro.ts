@@ -206,7 +206,10 @@ export async function runMicro(opts: { quick: boolean }): Promise<MicroResult[]>
   try {
     const ctl = await load<ControlModule>('control')
     const msgs: [string, unknown][] = [
-      ['control encode+decode (cancel)', { type: 'cancel', pid: 4242, secret: 123456789 }],
+      [
+        'control encode+decode (cancel)',
+        { type: 'cancel', pid: 4242, secret: 123456789, ref: 7, from: 1 },
+      ],
       [
         'control encode+decode (pool-slot)',
         {
