@@ -441,7 +441,7 @@ export class PoolerWorker {
    * stays open, as with PostgreSQL and PgBouncer 1.18: libpq waits for that
    * close so that a cancel never lands on the client's next command.
    */
-  cancel(pid: number, secret: number, done: () => void = () => {}): void {
+  cancel(pid: number, secret: number, done: () => void): void {
     const peerId = this.settings.peerId
     if (peerId !== 0) {
       const peer = keyPeer(pid)
