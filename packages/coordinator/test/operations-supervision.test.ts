@@ -42,7 +42,12 @@ describe('worker supervision', { timeout: 50_000 }, () => {
     })
     await cluster.start()
   })
-  after(() => cluster.stop('immediate'))
+  /** Loads still running: a failed test leaves its own, stopped here before the cluster. */
+  const loads = new Set<{ stop(): Promise<unknown> }>()
+  after(async () => {
+    await Promise.all([...loads].map((l) => l.stop()))
+    await cluster.stop('immediate')
+  })
 
   /** Clients looping short transactions until stopped; a lost connection is counted and replaced. */
   function load(clients: number) {
@@ -63,21 +68,26 @@ describe('worker supervision', { timeout: 50_000 }, () => {
           }
         } catch {
           lost++
+          // Not a tight loop of refused connections while the port is down.
+          await new Promise((r) => setTimeout(r, 10))
         } finally {
           await c.end().catch(() => {})
         }
       }
     })
-    return {
+    const handle = {
       get transactions() {
         return transactions
       },
       async stop() {
         running = false
+        loads.delete(handle)
         await Promise.all(loops)
         return { transactions, lost }
       },
     }
+    loads.add(handle)
+    return handle
   }
 
   async function waitFor(what: string, check: () => boolean, ms = 5000): Promise<void> {

@@ -42,6 +42,8 @@ describe('rebalance between two workers (transaction mode, pool_size 2)', () => 
   let pooler: Pooler
   const clients: pg.Client[] = []
   let holders: pg.Client[] = []
+  /** A third client on the holder's worker: with it the holders' own queue is never empty. */
+  let third: pg.Client
   let waiter: pg.Client
 
   before(async () => {
@@ -65,18 +67,19 @@ describe('rebalance between two workers (transaction mode, pool_size 2)', () => 
       clients.push(c)
       const w = workerOf(c)
       byWorker.set(w, [...(byWorker.get(w) ?? []), c])
-      const two = [...byWorker.entries()].find(([, list]) => list.length >= 2)
-      const other = two && [...byWorker.entries()].find(([id]) => id !== two[0])
-      if (two && other) {
-        holders = two[1].slice(0, 2)
+      const three = [...byWorker.entries()].find(([, list]) => list.length >= 3)
+      const other = three && [...byWorker.entries()].find(([id]) => id !== three[0])
+      if (three && other) {
+        holders = three[1].slice(0, 2)
+        third = three[1][2]
         waiter = other[1][0]
         break
       }
     }
     assert.ok(holders.length === 2 && waiter, 'the kernel put 40 connections on one worker')
     assert.ok(byWorker.size === 2, `expected worker ids 0 and 1, got ${[...byWorker.keys()]}`)
-    // Only the three chosen clients stay.
-    for (const c of clients) if (!holders.includes(c) && c !== waiter) await c.end()
+    // Only the four chosen clients stay.
+    for (const c of clients) if (!holders.includes(c) && c !== third && c !== waiter) await c.end()
   })
   after(async () => {
     for (const c of clients) await c.end().catch(() => {})
@@ -130,6 +133,46 @@ describe('rebalance between two workers (transaction mode, pool_size 2)', () => 
     }
     assert.ok(peak <= POOL_SIZE, `saw ${peak} servers for a pool of ${POOL_SIZE}`)
     assert.ok(slowest < 2000, `a round took ${slowest} ms`)
+  })
+
+  test('a worker whose own clients keep every server busy still hands one to a client starving on the other', {
+    timeout: TEST_TIMEOUT,
+  }, async () => {
+    // Three clients on the holder's worker loop transactions on its two
+    // servers: a server freed there always has a client of its own waiting.
+    // The hand-over closes one; its permit must reach the waiter's worker, not
+    // be taken straight back by the holder's queue. Starved, the waiter would
+    // fail at query_wait_timeout (10 s).
+    const base = metricsBase(pooler)
+    const handovers = async () =>
+      (await scrapeMetrics(base)).get(
+        'pgbouncer_cluster_pool_handovers_total{database="app",user="postgres"}',
+      )!
+    let running = true
+    const busy = [...holders, third].map(async (c) => {
+      while (running) {
+        await c.query('BEGIN')
+        await c.query('SELECT pg_sleep(0.005)')
+        await c.query('COMMIT')
+      }
+    })
+    try {
+      // Long enough for the holder's worker to take both permits.
+      await new Promise((r) => setTimeout(r, 300))
+      const before = await handovers()
+      for (let round = 0; round < 3; round++) {
+        const { rows } = await waiter.query('SELECT $1::int AS round', [round])
+        assert.equal(rows[0].round, round)
+      }
+      // A round needs one hand-over each way at most. A permit taken straight
+      // back costs a hand-over (and a PostgreSQL fork) per try instead.
+      const spent = (await handovers()) - before
+      assert.ok(spent <= 6, `${spent} hand-overs for three queries`)
+    } finally {
+      running = false
+      await Promise.all(busy)
+    }
+    assert.ok((await serverCount()) <= POOL_SIZE)
   })
 
   test('/metrics: the waiting worker shows as a permit waiter, and the hand-over is counted', {

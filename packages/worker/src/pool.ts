@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { isMd5Hash } from '@pgbouncer-cluster/protocol/auth/md5'
 import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
 import { Counter, type PoolCounters } from '@pgbouncer-cluster/protocol/counters'
@@ -356,6 +357,10 @@ export class Pool {
   /** Opens servers while clients wait that no server being opened will serve. */
   private grow(): void {
     if (this.paused) return
+    if (this.yieldMs() > 0) {
+      this.waitForPermit()
+      return
+    }
     while (this.waitingCount > this.connecting) {
       if (this.breaker.state() !== BreakerState.closed) {
         this.growThroughBreaker()
@@ -444,6 +449,11 @@ export class Pool {
       !this.worker.closing &&
       this.breaker.state() === BreakerState.closed
     ) {
+      const yieldMs = this.yieldMs()
+      if (yieldMs > 0) {
+        await sleep(yieldMs)
+        continue
+      }
       const limit = this.poolSize + (this.reserveDue() ? this.reserveSize : 0)
       const got = await this.sem.acquire(limit, this.worker.id, { timeoutMs: 50 })
       if (!got) {
@@ -485,6 +495,19 @@ export class Pool {
     if (now - theirs <= 2 * (now - this.oldestWaitingSince) + STARVATION_MS) return false
     this.lastHandover = now
     return true
+  }
+
+  /**
+   * After a hand-over this pool takes no permit for HANDOVER_INTERVAL_MS while
+   * another worker's clients still wait: the closed server's permit is meant
+   * for them, and our own waiting clients would otherwise take it back at
+   * once (serverGone grows the pool), leaving the other worker starved and
+   * PostgreSQL forking for nothing. Milliseconds left, 0 when not yielding.
+   */
+  private yieldMs(): number {
+    if (this.lastHandover === 0) return 0
+    const left = this.lastHandover + HANDOVER_INTERVAL_MS - preciseNow()
+    return left > 0 && this.othersWaiting() > 0 ? left : 0
   }
 
   /**
