@@ -26,12 +26,12 @@ import { matchHba } from './hba.ts'
 import {
   parseOptions,
   reportedName,
+  shareVars,
   syncStatement,
   type TrackedName,
   trackedName,
   trackedNames,
   type Vars,
-  varsKey,
 } from './params.ts'
 import type { Pool } from './pool.ts'
 import {
@@ -149,7 +149,12 @@ export class ClientSession {
   mode: PoolMode = 'session'
   server: Server | null = null
   /** Session parameters as the client wants them (startup values, then its own SETs). */
-  readonly vars: Vars = {}
+  /**
+   * The tracked parameters. Written while the client logs in; from its
+   * welcome on, an object shared with other clients (shareVars), replaced
+   * rather than written when a value changes.
+   */
+  vars: Vars = {}
   private varsKey = ''
   waitingSince = 0
   readonly connectedAt = Date.now()
@@ -227,6 +232,7 @@ export class ClientSession {
     socket: net.Socket,
     id: number,
     key: { pid: number; secret: number },
+    unix: boolean,
   ) {
     this.worker = worker
     this.socket = socket
@@ -234,7 +240,7 @@ export class ClientSession {
     this.pid = key.pid
     this.secret = key.secret
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
-    this.unix = socket.remoteAddress === undefined
+    this.unix = unix
     this.arrivedClosing = worker.closing
     this.noPqexec = worker.settings.disablePqexec
     // TCP_NODELAY is already set: the listener is created with noDelay.
@@ -568,8 +574,13 @@ export class ClientSession {
 
   /** The server reported a tracked parameter (the client ran SET): remember it. */
   serverReportedVar(name: TrackedName, value: string): void {
-    this.vars[name] = value
-    this.varsKey = varsKey(this.vars)
+    this.share({ ...this.vars, [name]: value })
+  }
+
+  private share(vars: Vars): void {
+    const shared = shareVars(vars)
+    this.vars = shared.vars
+    this.varsKey = shared.key
   }
 
   /** The server died under us. */
@@ -936,7 +947,7 @@ export class ClientSession {
         if (value !== undefined) this.vars[name] = value
       }
     }
-    this.varsKey = varsKey(this.vars)
+    this.share(this.vars)
     // AuthenticationOk + ParameterStatus depend only on the pool and the
     // client's vars: built once per combination, not per login.
     let head = pool.welcomeHeads.get(this.varsKey)

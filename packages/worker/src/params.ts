@@ -133,6 +133,33 @@ export function parseOptions(
   return { vars }
 }
 
+/** One combination of tracked values, shared by every client that has it. */
+export interface SharedVars {
+  readonly key: string
+  readonly vars: Vars
+}
+
+const sharedVars = new Map<string, SharedVars>()
+/** Distinct combinations kept; past this the table starts over (clients keep theirs). */
+const SHARED_VARS_MAX = 1024
+
+/**
+ * Idle clients are many and nearly all agree on their tracked parameters: one
+ * Vars object and one key string per combination, instead of a copy of both
+ * in every client (about 150 bytes each). A shared Vars is never written to:
+ * a client whose value changes makes a new one and shares that.
+ */
+export function shareVars(vars: Vars): SharedVars {
+  const key = varsKey(vars)
+  let shared = sharedVars.get(key)
+  if (shared === undefined) {
+    if (sharedVars.size >= SHARED_VARS_MAX) sharedVars.clear()
+    shared = { key, vars }
+    sharedVars.set(key, shared)
+  }
+  return shared
+}
+
 /**
  * A value that is equal for two Vars exactly when they agree on every tracked
  * parameter: comparing keys on link costs one string compare in the common

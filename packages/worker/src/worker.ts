@@ -141,7 +141,9 @@ export class PoolerWorker {
       pretty: data.pretty,
     })
     // Paused: a session reads through socket-io.ts, not through the stream.
-    this.listener = net.createServer({ noDelay: true, pauseOnConnect: true }, this.onConnection)
+    this.listener = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) =>
+      this.onConnection(socket, false),
+    )
     this.listener.on('error', (err) => {
       this.log.error({ err: err.message }, 'listener error')
     })
@@ -203,7 +205,9 @@ export class PoolerWorker {
     gid: number
   }): Promise<void> {
     rmSync(path, { force: true })
-    const listener = net.createServer({ pauseOnConnect: true }, this.onConnection)
+    const listener = net.createServer({ pauseOnConnect: true }, (socket) =>
+      this.onConnection(socket, true),
+    )
     await new Promise<void>((resolve, reject) => {
       listener.once('error', reject)
       listener.listen({ path, backlog: this.settings.listenBacklog }, () => {
@@ -219,10 +223,15 @@ export class PoolerWorker {
     this.unixListener = listener
   }
 
-  private readonly onConnection = (socket: net.Socket): void => {
+  /**
+   * `unix` says which listener accepted the socket: asking the socket instead
+   * (remoteAddress) would make Node keep a peer-address object on every
+   * idle client.
+   */
+  private onConnection(socket: net.Socket, unix: boolean): void {
     // While a shutdown waits, the unix socket still lets an operator reach the
     // console (as PgBouncer's does); ClientSession refuses every other database.
-    if (this.closing && (socket.remoteAddress !== undefined || this.shutdownMode === 'immediate')) {
+    if (this.closing && (!unix || this.shutdownMode === 'immediate')) {
       socket.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
       return
     }
@@ -232,7 +241,7 @@ export class PoolerWorker {
     let key = issueKey(this.id, this.settings.peerId, serial, random32(), random32())
     while (this.cancelKeys.has(lookupKey(key.pid, key.secret)))
       key = issueKey(this.id, this.settings.peerId, serial, random32(), random32())
-    const session = new ClientSession(this, socket, id, key)
+    const session = new ClientSession(this, socket, id, key, unix)
     this.sessions.set(id, session)
     this.cancelKeys.set(lookupKey(key.pid, key.secret), session)
   }
