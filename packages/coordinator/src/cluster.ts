@@ -82,6 +82,14 @@ export class Cluster {
   private readonly registry = new SlotRegistry(LAYOUT)
   private readonly options: ClusterOptions
   private readonly slots: WorkerSlot[] = []
+  /**
+   * CancelRequests routed from one worker to the worker owning the key, not
+   * yet answered: for each owner, the asking worker of each `ref`. A worker
+   * that dies answers for none of its own, so the coordinator answers them
+   * for it: the asking clients' cancel connections close at once, not at
+   * cancel_wait_timeout or client_login_timeout.
+   */
+  private readonly routedCancels = new Map<number, Map<string, { from: number; ref: number }>>()
   private listen = { host: '127.0.0.1', port: 6432 }
   private unixSocket: { path: string; mode: number; gid: number } | null = null
   private stopping: Promise<void> | null = null
@@ -441,6 +449,15 @@ export class Cluster {
     for (const msg of this.admin.stateMessages()) this.sendTo(thread, msg)
   }
 
+  /** The routed cancels a dead worker will never answer: told done, so their clients may go. */
+  private answerCancelsOf(id: number): void {
+    const waiting = this.routedCancels.get(id)
+    if (waiting === undefined) return
+    this.routedCancels.delete(id)
+    for (const { from, ref } of waiting.values())
+      this.sendTo(this.slots[from]?.thread ?? null, { type: 'cancel-done', worker: from, ref })
+  }
+
   private onWorkerExit(id: number, thread: Worker, code: number): void {
     const slot = this.slots[id]
     if (slot.thread !== thread) return
@@ -448,6 +465,7 @@ export class Cluster {
     // Invariant 2: whatever the dead worker held returns to the shared pool.
     // Its clients and servers died with its sockets; none was handed to anyone.
     const reclaimed = this.shared.reclaimWorker(id)
+    this.answerCancelsOf(id)
     this.breakers.workerDied()
     this.admin.workerGone(id)
     if (slot.stopped) {
@@ -532,10 +550,14 @@ export class Cluster {
           })
           return
         }
+        let waiting = this.routedCancels.get(owner)
+        if (waiting === undefined) this.routedCancels.set(owner, (waiting = new Map()))
+        waiting.set(`${msg.from}:${msg.ref}`, { from: msg.from, ref: msg.ref })
         this.sendTo(thread, msg)
         return
       }
       case 'cancel-done':
+        this.routedCancels.get(id)?.delete(`${msg.worker}:${msg.ref}`)
         this.sendTo(this.slots[msg.worker]?.thread ?? null, msg)
         return
       case 'server-login-failed': {

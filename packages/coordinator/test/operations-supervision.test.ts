@@ -5,7 +5,8 @@ import pg from 'pg'
 import pino from 'pino'
 import { Cluster } from '../src/cluster.ts'
 import { loadConfig } from '../src/config/config.ts'
-import { writeIni } from './support.ts'
+import { cancelRequestPacket, RawConnection } from './raw-protocol.ts'
+import { type CancelRelay, cancelRelay, until, writeIni } from './support.ts'
 
 const POOL_SIZE = 4
 const APP_BACKENDS =
@@ -214,5 +215,84 @@ describe('worker supervision', { timeout: 50_000 }, () => {
     await c.connect()
     assert.equal((await c.query('SELECT 1 AS one')).rows[0].one, 1)
     await c.end()
+  })
+})
+
+// A CancelRequest that lands on another worker than the one owning the key is
+// routed to the owner, and its connection stays open until the owner says
+// PostgreSQL has taken the cancel. If the owner dies first, the coordinator
+// answers for it: the connection closes then, not at client_login_timeout.
+describe('a worker dies while CancelRequests routed to it wait for PostgreSQL', {
+  timeout: 60_000,
+}, () => {
+  const db = usePostgres({ databases: ['app'] })
+  let relay: CancelRelay
+  let cluster: Cluster
+  before(async () => {
+    relay = await cancelRelay(db.server.port)
+    const ini = writeIni({
+      databases: { app: `host=127.0.0.1 port=${relay.port} dbname=app` },
+      pgbouncer: {
+        pool_mode: 'transaction',
+        default_pool_size: 4,
+        // Neither may close the cancel connections during the test.
+        client_login_timeout: 120,
+        cancel_wait_timeout: 0,
+      },
+    })
+    cluster = new Cluster({
+      config: loadConfig(ini),
+      workers: 2,
+      logLevel: 'error',
+      pretty: false,
+      log: pino({ level: 'silent' }),
+    })
+    await cluster.start()
+  })
+  after(async () => {
+    relay.release()
+    await cluster.stop('immediate')
+    relay.close()
+  })
+
+  test('every cancel connection closes once the owner is gone', async () => {
+    const a = new pg.Client(`postgres://postgres@127.0.0.1:${cluster.port}/app`)
+    a.on('error', () => {})
+    await a.connect()
+    const sql = 'SELECT pg_sleep(30) /* cancelled by nobody */'
+    const running = a.query(sql).catch(() => null)
+    await until('the query to run', async () => {
+      const { rows } = await db.server.query(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+        [sql],
+      )
+      return rows[0].n > 0
+    })
+    const { processID: pid, secretKey: secret } = a as unknown as {
+      processID: number
+      secretKey: number
+    }
+    const owner = (pid >>> 24) - 1
+    // Eight cancel connections: the kernel spreads them over both workers, so
+    // some are routed to the owner (all eight on the owner: 1 in 256).
+    relay.hold = true
+    const cancels = await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        const conn = await RawConnection.connect('127.0.0.1', cluster.port)
+        conn.send(cancelRequestPacket(pid, secret))
+        return conn
+      }),
+    )
+    // Every one of them has reached the owner, which waits for PostgreSQL.
+    await until('the owner to forward all eight', async () => relay.held === 8)
+    await cluster.workerThread(owner)!.terminate()
+    for (const conn of cancels) {
+      await conn.drain(20_000)
+      const open = !conn.closed
+      conn.destroy()
+      assert.ok(!open, 'a cancel connection stayed open after its owner died')
+    }
+    await running
+    await a.end().catch(() => {})
   })
 })

@@ -199,3 +199,131 @@ export async function scrapeMetrics(base: string): Promise<Samples> {
   assert.equal(res.status, 200)
   return parseMetrics(await res.text())
 }
+
+/** Polls `check` until it holds; fails after `ms` (generous: the host is shared). */
+export async function until(
+  what: string,
+  check: () => Promise<boolean>,
+  ms = 20_000,
+): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
+const CANCEL_REQUEST_CODE = 80877102
+const SSL_REQUEST_CODE = 80877103
+
+export interface CancelRelay {
+  readonly port: number
+  /** While true, CancelRequests wait at the relay until release(). */
+  hold: boolean
+  /** Each CancelRequest waits a random 0..jitterMs ms before it goes on. */
+  jitterMs: number
+  /** CancelRequests waiting now. */
+  readonly held: number
+  /** CancelRequests sent on to PostgreSQL. */
+  readonly forwarded: number
+  /** Of those, the ones PostgreSQL closed: it has acted on them. */
+  readonly taken: number
+  release(): void
+  /** Resolves once no cancel is on its way for a while (bounded). */
+  settled(): Promise<void>
+  close(): void
+}
+
+/**
+ * A TCP relay in front of the real PostgreSQL. Everything passes through at
+ * once, except CancelRequests, which it can hold or delay: the test decides
+ * when PostgreSQL sees them. It reads each connection's first packets to tell
+ * a CancelRequest (an SSLRequest may come first, as server_tls_sslmode=prefer
+ * sends it: PostgreSQL's answer goes back and the next packet is looked at).
+ */
+export async function cancelRelay(pgPort: number): Promise<CancelRelay> {
+  const sockets = new Set<net.Socket>()
+  const waiting: (() => void)[] = []
+  let forwarded = 0
+  let taken = 0
+  let pending = 0
+  // Half-open allowed both ways: the pooler ends its side after the
+  // CancelRequest, and its connection must stay open until PostgreSQL closes,
+  // as it would without the relay.
+  const server = net.createServer({ allowHalfOpen: true }, (inbound) => {
+    const outbound = net.connect({ host: '127.0.0.1', port: pgPort, allowHalfOpen: true })
+    sockets.add(inbound)
+    sockets.add(outbound)
+    inbound.on('error', () => {})
+    outbound.on('error', () => {})
+    inbound.on('close', () => outbound.destroy())
+    outbound.on('close', () => inbound.destroy())
+    outbound.pipe(inbound)
+    let head = Buffer.alloc(0)
+    const sniff = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk])
+      while (head.length >= 8) {
+        const length = head.readInt32BE(0)
+        const code = head.readInt32BE(4)
+        if (length === 8 && code === SSL_REQUEST_CODE) {
+          outbound.write(head.subarray(0, 8))
+          head = head.subarray(8)
+          continue
+        }
+        inbound.off('data', sniff)
+        if (length !== 16 || code !== CANCEL_REQUEST_CODE) {
+          outbound.write(head)
+          inbound.pipe(outbound)
+          return
+        }
+        inbound.pause()
+        pending++
+        const go = () => {
+          forwarded++
+          outbound.on('close', () => {
+            taken++
+            pending--
+          })
+          outbound.write(head)
+          inbound.pipe(outbound)
+        }
+        if (relay.hold) waiting.push(go)
+        else if (relay.jitterMs > 0) setTimeout(go, Math.random() * relay.jitterMs)
+        else go()
+        return
+      }
+    }
+    inbound.on('data', sniff)
+  })
+  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok))
+  const relay: CancelRelay = {
+    port: (server.address() as net.AddressInfo).port,
+    hold: false,
+    jitterMs: 0,
+    get held() {
+      return waiting.length
+    },
+    get forwarded() {
+      return forwarded
+    },
+    get taken() {
+      return taken
+    },
+    release() {
+      for (const go of waiting.splice(0)) go()
+    },
+    async settled() {
+      // Quiet for 500 ms: a cancel the pooler sent after its client hung up has arrived by then.
+      let quietSince = Date.now()
+      await until('the cancels to settle', async () => {
+        if (pending > 0) quietSince = Date.now()
+        return Date.now() - quietSince >= 500
+      })
+    },
+    close() {
+      server.close()
+      for (const s of sockets) s.destroy()
+    },
+  }
+  return relay
+}
