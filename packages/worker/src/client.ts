@@ -148,11 +148,11 @@ export class ClientSession {
   pool: Pool | null = null
   mode: PoolMode = 'session'
   server: Server | null = null
-  /** Session parameters as the client wants them (startup values, then its own SETs). */
   /**
-   * The tracked parameters. Written while the client logs in; from its
-   * welcome on, an object shared with other clients (shareVars), replaced
-   * rather than written when a value changes.
+   * Session parameters as the client wants them (startup values, then its own
+   * SETs). Written while the client logs in; from its welcome on, an object
+   * shared with other clients (shareVars), replaced rather than written when
+   * a value changes.
    */
   vars: Vars = {}
   private varsKey = ''
