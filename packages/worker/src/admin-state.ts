@@ -6,6 +6,7 @@ import type {
 } from '@pgbouncer-cluster/protocol/control'
 import type { AdminReply } from './admin.ts'
 import type { ClientSession } from './client.ts'
+import { epochMs, preciseClock } from './clock.ts'
 import { fatal } from './errors.ts'
 import type { PeerForwarder } from './peer.ts'
 import type { Pool } from './pool.ts'
@@ -135,7 +136,8 @@ export class WorkerAdmin {
 
   /** Counted from the worker's own objects now: nothing of this runs per transaction. */
   stats(request: ControlOf<'stats-request'>): ControlOf<'stats'> {
-    const now = Date.now()
+    // Waits are read against the clock their start was taken from (clock.ts).
+    const now = preciseClock()
     const byPool = new Map<Pool, PoolStats>()
     for (const pool of this.worker.pools.values()) byPool.set(pool, poolStats(pool, now))
     const clients: ConnectionInfo[] = []
@@ -193,12 +195,10 @@ export class WorkerAdmin {
       port: socket.remotePort ?? 0,
       localAddr: socket.localAddress ?? '',
       localPort: socket.localPort ?? 0,
-      connectTime: session.connectedAt,
-      requestTime: waiting
-        ? session.waitingSince
-        : server !== null
-          ? server.lastUsed
-          : session.connectedAt,
+      connectTime: epochMs(session.connectedAt),
+      requestTime: epochMs(
+        waiting ? session.waitingSince : server !== null ? server.lastUsed : session.connectedAt,
+      ),
       waitUs: waiting ? (now - session.waitingSince) * 1000 : 0,
       closeNeeded: false,
       ptr: clientPtr(session),
@@ -222,8 +222,8 @@ export class WorkerAdmin {
       port: server.port,
       localAddr: server.socket.localAddress ?? '',
       localPort: server.socket.localPort ?? 0,
-      connectTime: server.createdAt,
-      requestTime: server.lastUsed,
+      connectTime: epochMs(server.createdAt),
+      requestTime: epochMs(server.lastUsed),
       waitUs: 0,
       closeNeeded: server.closeNeeded,
       ptr: this.serverPtr(server),

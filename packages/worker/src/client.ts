@@ -20,6 +20,7 @@ import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
 import { type AdminContext, AdminSession } from './admin.ts'
 import { ClientAuth } from './auth.ts'
 import type { Lookup } from './auth-query.ts'
+import { clockNow } from './clock.ts'
 import type { AuthType, DatabaseConfig, PoolMode, WorkerConfig } from './config-types.ts'
 import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
 import { matchHba } from './hba.ts'
@@ -59,7 +60,7 @@ export interface ClientSlots {
  */
 export interface SessionHost extends AdminContext {
   readonly tls: TlsSetups
-  /** The janitor's clock, in ms. */
+  /** The worker's clock (clock.ts), refreshed by the janitor. */
   readonly now: number
   /** A shutdown is under way. */
   readonly closing: boolean
@@ -157,9 +158,10 @@ export class ClientSession {
   vars: Vars = {}
   private varsKey = ''
   waitingSince = 0
-  readonly connectedAt = Date.now()
-  // Timestamps on the worker's clock for the janitor (janitor.ts), PgBouncer's
-  // request_time, xact_start and idle_tx: stores, never timers, on the hot path.
+  // Times on the worker's clock (clock.ts), for SHOW CLIENTS and the janitor
+  // (janitor.ts): PgBouncer's connect_time, request_time, xact_start and
+  // idle_tx. Stores, never timers, on the hot path.
+  readonly connectedAt = clockNow()
   /** When the client last sent bytes. */
   lastRequest = 0
   /** When the transaction's first request went out; 0 outside a transaction. */
@@ -179,8 +181,6 @@ export class ClientSession {
   private outstanding = 0
   /** When the oldest of them was sent (the janitor's clock). */
   private queryStart = 0
-  /** Pool.clock() at the query's start, for the query-time histogram. */
-  private queryClock = 0
   /** Extended-protocol messages sent since the last Sync: the server holds state for them. */
   private extended = false
   // Bytes that arrived before a server was linked. The slots are reused from
@@ -427,7 +427,9 @@ export class ClientSession {
     const now = this.worker.now
     this.queryStart = now
     if (this.xactStart === 0) this.xactStart = now
-    if (this.pool !== null) this.queryClock = this.pool.clock()
+    // Without a server yet, the pool's link sets the query clock (pool.ts link()).
+    const server = this.server
+    if (server !== null) server.queryClock = this.pool!.clock()
   }
 
   private toServer(view: Buffer, edits: Edit[] | null): void {
@@ -501,7 +503,7 @@ export class ClientSession {
     if (this.outstanding > 0 && --this.outstanding === 0) {
       // Query time on the janitor's clock, as transaction time (pool.ts release()).
       this.pool!.totals.queryUs += (this.worker.now - this.queryStart) * 1000
-      this.pool!.recordLatency(Latency.query, this.queryClock)
+      this.pool!.recordLatency(Latency.query, this.server!.queryClock)
     }
     this.queryCount++
     if (status === TxStatus.Idle) {
@@ -914,6 +916,9 @@ export class ClientSession {
     if (this.state === 'closed') return
     this.pool = pool
     this.mode = pool.mode
+    // The pool's copies of the names, so that idle clients share them.
+    if (pool.user === this.user) this.user = pool.user
+    if (db.name === this.database) this.database = db.name
     this.prepared = this.mode !== 'session' && this.worker.settings.maxPreparedStatements > 0
     if (scramKeys !== null && pool.user === this.user) pool.scramKeys = scramKeys
     if (this.worker.settings.logConnections) {

@@ -1,6 +1,7 @@
 import { type ELDHistogram, monitorEventLoopDelay } from 'node:perf_hooks'
 import { getHeapStatistics } from 'node:v8'
 import { WorkerFigure, type WorkerFigures } from '@pgbouncer-cluster/protocol/latency'
+import { epochMs } from './clock.ts'
 
 /** How often the janitor's tick publishes (ticks are 100 ms apart). */
 const PUBLISH_EVERY_TICKS = 10
@@ -24,6 +25,7 @@ export class FigurePublisher {
     this.delay.enable()
   }
 
+  /** `now` is the worker's clock (clock.ts). */
   tick(now: number): void {
     if (++this.ticks < PUBLISH_EVERY_TICKS) return
     this.ticks = 0
@@ -42,7 +44,7 @@ export class FigurePublisher {
     const heap = getHeapStatistics()
     f.set(w, WorkerFigure.heap_used_bytes, heap.used_heap_size)
     f.set(w, WorkerFigure.heap_total_bytes, heap.total_heap_size)
-    f.set(w, WorkerFigure.published_at, now)
+    f.set(w, WorkerFigure.published_at, epochMs(now))
   }
 
   close(): void {

@@ -10,6 +10,7 @@ import {
   type BreakerWords,
   type SharedMemory,
 } from '@pgbouncer-cluster/protocol/shared-memory'
+import { epochMs, fromEpochMs, preciseClock } from './clock.ts'
 import type { DatabaseConfig, PoolMode, UserConfig } from './config-types.ts'
 import { fatal, Texts } from './errors.ts'
 import type { Logger } from './log.ts'
@@ -29,6 +30,7 @@ import {
 export interface PoolClient extends LinkedClient {
   /** The user it logged in as, for [users] overrides; the pool's user when absent. */
   readonly user?: string
+  /** When it started waiting for a server (the worker's clock, clock.ts); 0 when not waiting. */
   waitingSince: number
   xactCount: number
   queryCount: number
@@ -112,7 +114,16 @@ export class Pool {
   readonly idle: Server[] = []
   readonly servers = new Set<Server>()
   private readonly waiting: PoolClient[] = []
+  /**
+   * When each waiting client began to wait (preciseClock()), in step with
+   * `waiting`. Kept here rather than on the client, whose field would hold a
+   * boxed number for good once it held a fraction; the client keeps the
+   * whole milliseconds.
+   */
+  private readonly waitStarts: number[] = []
   private waitingHead = 0
+  /** The wait start of the client nextWaiting() returned last. */
+  private servedWaitStart = 0
   /** Servers between open() and the end of their login. */
   private readonly loggingIn = new Set<Server>()
   /** Servers running server_check_query before they serve a client. */
@@ -125,7 +136,7 @@ export class Pool {
   private readonly userSem: Semaphore
   private readonly counters: PoolCounters
   private giveBackTimer: NodeJS.Timeout | null = null
-  /** When this worker last handed a busy pool's server over (preciseNow ms). */
+  /** When this worker last handed a busy pool's server over (preciseClock ms). */
   private lastHandover = 0
   private readonly slot: number
   private readonly breaker: BreakerWords
@@ -159,15 +170,15 @@ export class Pool {
     this.dbSlot = slots.databaseSlot
   }
 
-  /** A start time for recordLatency(): performance.now(), or 0 with the histograms off. */
+  /** A start time for recordLatency(): preciseClock(), or 0 with the histograms off. */
   clock(): number {
-    return this.latency === null ? 0 : performance.now()
+    return this.latency === null ? 0 : preciseClock()
   }
 
   /** /metrics' histogram of this pool's database: O(1), no allocation. */
   recordLatency(kind: number, since: number): void {
     if (this.latency !== null)
-      this.latency.record(this.dbSlot, this.worker.id, kind, (performance.now() - since) * 1000)
+      this.latency.record(this.dbSlot, this.worker.id, kind, (preciseClock() - since) * 1000)
   }
 
   /**
@@ -176,7 +187,9 @@ export class Pool {
    */
   private publishWaiting(): void {
     this.counters.set(this.slot, this.worker.id, Counter.cl_waiting, this.waitingCount)
-    this.counters.setOldestWait(this.slot, this.worker.id, this.oldestWaitingSince)
+    // Other threads read it: in epoch milliseconds, as their clocks start elsewhere.
+    const since = this.oldestWaitingSince
+    this.counters.setOldestWait(this.slot, this.worker.id, since === 0 ? 0 : epochMs(since))
   }
 
   /** Servers on their way to serve a waiting client: logging in, or being checked. */
@@ -226,9 +239,9 @@ export class Pool {
     return this.loggingIn.size
   }
 
-  /** When the longest-waiting client started waiting (epoch ms), 0 if none waits. */
+  /** When the longest-waiting client started waiting (the worker's clock, clock.ts), 0 if none waits. */
   get oldestWaitingSince(): number {
-    return this.waitingCount > 0 ? this.waiting[this.waitingHead].waitingSince : 0
+    return this.waitingCount > 0 ? this.waitStarts[this.waitingHead] : 0
   }
 
   /** The password, md5 hash or SCRAM keys to log in to PostgreSQL with. */
@@ -305,12 +318,14 @@ export class Pool {
         this.check(server)
         break
       }
-      this.link(server, client)
+      this.link(server, client, 0)
       return
     }
     // Waiting is the slow path: an exact clock for SHOW STATS' wait time is affordable here.
-    client.waitingSince = preciseNow()
+    const start = preciseClock()
+    client.waitingSince = Math.floor(start)
     this.waiting.push(client)
+    this.waitStarts.push(start)
     this.publishWaiting()
     this.grow()
   }
@@ -325,27 +340,34 @@ export class Pool {
     const i = this.waiting.indexOf(client, this.waitingHead)
     if (i < 0) return
     this.waiting.splice(i, 1)
+    this.waitStarts.splice(i, 1)
     this.publishWaiting()
   }
 
+  /** The next waiting client; its wait start is left in `servedWaitStart`. */
   private nextWaiting(): PoolClient | null {
     if (this.waitingHead >= this.waiting.length) return null
-    const client = this.waiting[this.waitingHead++]
+    const client = this.waiting[this.waitingHead]
+    this.servedWaitStart = this.waitStarts[this.waitingHead++]
     if (this.waitingHead > 64 && this.waitingHead * 2 > this.waiting.length) {
       this.waiting.splice(0, this.waitingHead)
+      this.waitStarts.splice(0, this.waitingHead)
       this.waitingHead = 0
     }
     this.publishWaiting()
     return client
   }
 
-  private link(server: Server, client: PoolClient): void {
-    if (client.waitingSince !== 0) {
-      const us = (preciseNow() - client.waitingSince) * 1000
+  /** `waitStart`: when the client began to wait (preciseClock()), 0 if it did not. */
+  private link(server: Server, client: PoolClient, waitStart: number): void {
+    if (waitStart !== 0) {
+      const us = (preciseClock() - waitStart) * 1000
       this.totals.waitUs += us
       this.latency?.record(this.dbSlot, this.worker.id, Latency.wait, us)
     }
     server.linkedAt = this.clock()
+    // The client's request that brought it here started when it began to wait.
+    server.queryClock = waitStart !== 0 && this.latency !== null ? waitStart : server.linkedAt
     this.totals.serverAssignmentCount++
     server.checked = false
     server.state = 'active'
@@ -425,8 +447,8 @@ export class Pool {
 
   private reserveDue(): boolean {
     if (this.reserveSize <= 0 || this.waitingCount === 0) return false
-    const oldest = this.waiting[this.waitingHead]
-    return this.worker.now - oldest.waitingSince >= this.worker.settings.reservePoolTimeout * 1000
+    const waited = this.worker.now - this.oldestWaitingSince
+    return waited >= this.worker.settings.reservePoolTimeout * 1000
   }
 
   /**
@@ -488,9 +510,10 @@ export class Pool {
    */
   private owesPermit(): boolean {
     if (this.waitingCount === 0 || this.othersWaiting() <= 0) return false
-    const theirs = this.counters.oldestWaitOfOthers(this.slot, this.worker.id)
-    if (theirs === 0) return false
-    const now = preciseNow()
+    const oldest = this.counters.oldestWaitOfOthers(this.slot, this.worker.id)
+    if (oldest === 0) return false
+    const theirs = fromEpochMs(oldest)
+    const now = preciseClock()
     if (now - this.lastHandover < HANDOVER_INTERVAL_MS) return false
     if (now - theirs <= 2 * (now - this.oldestWaitingSince) + STARVATION_MS) return false
     this.lastHandover = now
@@ -506,7 +529,7 @@ export class Pool {
    */
   private yieldMs(): number {
     if (this.lastHandover === 0) return 0
-    const left = this.lastHandover + HANDOVER_INTERVAL_MS - preciseNow()
+    const left = this.lastHandover + HANDOVER_INTERVAL_MS - preciseClock()
     return left > 0 && this.othersWaiting() > 0 ? left : 0
   }
 
@@ -693,7 +716,7 @@ export class Pool {
     }
     const client = this.nextWaiting()
     if (client !== null) {
-      this.link(server, client)
+      this.link(server, client, this.servedWaitStart)
       return
     }
     this.idle.push(server)
@@ -912,11 +935,3 @@ const HANDOVER_INTERVAL_MS = 100
 const PERMIT_POOL = 1
 const PERMIT_DATABASE = 2
 const PERMIT_USER = 4
-
-/**
- * Epoch milliseconds with a fraction: waits are counted on the slow path, and
- * /metrics' wait histogram reads below a millisecond.
- */
-function preciseNow(): number {
-  return performance.timeOrigin + performance.now()
-}

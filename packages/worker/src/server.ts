@@ -129,10 +129,18 @@ export class Server implements PreparedServer {
   varsKey = ''
   pid = 0
   secret = 0
+  /** The worker's clock (clock.ts), as the janitor reads it. */
   readonly createdAt: number
   lastUsed: number
   /** When the pool linked it to its client (Pool.clock()), for the transaction-time histogram. */
   linkedAt = 0
+  /**
+   * When the linked client's oldest unanswered request started (Pool.clock()),
+   * for the query-time histogram. Kept here, where servers are few, rather
+   * than on the client: a field holding a fraction costs every client a boxed
+   * number.
+   */
+  queryClock = 0
   txStatus: number = TxStatus.Idle
   /** ReadyForQuery messages whose reply the pooler asked for itself (SET, reset, connect_query). */
   swallow = 0

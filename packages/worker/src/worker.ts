@@ -22,6 +22,7 @@ import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { WorkerAdmin } from './admin-state.ts'
 import { AuthQuery, type Lookup } from './auth-query.ts'
 import { ClientSession, type ClientSlots } from './client.ts'
+import { clockNow } from './clock.ts'
 import type {
   DatabaseConfig,
   PoolMode,
@@ -82,8 +83,11 @@ export class PoolerWorker {
   tls: TlsSetups
   /** Set by a shutdown: the TCP listener is closed and only the admin console may still log in. */
   closing = false
-  /** Milliseconds, refreshed by the janitor: timeouts are seconds, the hot path skips the clock. */
-  now = Date.now()
+  /**
+   * The worker's clock (clock.ts), refreshed by the janitor: timeouts are
+   * seconds, the hot path skips the clock.
+   */
+  now = clockNow()
   private readonly port: MessagePort
   private readonly listen: { host: string; port: number }
   private readonly unixSocket: { path: string; mode: number; gid: number } | null
@@ -619,7 +623,7 @@ export class PoolerWorker {
   }
 
   private readonly tick = (): void => {
-    const now = Date.now()
+    const now = clockNow()
     this.now = now
     this.janitor.tick(now)
     this.admin.checkDrained()
