@@ -131,6 +131,37 @@ function onLoginFrame(type: number, msg: Buffer): boolean {
 }
 
 /**
+ * What a client needs only until its welcome. The session drops it then:
+ * thousands of clients may sit idle, and none of them carries it. (An admin
+ * console session keeps it; those are few.)
+ */
+class Login {
+  /** Frames the startup packets, then the authentication messages. */
+  reader: FrameReader | null = new FrameReader({
+    startup: true,
+    maxLength: MAX_STARTUP_PACKET_SIZE,
+  })
+  /** Bytes a pipelining client sent before our welcome: replayed once it is out. */
+  early: Buffer[] | null = null
+  auth: ClientAuth | null = null
+  /** client_login_timeout. */
+  timer: NodeJS.Timeout | null = null
+  /** Answered 'S' to SSLRequest; the handshake starts after this packet. */
+  tlsAccepted = false
+  forgetHandshake: (() => void) | null = null
+  /** Came in (through the unix socket) while a shutdown waits: the console only, as PgBouncer. */
+  readonly arrivedClosing: boolean
+  /** The database entry; null for the admin console. */
+  db: DatabaseConfig | null = null
+  /** auth_type, or the method of the hba rule that matched. */
+  authType: AuthType = 'trust'
+
+  constructor(arrivedClosing: boolean) {
+    this.arrivedClosing = arrivedClosing
+  }
+}
+
+/**
  * One client connection: startup, authentication, then the pass-through loop
  * that links it to a server for as long as the pool mode says.
  */
@@ -204,28 +235,16 @@ export class ClientSession {
   /** disable_pqexec (not reloadable): only the extended protocol is served. */
   private readonly noPqexec: boolean
   private readonly scanner: FrameScanner
-  /** Frames the startup packets, then the authentication messages. */
-  private loginReader: FrameReader | null = new FrameReader({
-    startup: true,
-    maxLength: MAX_STARTUP_PACKET_SIZE,
-  })
-  /** Bytes a pipelining client sent before our welcome: replayed once it is out. */
-  private early: Buffer[] | null = null
-  private auth: ClientAuth | null = null
-  private loginTimer: NodeJS.Timeout | null = null
+  /** Until the welcome (and for the admin console's sessions): see Login. */
+  private login: Login | null
   private pausedServer: Server | null = null
   private readPaused = false
-  /** Answered 'S' to SSLRequest; the handshake starts after this packet. */
-  private tlsAccepted = false
-  private forgetHandshake: (() => void) | null = null
   /** The connection is in TLS. */
   encrypted = false
   /** Came in through the unix socket: no TLS, none required (as PgBouncer). */
   readonly unix: boolean
   /** Writes to the client the kernel has not taken yet (see socket-io.ts). */
   queuedWrites = 0
-  /** Came in (through the unix socket) while a shutdown waits: the console only, as PgBouncer. */
-  private readonly arrivedClosing: boolean
 
   constructor(
     worker: SessionHost,
@@ -241,7 +260,8 @@ export class ClientSession {
     this.secret = key.secret
     this.scanner = new FrameScanner(CLIENT_FLAGS, worker.settings.maxPacketSize)
     this.unix = unix
-    this.arrivedClosing = worker.closing
+    const login = new Login(worker.closing)
+    this.login = login
     this.noPqexec = worker.settings.disablePqexec
     // TCP_NODELAY is already set: the listener is created with noDelay.
     // tcp_keepidle sets TCP_KEEPIDLE; Node sets TCP_KEEPINTVL and TCP_KEEPCNT itself.
@@ -252,7 +272,7 @@ export class ClientSession {
     startReading(socket, this, false)
     const timeout = worker.settings.clientLoginTimeout
     if (timeout > 0) {
-      this.loginTimer = setTimeout(() => {
+      login.timer = setTimeout(() => {
         this.fail(
           fatal(this.state === 'welcome' ? Texts.clientLoginTimeout : 'client_login_timeout'),
         )
@@ -600,10 +620,11 @@ export class ClientSession {
       this.admin.onData(chunk)
       return
     }
-    const reader = this.loginReader
+    const login = this.login!
+    const reader = login.reader
     if (reader === null) {
-      this.early ??= []
-      this.early.push(chunk)
+      login.early ??= []
+      login.early.push(chunk)
       return
     }
     try {
@@ -614,7 +635,7 @@ export class ClientSession {
       this.fail(fatal(e.message, e.sqlstate ?? SqlState.ProtocolViolation))
       return
     }
-    if (this.tlsAccepted && !this.encrypted) {
+    if (login.tlsAccepted && !this.encrypted) {
       if (reader.takeRemainder().length > 0) {
         // Sent before the handshake, so not protected by it: PostgreSQL and
         // PgBouncer refuse it too, as a man-in-the-middle could have put it there.
@@ -626,7 +647,7 @@ export class ClientSession {
     }
     if (this.state === 'welcome' || this.state === 'active' || this.state === 'admin') {
       // Authenticated: what follows is for a server, not for the login reader.
-      this.loginReader = null
+      login.reader = null
       const rest = reader.takeRemainder()
       if (rest.length > 0) this.onLoginData(rest)
     }
@@ -634,19 +655,20 @@ export class ClientSession {
 
   onLoginMessage(type: number, msg: Buffer): boolean {
     if (this.state === 'closed') return true
+    const login = this.login!
     if (type === 0) {
       this.onStartupPacket(msg)
-    } else if (this.auth !== null) {
+    } else if (login.auth !== null) {
       if (type === FrontendCode.Terminate) {
         this.close('client close request')
         return true
       }
-      this.authStep(this.auth.next(msg))
+      this.authStep(login.auth.next(msg))
     } else {
       this.fail(fatal(`unexpected message '${String.fromCharCode(type)}' during login`))
     }
     // Stop at an accepted SSLRequest: what follows must come through TLS.
-    if (this.tlsAccepted && !this.encrypted) return true
+    if (login.tlsAccepted && !this.encrypted) return true
     return this.state !== 'startup' && this.state !== 'auth'
   }
 
@@ -666,7 +688,7 @@ export class ClientSession {
         // The handshake starts once the login reader has stopped at this
         // packet (onLoginData): nothing may follow it in plain text.
         this.write(ENCRYPTION_ACCEPTED)
-        this.tlsAccepted = true
+        this.login!.tlsAccepted = true
         return
       }
       case 'gssenc':
@@ -688,7 +710,7 @@ export class ClientSession {
           this.fail(fatal(Texts.sslRequired))
           return
         }
-        this.loginReader!.startup = false
+        this.login!.reader!.startup = false
         this.onStartup(startup.params, startup.minor, startup.protocolOptions)
         return
     }
@@ -743,7 +765,8 @@ export class ClientSession {
     }
     this.admitted = true
     const adminConsole = this.worker.isAdminDatabase(this.database)
-    if (this.arrivedClosing && !adminConsole) {
+    const login = this.login!
+    if (login.arrivedClosing && !adminConsole) {
       this.fail(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
       return
     }
@@ -753,7 +776,7 @@ export class ClientSession {
       return
     }
     this.state = 'auth'
-    this.db = db
+    login.db = db
     if (db !== null) {
       void this.countAndAuthenticate(db)
       return
@@ -806,7 +829,8 @@ export class ClientSession {
       }
       authType = rule.method === 'password' ? 'plain' : rule.method
     }
-    this.authType = authType
+    const login = this.login!
+    login.authType = authType
     if (authType === 'cert') {
       this.authenticateByCertificate()
       return
@@ -821,14 +845,14 @@ export class ClientSession {
       void this.authenticateByQuery(db)
       return
     }
-    this.auth = new ClientAuth(
+    login.auth = new ClientAuth(
       authType,
       this.user,
       stored,
       this.worker.hasAuthFile,
       settings.scramIterations,
     )
-    this.authStep(this.auth.start())
+    this.authStep(login.auth.start())
   }
 
   /**
@@ -860,19 +884,17 @@ export class ClientSession {
     // An unknown user, or one whose password is NULL, goes through the
     // exchange all the same and fails it: the answer does not tell which.
     const secret = lookup.kind === 'found' ? (lookup.secret ?? undefined) : undefined
-    this.auth = new ClientAuth(
-      this.authType,
+    const login = this.login!
+    login.auth = new ClientAuth(
+      login.authType,
       this.user,
       secret,
       true,
       this.worker.settings.scramIterations,
     )
-    this.authStep(this.auth.start())
+    this.authStep(login.auth.start())
   }
 
-  private db: DatabaseConfig | null = null
-  /** auth_type, or the method of the hba rule that matched. */
-  private authType: AuthType = 'trust'
   private admitted = false
   /** The client-count slots this login holds (max_db/user_client_connections). */
   counted: ClientSlots | null = null
@@ -886,15 +908,16 @@ export class ClientSession {
       this.fail(fatal(Texts.passwordFailed(this.user), SqlState.InvalidPassword))
       return
     }
-    this.auth = null
-    this.state = this.db === null ? 'admin' : 'welcome'
+    const login = this.login!
+    login.auth = null
+    this.state = login.db === null ? 'admin' : 'welcome'
     if (step.final !== null) this.write(step.final)
-    if (this.db !== null) {
-      void this.enterPool(step.scramKeys)
+    if (login.db !== null) {
+      void this.enterPool(login.db, step.scramKeys)
       return
     }
     // The virtual database `pgbouncer`: the admin console takes the socket over.
-    if (this.loginTimer !== null) clearTimeout(this.loginTimer)
+    if (login.timer !== null) clearTimeout(login.timer)
     this.admin = new AdminSession(this)
     this.admin.start()
   }
@@ -902,9 +925,9 @@ export class ClientSession {
   private admin: AdminSession | null = null
 
   private async enterPool(
+    db: DatabaseConfig,
     scramKeys: { clientKey: Buffer; serverKey: Buffer } | null,
   ): Promise<void> {
-    const db = this.db!
     const poolUser = db.user ?? this.user
     let pool: Pool
     try {
@@ -967,23 +990,17 @@ export class ClientSession {
       pool.welcomeHeads.set(this.varsKey, head)
     }
     this.writeAll([head, backendKeyData(this.pid, this.secret), readyForQuery(TxStatus.Idle)])
-    if (this.loginTimer !== null) {
-      clearTimeout(this.loginTimer)
-      this.loginTimer = null
-    }
+    // Idle clients are many: what only the login needed goes now.
+    const login = this.login!
+    this.login = null
+    if (login.timer !== null) clearTimeout(login.timer)
     // A login that waited (client limits, auth_query) still holds its reader:
-    // what it kept is the start of the client's first request. Idle clients
-    // are many; the reader goes now.
-    const reader = this.loginReader
-    if (reader !== null) {
-      this.loginReader = null
-      const rest = reader.takeRemainder()
-      if (rest.length > 0) (this.early ??= []).unshift(rest)
-    }
+    // what it kept is the start of the client's first request.
+    let early = login.early
+    const rest = login.reader?.takeRemainder()
+    if (rest !== undefined && rest.length > 0) (early ??= []).unshift(rest)
     this.state = 'active'
     this.lastRequest = this.worker.now
-    const early = this.early
-    this.early = null
     if (early !== null) for (const chunk of early) this.onData(chunk)
   }
 
@@ -992,8 +1009,9 @@ export class ClientSession {
   /** The client asked for TLS and got 'S': the rest of its connection goes through TLS. */
   private startTls(setup: TlsSetup): void {
     pauseReading(this.socket)
-    this.forgetHandshake = acceptTls(this.socket, setup, (secure) => {
-      this.forgetHandshake = null
+    const login = this.login!
+    login.forgetHandshake = acceptTls(this.socket, setup, (secure) => {
+      login.forgetHandshake = null
       if (secure === null) {
         // A failed handshake or a refused certificate: nothing to tell in plain text.
         this.close(null)
@@ -1046,8 +1064,11 @@ export class ClientSession {
     if (this.state === 'closed') return
     const wasActive = this.state === 'active' || this.state === 'welcome'
     this.state = 'closed'
-    if (this.loginTimer !== null) clearTimeout(this.loginTimer)
-    this.forgetHandshake?.()
+    const login = this.login
+    if (login !== null) {
+      if (login.timer !== null) clearTimeout(login.timer)
+      login.forgetHandshake?.()
+    }
     this.socket.end()
     // Read on until the client hangs up too: its end of stream closes the socket.
     resumeReading(this.socket)
