@@ -294,8 +294,8 @@ export class ClientSession {
   // ---- the pass-through loop ------------------------------------------------
 
   /**
-   * Bytes from the client. `chunk` is a view of the thread's read buffer, valid
-   * during this call only: what is kept or written is copied first.
+   * Bytes from the client, in a Buffer of their own (socket-io.ts): kept or
+   * written as they are.
    */
   onBytes(chunk: Buffer): boolean {
     this.onData(chunk)
@@ -304,7 +304,7 @@ export class ClientSession {
 
   private onData(view: Buffer): void {
     if (this.state !== 'active') {
-      if (this.state !== 'closed') this.onLoginData(Buffer.from(view))
+      if (this.state !== 'closed') this.onLoginData(view)
       return
     }
     this.bytesReceived += view.length
@@ -452,10 +452,7 @@ export class ClientSession {
     if (server !== null) server.queryClock = this.pool!.clock()
   }
 
-  private toServer(view: Buffer, edits: Edit[] | null): void {
-    // A copy: a write the kernel does not take whole keeps pointing at its bytes.
-    const buf = Buffer.allocUnsafe(view.length)
-    buf.set(view)
+  private toServer(buf: Buffer, edits: Edit[] | null): void {
     const server = this.server
     if (server !== null) {
       this.writeServer(server, buf, edits)

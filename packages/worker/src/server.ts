@@ -36,17 +36,33 @@ export interface LoginFailure {
   fromServer: boolean
 }
 
-// What the pass-through path must see of a server's stream: ReadyForQuery (whole,
-// for its status byte) and ParameterStatus (whole, to track the session's vars).
-// Everything else is forwarded without being looked at.
+// What the pass-through path must see of a server's stream: ReadyForQuery (its
+// status byte, the message's last, read in place: statusAt) and ParameterStatus
+// (whole, to track the session's vars). Everything else is forwarded without
+// being looked at.
 const SERVER_FLAGS = new Uint8Array(256)
-SERVER_FLAGS[BackendCode.ReadyForQuery] = 2
+SERVER_FLAGS[BackendCode.ReadyForQuery] = 1
 SERVER_FLAGS[BackendCode.ParameterStatus] = 2
 SERVER_FLAGS[BackendCode.ErrorResponse] = 2
 // Counted against the Parses sent, to leave out those of the pooler's own (prepared.ts).
 SERVER_FLAGS[BackendCode.ParseComplete] = 1
 
 let nextServerId = 1
+
+// The chunk being scanned, for the message handlers: scans run one at a time
+// per thread, synchronously.
+let scanned: Buffer
+
+/**
+ * The status of the ReadyForQuery that ends at `end` of the chunk being
+ * scanned. Its last byte is in this chunk even when the rest came before.
+ */
+function statusAt(end: number): number {
+  const status = scanned[end - 1]!
+  if (status !== TxStatus.Idle && status !== TxStatus.InTransaction && status !== TxStatus.Failed)
+    throw new Error(`ReadyForQuery with an unknown status ${status}`)
+  return status
+}
 
 // What a server sees of the objects around it: small interfaces, so that
 // server.ts imports none of them (pool.ts, client.ts and worker.ts import it).
@@ -346,6 +362,7 @@ export class Server implements PreparedServer {
     this.segmentStart = 0
     while (start < chunk.length) {
       this.action = 0
+      scanned = chunk
       start = this.scanner.scan(chunk, start, this.onServerMessage)
       if (this.action === ACTION_NONE) break
       if (this.action === ACTION_SKIP) {
@@ -399,7 +416,7 @@ export class Server implements PreparedServer {
   private readonly onServerMessage = (
     type: number,
     msg: Buffer | null,
-    _end: number,
+    end: number,
     start: number,
   ): boolean => {
     if (type === BackendCode.ParseComplete) {
@@ -409,7 +426,7 @@ export class Server implements PreparedServer {
       return true
     }
     if (type === BackendCode.ReadyForQuery) {
-      this.txStatus = readyForQueryStatus(msg!)
+      this.txStatus = statusAt(end)
       if (this.swallow > 0) {
         this.swallow--
         // Drop the reply to our own statement: [segmentStart, end) is ours.
@@ -460,6 +477,7 @@ export class Server implements PreparedServer {
     let checked = false
     while (start < chunk.length) {
       this.action = 0
+      scanned = chunk
       start = this.scanner.scan(chunk, start, this.onIdleMessage)
       if (this.action === ACTION_CLOSE) {
         this.close()
@@ -470,14 +488,14 @@ export class Server implements PreparedServer {
     if (checked) this.pool.serverChecked(this)
   }
 
-  private readonly onIdleMessage = (type: number, msg: Buffer | null): boolean => {
+  private readonly onIdleMessage = (type: number, msg: Buffer | null, end: number): boolean => {
     if (type === BackendCode.ParameterStatus) {
       this.noteParameter(msg!)
       return false
     }
     if (type === BackendCode.ReadyForQuery && this.swallow > 0) {
       this.swallow--
-      this.txStatus = readyForQueryStatus(msg!)
+      this.txStatus = statusAt(end)
       if (this.swallow === 0 && this.checking) this.action = ACTION_CHECKED
       return false
     }

@@ -9,8 +9,9 @@
 // net.js itself does:
 //
 //   reads   handle.useUserBuffer(buf) + handle.onread: the kernel copies into a
-//           buffer we own and our callback gets the byte count; nothing is
-//           allocated per read. End of stream and errors go back to net.js.
+//           buffer we own and our callback gets the byte count; the reader
+//           gets one Buffer per read, not a stream's chunk and events. End of
+//           stream and errors go back to net.js.
 //   writes  handle.writeBuffer(req, buf): uv_try_write first, so a write the
 //           kernel takes whole (nearly all of them) completes before the call
 //           returns, and its request object is reused for the next one. Only
@@ -36,8 +37,10 @@ export interface WriteOwner {
 /** The side that reads. */
 export interface ReadOwner {
   /**
-   * New bytes. True when a reference into `chunk` outlives the call; only a
-   * reader with a buffer of its own may keep one (see startReading).
+   * New bytes. With a read buffer of its own (see startReading), `chunk` is a
+   * view of it, and the reader returns true when a reference into it outlives
+   * the call. Otherwise `chunk` is the reader's to keep, and the result is
+   * not read.
    */
   onBytes(chunk: Buffer): boolean
 }
@@ -213,8 +216,8 @@ function streamWrite(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): bo
 
 // ---- reads ------------------------------------------------------------------
 
-// Every client socket of this thread reads into this one buffer: its bytes are
-// forwarded or copied before the callback returns (see ClientSession.onBytes).
+// Every client socket of this thread reads into this one buffer, and each read
+// is copied out of it at once: thousands of idle clients need no buffer each.
 const sharedReadBuffer = wrap !== null ? Buffer.allocUnsafeSlow(READ_BUFFER_SIZE) : null
 
 // net.js's own read callback, for what is not data: end of stream and errors.
@@ -223,7 +226,12 @@ let netOnRead: Handle['onread'] | null = null
 function onSharedRead(this: Handle): undefined {
   const nread = wrap!.streamBaseState[wrap!.kReadBytesOrError]
   if (nread > 0) {
-    this[kReader]!.onBytes(sharedReadBuffer!.subarray(0, nread))
+    // A buffer of the reader's own, which it may write as it is (a write the
+    // kernel does not take whole keeps pointing at it): one allocation per
+    // read, where a view of the shared buffer and a copy of it would be two.
+    const chunk = Buffer.allocUnsafe(nread)
+    sharedReadBuffer!.copy(chunk, 0, 0, nread)
+    this[kReader]!.onBytes(chunk)
     return undefined
   }
   if (nread < 0) netOnRead!.call(this)
@@ -265,8 +273,8 @@ function takeOver(
  * Starts delivering a connected socket's bytes to `reader`. With `ownBuffer`
  * the socket reads into a buffer of its own, so `onBytes` may forward
  * subarrays of it to writes that get queued; without, it shares the thread's
- * buffer and `onBytes` must copy what it keeps. The socket must not be in
- * flowing mode (accepted with pauseOnConnect, or called from 'connect').
+ * buffer, and `onBytes` gets each read in a new Buffer. The socket must not
+ * be in flowing mode (accepted with pauseOnConnect, or called from 'connect').
  */
 export function startReading(socket: net.Socket, reader: ReadOwner, ownBuffer: boolean): void {
   if (viaStream(socket)) {
