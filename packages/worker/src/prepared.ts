@@ -21,7 +21,15 @@ export interface Statement {
   /** The Parse body after the statement name: query text, parameter types. */
   readonly rest: Buffer
   /** Per server: the name it has there, and the server's statement generation then. */
-  readonly on: Map<PreparedServer, { name: string; gen: number }>
+  readonly on: Map<PreparedServer, Placed>
+}
+
+/** A statement prepared on one server under a name of ours. */
+interface Placed {
+  readonly name: string
+  readonly gen: number
+  /** The name with its NUL, as it goes into each Bind. */
+  readonly cstring: Buffer
 }
 
 /** What a server connection keeps for this (implemented by Server). */
@@ -58,19 +66,23 @@ const REQUEST_END = 2
  * error PostgreSQL skips to the Sync).
  */
 export class ParseTracker {
-  private kinds: number[] = []
-  private stmts: (Statement | undefined)[] = []
-  private names: string[] = []
+  // Entries [head, tail) are in flight. The arrays keep their length when
+  // emptied, so a transaction writes into slots it does not allocate.
+  private readonly kinds: number[] = []
+  private readonly stmts: (Statement | undefined)[] = []
+  private readonly names: string[] = []
   private head = 0
+  private tail = 0
 
   get idle(): boolean {
-    return this.head === this.kinds.length
+    return this.head === this.tail
   }
 
   private push(kind: number, stmt: Statement | undefined, name: string): void {
-    this.kinds.push(kind)
-    this.stmts.push(stmt)
-    this.names.push(name)
+    const i = this.tail++
+    this.kinds[i] = kind
+    this.stmts[i] = stmt
+    this.names[i] = name
   }
 
   parse(drop: boolean, stmt?: Statement, name = ''): void {
@@ -102,10 +114,10 @@ export class ParseTracker {
   }
 
   clear(): void {
-    this.kinds.length = 0
-    this.stmts.length = 0
-    this.names.length = 0
+    // No statement stays reachable from a slot that is done with.
+    for (let i = 0; i < this.tail; i++) this.stmts[i] = undefined
     this.head = 0
+    this.tail = 0
   }
 }
 
@@ -152,16 +164,6 @@ export function parseMessage(name: string, rest: Buffer): Buffer {
   return message(FrontendCode.Parse, [name, rest])
 }
 
-function renamedBind(chunk: Buffer, start: number, end: number, name: string): Buffer {
-  const afterPortal = cstringEnd(chunk, start + 5, end)
-  const afterName = cstringEnd(chunk, afterPortal, end)
-  return message(FrontendCode.Bind, [
-    chunk.subarray(start + 5, afterPortal),
-    name,
-    chunk.subarray(afterName, end),
-  ])
-}
-
 function statementMessage(type: number, name: string): Buffer {
   return message(type, [Buffer.from('S'), name])
 }
@@ -170,16 +172,84 @@ function statementMessage(type: number, name: string): Buffer {
 let nextStatement = 1
 
 /** The statement under a name of ours on `server`, preparing it there first if needed. */
-function ensure(stmt: Statement, server: PreparedServer, out: Buffer[], drop: boolean): string {
+function ensure(stmt: Statement, server: PreparedServer, drop: boolean): Placed {
   const known = stmt.on.get(server)
-  if (known !== undefined && known.gen === server.preparedGen) return known.name
+  if (known !== undefined && known.gen === server.preparedGen) return known
   const name = `PGBOUNCER_${nextStatement++}`
-  stmt.on.set(server, { name, gen: server.preparedGen })
+  const placed = { name, gen: server.preparedGen, cstring: Buffer.from(`${name}\0`, 'latin1') }
+  stmt.on.set(server, placed)
   server.preparedCount++
   server.totals.serverParseCount++
   server.tracker.parse(drop, stmt, name)
-  out.push(parseMessage(name, stmt.rest))
-  return name
+  addBytes(parseMessage(name, stmt.rest))
+  return placed
+}
+
+// applyEdits writes its result into one new buffer: the pieces are listed
+// first (ranges of the client's chunk, bytes of our own, message headers),
+// then copied once, so a transaction that binds a prepared statement
+// allocates one buffer rather than a view and a copy per part. One
+// applyEdits runs at a time per thread: the list is reused.
+const HEADER = Buffer.alloc(0)
+/** A piece's own bytes; null: [from, to) of the chunk; HEADER: type `from`, length `to`. */
+const pieceBytes: (Buffer | null)[] = []
+const pieceFrom: number[] = []
+const pieceTo: number[] = []
+let pieces = 0
+let size = 0
+
+function addRange(from: number, to: number): void {
+  if (from === to) return
+  pieceBytes[pieces] = null
+  pieceFrom[pieces] = from
+  pieceTo[pieces++] = to
+  size += to - from
+}
+
+function addBytes(bytes: Buffer): void {
+  pieceBytes[pieces] = bytes
+  pieceFrom[pieces] = 0
+  pieceTo[pieces++] = bytes.length
+  size += bytes.length
+}
+
+function addHeader(type: number, length: number): void {
+  pieceBytes[pieces] = HEADER
+  pieceFrom[pieces] = type
+  pieceTo[pieces++] = length
+  size += 5
+}
+
+/** The client's Bind with our name for its statement. */
+function addRenamedBind(chunk: Buffer, start: number, end: number, name: Buffer): void {
+  const afterPortal = cstringEnd(chunk, start + 5, end)
+  const afterName = cstringEnd(chunk, afterPortal, end)
+  addHeader(FrontendCode.Bind, 4 + (afterPortal - start - 5) + name.length + (end - afterName))
+  addRange(start + 5, afterPortal)
+  addBytes(name)
+  addRange(afterName, end)
+}
+
+/** The listed pieces in one buffer; the list is emptied. */
+function joinPieces(chunk: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(size)
+  let pos = 0
+  for (let i = 0; i < pieces; i++) {
+    const bytes = pieceBytes[i]
+    if (bytes === null) {
+      pos += chunk.copy(out, pos, pieceFrom[i], pieceTo[i])
+    } else if (bytes === HEADER) {
+      out[pos] = pieceFrom[i]!
+      out.writeInt32BE(pieceTo[i]!, pos + 1)
+      pos += 5
+    } else {
+      pos += bytes.copy(out, pos)
+      pieceBytes[i] = null
+    }
+  }
+  pieces = 0
+  size = 0
+  return out
 }
 
 /**
@@ -188,7 +258,8 @@ function ensure(stmt: Statement, server: PreparedServer, out: Buffer[], drop: bo
  * they are and only recorded.
  */
 export function applyEdits(chunk: Buffer, edits: Edit[], server: PreparedServer): Buffer {
-  const out: Buffer[] = []
+  pieces = 0
+  size = 0
   let last = 0
   for (const e of edits) {
     switch (e.type) {
@@ -197,31 +268,28 @@ export function applyEdits(chunk: Buffer, edits: Edit[], server: PreparedServer)
           server.tracker.parse(false)
           continue
         }
-        out.push(chunk.subarray(last, e.start))
-        ensure(e.stmt, server, out, false)
+        addRange(last, e.start)
+        ensure(e.stmt, server, false)
         break
       case FrontendCode.Bind:
       case FrontendCode.Describe: {
         if (e.stmt === undefined) continue
-        out.push(chunk.subarray(last, e.start))
-        const name = ensure(e.stmt, server, out, true)
-        out.push(
-          e.type === FrontendCode.Bind
-            ? renamedBind(chunk, e.start, e.end, name)
-            : statementMessage(FrontendCode.Describe, name),
-        )
+        addRange(last, e.start)
+        const placed = ensure(e.stmt, server, true)
+        if (e.type === FrontendCode.Bind) addRenamedBind(chunk, e.start, e.end, placed.cstring)
+        else addBytes(statementMessage(FrontendCode.Describe, placed.name))
         break
       }
       case FrontendCode.Close: {
-        out.push(chunk.subarray(last, e.start))
+        addRange(last, e.start)
         const known = e.stmt!.on.get(server)
         if (known !== undefined && known.gen === server.preparedGen) {
           e.stmt!.on.delete(server)
           server.preparedCount--
-          out.push(statementMessage(FrontendCode.Close, known.name))
+          addBytes(statementMessage(FrontendCode.Close, known.name))
         } else {
           // Not prepared here: PostgreSQL answers CloseComplete for a name it does not know.
-          out.push(statementMessage(FrontendCode.Close, e.name))
+          addBytes(statementMessage(FrontendCode.Close, e.name))
         }
         break
       }
@@ -231,7 +299,7 @@ export function applyEdits(chunk: Buffer, edits: Edit[], server: PreparedServer)
     }
     last = e.end
   }
-  if (last === 0 && out.length === 0) return chunk
-  out.push(chunk.subarray(last))
-  return Buffer.concat(out)
+  if (last === 0 && pieces === 0) return chunk
+  addRange(last, chunk.length)
+  return joinPieces(chunk)
 }
