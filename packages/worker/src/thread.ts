@@ -6,6 +6,5 @@ import { PoolerWorker } from './worker.ts'
 // Entry of a worker thread, started by the coordinator with `new Worker(<this file>)`.
 if (parentPort === null) throw new Error('the pooler worker must run in a worker thread')
 startAllocStats(process.env.PGBC_ALLOC_STATS, `worker-${(workerData as WorkerData).id}`)
-if (process.env.PGBC_PROBE) await import(process.env.PGBC_PROBE)
 const worker = new PoolerWorker(workerData as WorkerData, parentPort)
 await worker.start()
