@@ -302,17 +302,17 @@ export class ClientSession {
     return false
   }
 
-  private onData(view: Buffer): void {
+  private onData(bytes: Buffer): void {
     if (this.state !== 'active') {
-      if (this.state !== 'closed') this.onLoginData(view)
+      if (this.state !== 'closed') this.onLoginData(bytes)
       return
     }
-    this.bytesReceived += view.length
+    this.bytesReceived += bytes.length
     this.lastRequest = this.worker.now
     this.idleTxSince = 0
-    let chunk = view
+    let chunk = bytes
     if (this.held !== null) {
-      chunk = Buffer.concat([this.held, view])
+      chunk = Buffer.concat([this.held, bytes])
       this.held = null
     }
     this.action = 0
