@@ -14,6 +14,8 @@
  * for "not set".
  */
 const EPOCH = Math.floor(performance.timeOrigin) - 1
+/** performance.now() on the worker's clock. */
+const PRECISE_OFFSET = performance.timeOrigin - EPOCH
 
 /** Milliseconds on the worker's clock: whole, from Date.now() as the janitor reads it. */
 export function clockNow(): number {
@@ -30,7 +32,6 @@ export function clockNow(): number {
 export function preciseClock(): number {
   return PRECISE_OFFSET + performance.now()
 }
-const PRECISE_OFFSET = performance.timeOrigin - EPOCH
 
 /** A time on the worker's clock in epoch milliseconds: SHOW's dates, what other threads read. */
 export function epochMs(clock: number): number {

@@ -122,8 +122,6 @@ export class Pool {
    */
   private readonly waitStarts: number[] = []
   private waitingHead = 0
-  /** The wait start of the client nextWaiting() returned last. */
-  private servedWaitStart = 0
   /** Servers between open() and the end of their login. */
   private readonly loggingIn = new Set<Server>()
   /** Servers running server_check_query before they serve a client. */
@@ -344,11 +342,9 @@ export class Pool {
     this.publishWaiting()
   }
 
-  /** The next waiting client; its wait start is left in `servedWaitStart`. */
   private nextWaiting(): PoolClient | null {
     if (this.waitingHead >= this.waiting.length) return null
-    const client = this.waiting[this.waitingHead]
-    this.servedWaitStart = this.waitStarts[this.waitingHead++]
+    const client = this.waiting[this.waitingHead++]
     if (this.waitingHead > 64 && this.waitingHead * 2 > this.waiting.length) {
       this.waiting.splice(0, this.waitingHead)
       this.waitStarts.splice(0, this.waitingHead)
@@ -367,7 +363,7 @@ export class Pool {
     }
     server.linkedAt = this.clock()
     // The client's request that brought it here started when it began to wait.
-    server.queryClock = waitStart !== 0 && this.latency !== null ? waitStart : server.linkedAt
+    server.queryClock = waitStart !== 0 ? waitStart : server.linkedAt
     this.totals.serverAssignmentCount++
     server.checked = false
     server.state = 'active'
@@ -714,9 +710,11 @@ export class Pool {
       this.check(server)
       return
     }
+    // Read before the queue moves on: the next client's wait start.
+    const waitStart = this.oldestWaitingSince
     const client = this.nextWaiting()
     if (client !== null) {
-      this.link(server, client, this.servedWaitStart)
+      this.link(server, client, waitStart)
       return
     }
     this.idle.push(server)
