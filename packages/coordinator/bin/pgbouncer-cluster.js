@@ -14,12 +14,12 @@ if (major < NEEDS[0] || (major === NEEDS[0] && minor < NEEDS[1])) {
   process.exit(1)
 }
 
-// A 1 MB semi-space: V8 grows the young generation to 8 MB while the modules
-// load and keeps it, though the coordinator allocates little once started;
-// this saves about 3 MB of RSS, and bounds the workers' young generation a
-// little further (see cluster.ts). Set here, before anything is loaded,
-// because the main thread's heap has no other knob and flags hold for
-// every thread.
+// A 1 MB semi-space for the worker threads: V8 lets a young generation grow
+// while the modules load and keeps it, though a worker allocates little once
+// started (see cluster.ts). Set here, before any worker exists, because
+// flags hold for every thread created after them; the main thread's heap is
+// sized already, and gives back its start-up growth once the workers are ready
+// (startup-memory.ts).
 const v8 = await import('node:v8')
 v8.setFlagsFromString('--max-semi-space-size=1')
 

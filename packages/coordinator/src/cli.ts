@@ -1,5 +1,6 @@
 import { startAllocStats } from '@pgbouncer-cluster/worker/alloc-stats'
 import { createLogger } from '@pgbouncer-cluster/worker/log'
+import { releaseStartupMemory } from '@pgbouncer-cluster/worker/startup-memory'
 import yargs from 'yargs'
 import { Cluster } from './cluster.ts'
 import type { Settings } from './config/config.ts'
@@ -75,6 +76,8 @@ export async function main(argv: string[]): Promise<number> {
     await cluster.stop('immediate')
     return 1
   }
+  // The command's own thread: the library leaves an embedding process's heap alone.
+  releaseStartupMemory()
   return cluster.run()
 }
 

@@ -38,6 +38,7 @@ import { createLogger, flushLogger, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
+import { releaseStartupMemory } from './startup-memory.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
 
 /** A per-database or per-user limit overrides the global one when above 0; 0 means none. */
@@ -191,6 +192,7 @@ export class PoolerWorker {
     })
     if (this.unixSocket !== null) await this.listenUnix(this.unixSocket)
     this.ticker = setInterval(this.tick, JANITOR_INTERVAL_MS)
+    releaseStartupMemory()
     this.send({ type: 'worker-ready', worker: this.id, port })
   }
 
