@@ -38,8 +38,8 @@ export interface WriteOwner {
 export interface ReadOwner {
   /**
    * New bytes. With a read buffer of its own (see startReading), `chunk` is a
-   * view of it, and the reader returns true when a reference into it outlives
-   * the call. Otherwise `chunk` is the reader's to keep, and the result is
+   * view of it (the same view again when a read has the last one's length),
+   * and the reader returns true when a reference into it outlives the call. Otherwise `chunk` is the reader's to keep, and the result is
    * not read.
    */
   onBytes(chunk: Buffer): boolean
@@ -64,6 +64,7 @@ interface Handle {
   writev(req: WriteReq, chunks: Uint8Array[], allBuffers: boolean): number
   [kReader]?: ReadOwner
   [kReadBuffer]?: Buffer
+  [kReadView]?: Buffer | null
 }
 interface StreamWrap {
   WriteWrap: new () => WriteReq
@@ -74,6 +75,7 @@ interface StreamWrap {
 
 const kReader = Symbol('reader')
 const kReadBuffer = Symbol('readBuffer')
+const kReadView = Symbol('readView')
 
 function loadStreamWrap(): StreamWrap | null {
   try {
@@ -242,13 +244,18 @@ function onOwnRead(this: Handle): Buffer | undefined {
   const nread = wrap!.streamBaseState[wrap!.kReadBytesOrError]
   if (nread > 0) {
     const buf = this[kReadBuffer]!
+    // A server's answers to a repeated query are the same size each time: the
+    // view of the last read serves again, rather than a new one per read.
+    let view = this[kReadView]!
+    if (view === null || view.length !== nread) view = this[kReadView] = buf.subarray(0, nread)
     const before = queuedWriteCount
-    const kept = this[kReader]!.onBytes(buf.subarray(0, nread))
+    const kept = this[kReader]!.onBytes(view)
     if (!kept && queuedWriteCount === before) return undefined
     // Some of these bytes are still needed, or wait in a write queue: the
     // next read goes to a new buffer.
     const next = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
     this[kReadBuffer] = next
+    this[kReadView] = null
     return next
   }
   if (nread < 0) netOnRead!.call(this)
@@ -287,6 +294,7 @@ export function startReading(socket: net.Socket, reader: ReadOwner, ownBuffer: b
   if (ownBuffer) {
     const buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
     handle[kReadBuffer] = buffer
+    handle[kReadView] = null
     takeOver(handle, reader, buffer, onOwnRead)
   } else {
     takeOver(handle, reader, sharedReadBuffer!, onSharedRead)
