@@ -153,6 +153,33 @@ describe('transaction mode, pool_size 3, 2 workers', () => {
     })
   })
 
+  test('Binds alternating between statements whose names differ in one byte each get their own', async () => {
+    await withRaw(p, async (conn) => {
+      const ready = await exchange(
+        conn,
+        extended.parse('s1', "SELECT 'first' AS v"),
+        extended.parse('s2', "SELECT 'second' AS v"),
+        extended.sync(),
+      )
+      assert.equal(ready.error, null)
+      for (const order of [
+        ['s1', 's2', 's1'],
+        ['s2', 's2', 's1'],
+      ]) {
+        const { error, rows } = await exchange(
+          conn,
+          ...order.flatMap((name) => [extended.bind(name, []), extended.execute()]),
+          extended.sync(),
+        )
+        assert.equal(error, null)
+        assert.deepEqual(
+          rows,
+          order.map((name) => [name === 's1' ? 'first' : 'second']),
+        )
+      }
+    })
+  })
+
   test('a Parse and a Bind larger than a read arrive whole and right', async () => {
     await withRaw(p, async (conn) => {
       const comment = `/* ${'x'.repeat(200_000)} */`

@@ -37,8 +37,9 @@ import {
 import type { Pool } from './pool.ts'
 import {
   applyEdits,
-  bindName,
-  type Edit,
+  boundStatement,
+  EditList,
+  type LastBound,
   parseName,
   type Statement,
   statementOf,
@@ -218,7 +219,7 @@ export class ClientSession {
   // one transaction to the next: truncating an array is a runtime call in V8.
   // Made at the first request: an idle client never needs them.
   private queued: (Buffer | null)[] | null = null
-  private queuedEdits: (Edit[] | null)[] | null = null
+  private queuedEdits: (EditList | null)[] | null = null
   private queuedCount = 0
   /**
    * Named prepared statements are mapped to the pooler's own names
@@ -227,7 +228,11 @@ export class ClientSession {
   private prepared = false
   private statements: Map<string, Statement> | null = null
   /** Rewrites found in the chunk being scanned. */
-  private edits: Edit[] | null = null
+  /** The rewrites found in the read being scanned (prepared.ts). */
+  private edits: EditList | null = null
+  /** A list written and emptied, for the next read that needs one. */
+  private spareEdits: EditList | null = null
+  private lastBound: LastBound | null = null
   /** The start of a message the pooler must see whole, kept until the rest arrives. */
   private held: Buffer | null = null
   private requested = false
@@ -369,7 +374,12 @@ export class ClientSession {
   }
 
   private addEdit(type: number, start: number, end: number, stmt?: Statement, name = ''): void {
-    ;(this.edits ??= []).push({ type, start, end, stmt, name })
+    let edits = this.edits
+    if (edits === null) {
+      edits = this.edits = this.spareEdits ?? new EditList()
+      this.spareEdits = null
+    }
+    edits.add(type, start, end, stmt, name)
   }
 
   /** A Parse, Bind, Describe or Close seen whole: note what must change for the server. */
@@ -391,7 +401,8 @@ export class ClientSession {
     if (!this.hasStatements) return
     const statements = this.statements!
     if (type === FrontendCode.Bind) {
-      const stmt = statements.get(bindName(chunk, start, end))
+      this.lastBound ??= { name: '', bytes: null }
+      const stmt = boundStatement(statements, this.lastBound, chunk, start, end)
       if (stmt !== undefined) {
         this.bindCount++
         this.addEdit(type, start, end, stmt)
@@ -452,7 +463,7 @@ export class ClientSession {
     if (server !== null) server.queryClock = this.pool!.clock()
   }
 
-  private toServer(buf: Buffer, edits: Edit[] | null): void {
+  private toServer(buf: Buffer, edits: EditList | null): void {
     const server = this.server
     if (server !== null) {
       this.writeServer(server, buf, edits)
@@ -471,8 +482,13 @@ export class ClientSession {
   }
 
   /** Our bytes to the server, with the prepared-statement edits made for it. */
-  private writeServer(server: Server, buf: Buffer, edits: Edit[] | null): void {
-    const bytes = edits === null ? buf : applyEdits(buf, edits, server)
+  private writeServer(server: Server, buf: Buffer, edits: EditList | null): void {
+    let bytes = buf
+    if (edits !== null) {
+      bytes = applyEdits(buf, edits, server)
+      edits.clear()
+      this.spareEdits = edits
+    }
     if (!server.write(bytes) && !this.readPaused) {
       // Stop reading a client whose server is not draining.
       this.readPaused = true

@@ -44,15 +44,37 @@ export interface PreparedServer {
   readonly totals: { serverParseCount: number }
 }
 
-/** A rewrite of one message, found while scanning. */
-export interface Edit {
-  start: number
-  end: number
-  type: number
-  /** Parse: the new statement (none: unnamed); Bind/Describe/Close: the one named. */
-  stmt: Statement | undefined
-  /** Close: the client's name, sent as it is to a server the statement is not on. */
-  name: string
+/**
+ * The rewrites found in one read, in order: per message its type, its range in
+ * the read and, for a Parse, Bind, Describe or Close, the statement (none: the
+ * unnamed one) and, for a Close, the client's name, sent as it is to a server
+ * the statement is not on. A session reuses its list once the read is written.
+ */
+export class EditList {
+  count = 0
+  readonly types: number[] = []
+  readonly starts: number[] = []
+  readonly ends: number[] = []
+  readonly stmts: (Statement | undefined)[] = []
+  readonly names: string[] = []
+
+  add(type: number, start: number, end: number, stmt: Statement | undefined, name: string): void {
+    const i = this.count++
+    this.types[i] = type
+    this.starts[i] = start
+    this.ends[i] = end
+    this.stmts[i] = stmt
+    this.names[i] = name
+  }
+
+  /** Empty, holding no statement. */
+  clear(): void {
+    for (let i = 0; i < this.count; i++) {
+      this.stmts[i] = undefined
+      this.names[i] = ''
+    }
+    this.count = 0
+  }
 }
 
 const P_FORWARD = 0
@@ -148,10 +170,41 @@ export function statementOf(chunk: Buffer, start: number, end: number): Statemen
   return { rest: Buffer.from(chunk.subarray(afterName, end)), on: new Map() }
 }
 
-/** The statement a Bind uses ('' for the unnamed one). */
-export function bindName(chunk: Buffer, start: number, end: number): string {
-  const afterPortal = cstringEnd(chunk, start + 5, end)
-  return chunk.toString('utf8', afterPortal, cstringEnd(chunk, afterPortal, end) - 1)
+/**
+ * The statement a session bound last, under its name: a client binds the same
+ * few statements again and again, and comparing the bytes of the name spares
+ * decoding it into a new string for each Bind.
+ */
+export interface LastBound {
+  name: string
+  bytes: Buffer | null
+}
+
+/** The client statement a Bind uses, if it is one of `statements` (the unnamed one is not). */
+export function boundStatement(
+  statements: Map<string, Statement>,
+  last: LastBound,
+  chunk: Buffer,
+  start: number,
+  end: number,
+): Statement | undefined {
+  const from = cstringEnd(chunk, start + 5, end)
+  const to = cstringEnd(chunk, from, end) - 1
+  const bytes = last.bytes
+  if (
+    bytes !== null &&
+    bytes.length === to - from &&
+    chunk.compare(bytes, 0, bytes.length, from, to) === 0
+  ) {
+    return statements.get(last.name)
+  }
+  const name = chunk.toString('utf8', from, to)
+  const stmt = statements.get(name)
+  if (stmt !== undefined) {
+    last.name = name
+    last.bytes = Buffer.from(chunk.subarray(from, to))
+  }
+  return stmt
 }
 
 /** Describe or Close: the statement named, or null for a portal. */
@@ -257,39 +310,42 @@ function joinPieces(chunk: Buffer): Buffer {
  * request ends (Sync, Query, FunctionCall) and unnamed Parses are kept as
  * they are and only recorded.
  */
-export function applyEdits(chunk: Buffer, edits: Edit[], server: PreparedServer): Buffer {
+export function applyEdits(chunk: Buffer, edits: EditList, server: PreparedServer): Buffer {
   pieces = 0
   size = 0
   let last = 0
-  for (const e of edits) {
-    switch (e.type) {
+  for (let i = 0; i < edits.count; i++) {
+    const type = edits.types[i]!
+    const start = edits.starts[i]!
+    const stmt = edits.stmts[i]
+    switch (type) {
       case FrontendCode.Parse:
-        if (e.stmt === undefined) {
+        if (stmt === undefined) {
           server.tracker.parse(false)
           continue
         }
-        addRange(last, e.start)
-        ensure(e.stmt, server, false)
+        addRange(last, start)
+        ensure(stmt, server, false)
         break
       case FrontendCode.Bind:
       case FrontendCode.Describe: {
-        if (e.stmt === undefined) continue
-        addRange(last, e.start)
-        const placed = ensure(e.stmt, server, true)
-        if (e.type === FrontendCode.Bind) addRenamedBind(chunk, e.start, e.end, placed.cstring)
+        if (stmt === undefined) continue
+        addRange(last, start)
+        const placed = ensure(stmt, server, true)
+        if (type === FrontendCode.Bind) addRenamedBind(chunk, start, edits.ends[i]!, placed.cstring)
         else addBytes(statementMessage(FrontendCode.Describe, placed.name))
         break
       }
       case FrontendCode.Close: {
-        addRange(last, e.start)
-        const known = e.stmt!.on.get(server)
+        addRange(last, start)
+        const known = stmt!.on.get(server)
         if (known !== undefined && known.gen === server.preparedGen) {
-          e.stmt!.on.delete(server)
+          stmt!.on.delete(server)
           server.preparedCount--
           addBytes(statementMessage(FrontendCode.Close, known.name))
         } else {
           // Not prepared here: PostgreSQL answers CloseComplete for a name it does not know.
-          addBytes(statementMessage(FrontendCode.Close, e.name))
+          addBytes(statementMessage(FrontendCode.Close, edits.names[i]!))
         }
         break
       }
@@ -297,7 +353,7 @@ export function applyEdits(chunk: Buffer, edits: Edit[], server: PreparedServer)
         server.tracker.requestEnd()
         continue
     }
-    last = e.end
+    last = edits.ends[i]!
   }
   if (last === 0 && pieces === 0) return chunk
   addRange(last, chunk.length)
