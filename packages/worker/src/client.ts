@@ -227,7 +227,6 @@ export class ClientSession {
    */
   private prepared = false
   private statements: Map<string, Statement> | null = null
-  /** Rewrites found in the chunk being scanned. */
   /** The rewrites found in the read being scanned (prepared.ts). */
   private edits: EditList | null = null
   /** A list written and emptied, for the next read that needs one. */

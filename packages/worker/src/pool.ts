@@ -237,7 +237,7 @@ export class Pool {
     return this.loggingIn.size
   }
 
-  /** When the longest-waiting client started waiting (the worker's clock, clock.ts), 0 if none waits. */
+  /** When the longest-waiting client started waiting (preciseClock()), 0 if none waits. */
   get oldestWaitingSince(): number {
     return this.waitingCount > 0 ? this.waitStarts[this.waitingHead] : 0
   }

@@ -39,8 +39,8 @@ export interface ReadOwner {
   /**
    * New bytes. With a read buffer of its own (see startReading), `chunk` is a
    * view of it (the same view again when a read has the last one's length),
-   * and the reader returns true when a reference into it outlives the call. Otherwise `chunk` is the reader's to keep, and the result is
-   * not read.
+   * and the reader returns true when a reference into it outlives the call.
+   * Otherwise `chunk` is the reader's to keep, and the result is not read.
    */
   onBytes(chunk: Buffer): boolean
 }
