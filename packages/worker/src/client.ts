@@ -736,7 +736,11 @@ export class ClientSession {
     const settings = this.worker.settings
     const ignored = settings.ignoreStartupParameters
     let appName: string | undefined
-    for (const [key, value] of Object.entries(params)) {
+    // for-in, not Object.entries: the packet's parameters are a dictionary
+    // (a null-prototype object), where entries() takes V8's slow path and
+    // allocates an array per parameter.
+    for (const key in params) {
+      const value = params[key]
       if (key === 'user') this.user = value
       else if (key === 'database') this.database = value
       else if (key === 'application_name') appName = value

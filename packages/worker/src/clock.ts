@@ -8,6 +8,10 @@
 // small integers for 24 days of uptime; past that V8 boxes them again, and
 // nothing but the memory changes.
 
+// The module's binding, not the global: globalThis.performance is a getter,
+// run on each use, and preciseClock() runs a few times per transaction.
+import { performance } from 'node:perf_hooks'
+
 /**
  * Just before the thread started, in epoch milliseconds: a whole number, so
  * clockNow() is one too, and the clock never reads 0, which the fields use
