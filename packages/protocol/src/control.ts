@@ -13,7 +13,10 @@
  * passed through unchecked.
  */
 
-import { Packr } from 'msgpackr'
+// msgpackr/pack: the encoder and decoder without the package's index, which
+// loads an optional native string decoder in every thread (a shared library
+// found by probing the filesystem) that messages this small do not use.
+import { Packr } from 'msgpackr/pack'
 
 export type ControlMessage =
   /** worker → coordinator: listening, ready for clients. */
