@@ -1,8 +1,10 @@
 // What a pgbouncer-cluster target allocates and collects over one run: its
 // threads write running totals into a directory given as PGBC_ALLOC_STATS
-// (packages/worker/src/alloc-stats.ts); a window sums them at start and stop.
+// (packages/worker/src/alloc-stats.ts). A run is a window: the bench writes a
+// new number to <dir>/window before and after it, and every thread closes its
+// totals at that number; the run's figures are the difference.
 
-import { readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 export interface AllocTotals {
@@ -11,24 +13,42 @@ export interface AllocTotals {
   gcMs: number
 }
 
-/** The totals of every thread that wrote into `dir` so far (zeros when none did). */
-export function readAllocTotals(dir: string): AllocTotals {
-  const sum: AllocTotals = { allocatedBytes: 0, gcCount: 0, gcMs: 0 }
+interface ThreadTotals extends AllocTotals {
+  window: number
+}
+
+/** Every thread's totals file in `dir` (none when the directory is gone). */
+function readThreads(dir: string): ThreadTotals[] {
   let files: string[]
   try {
     files = readdirSync(dir).filter((f) => f.endsWith('.json'))
   } catch {
-    return sum
+    return []
   }
+  const out: ThreadTotals[] = []
   for (const f of files) {
     try {
-      const t = JSON.parse(readFileSync(join(dir, f), 'utf8')) as Partial<AllocTotals>
-      sum.allocatedBytes += t.allocatedBytes ?? 0
-      sum.gcCount += t.gcCount ?? 0
-      sum.gcMs += t.gcMs ?? 0
+      const t = JSON.parse(readFileSync(join(dir, f), 'utf8')) as Partial<ThreadTotals>
+      out.push({
+        allocatedBytes: t.allocatedBytes ?? 0,
+        gcCount: t.gcCount ?? 0,
+        gcMs: t.gcMs ?? 0,
+        window: t.window ?? 0,
+      })
     } catch {
-      // a file caught mid-write is read again at the next window
+      // renamed into place, so never half written; a thread's first file may not be there yet
     }
+  }
+  return out
+}
+
+/** The totals of every thread that wrote into `dir` so far (zeros when none did). */
+export function readAllocTotals(dir: string): AllocTotals {
+  const sum: AllocTotals = { allocatedBytes: 0, gcCount: 0, gcMs: 0 }
+  for (const t of readThreads(dir)) {
+    sum.allocatedBytes += t.allocatedBytes
+    sum.gcCount += t.gcCount
+    sum.gcMs += t.gcMs
   }
   return sum
 }
@@ -38,20 +58,36 @@ export interface AllocWindow {
   gcMs: number
 }
 
-/** The threads write their totals this often (alloc-stats.ts). */
-const WRITE_INTERVAL_MS = 200
+/** A thread looks for a new window every 50 ms; one that has not answered in this is gone. */
+const CLOSE_TIMEOUT_MS = 2000
+let lastWindow = 0
 
-/** A run's allocation and GC time; a null dir (a target without the hook) yields NaN. */
-export function startAllocWindow(dir: string | null): { stop(): Promise<AllocWindow> } {
+/** Opens a new window in `dir` and waits until every thread has closed the last one. */
+async function closeWindow(dir: string): Promise<AllocTotals> {
+  const window = ++lastWindow
+  writeFileSync(join(dir, 'window'), String(window))
+  const deadline = Date.now() + CLOSE_TIMEOUT_MS
+  while (Date.now() < deadline && readThreads(dir).some((t) => t.window < window)) {
+    await new Promise((r) => setTimeout(r, 10))
+  }
+  return readAllocTotals(dir)
+}
+
+/**
+ * A run's allocation and GC time; a null dir (a target without the hook)
+ * yields NaN. Call before the run's CPU window opens and stop after it closes:
+ * each thread runs a collection when it closes a window (alloc-stats.ts).
+ */
+export async function startAllocWindow(
+  dir: string | null,
+): Promise<{ stop(): Promise<AllocWindow> }> {
   if (dir === null) {
     return { stop: async () => ({ allocatedBytes: Number.NaN, gcMs: Number.NaN }) }
   }
-  const a = readAllocTotals(dir)
+  const a = await closeWindow(dir)
   return {
     async stop(): Promise<AllocWindow> {
-      // the totals that include the run's last transactions are written after it
-      await new Promise((r) => setTimeout(r, WRITE_INTERVAL_MS + 100))
-      const b = readAllocTotals(dir)
+      const b = await closeWindow(dir)
       return { allocatedBytes: b.allocatedBytes - a.allocatedBytes, gcMs: b.gcMs - a.gcMs }
     },
   }

@@ -120,8 +120,9 @@ export async function measure(
   round: number,
   ctx: MeasureContext,
 ): Promise<RunSample> {
+  // the allocation window first: its threads collect as they open it (alloc.ts)
+  const alloc = await startAllocWindow(t.allocDir)
   const win = startWindow(t.pids)
-  const alloc = startAllocWindow(t.allocDir)
   let latenciesUs: Float64Array
   let transactions: number
   let failed: number

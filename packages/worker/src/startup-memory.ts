@@ -13,18 +13,25 @@
 import v8 from 'node:v8'
 import { runInNewContext } from 'node:vm'
 
-type Gc = (options: { type: 'major'; execution: 'sync'; flavor: 'last-resort' }) => void
+type Gc = (options: {
+  type: 'major'
+  execution: 'sync'
+  flavor?: 'regular' | 'last-resort'
+}) => void
 
-/** One collection that shrinks this thread's heap to what it uses (tens of ms). */
-export function releaseStartupMemory(): void {
-  let gc: Gc | undefined
+/** V8's gc() for this thread; undefined on a Node whose flags are frozen. */
+export function exposedGc(): Gc | undefined {
   try {
     v8.setFlagsFromString('--expose-gc')
-    gc = runInNewContext('typeof gc === "function" ? gc : undefined') as Gc | undefined
+    return runInNewContext('typeof gc === "function" ? gc : undefined') as Gc | undefined
   } catch {
-    // A Node whose flags are frozen: the heap stays as it is.
+    return undefined
   } finally {
     v8.setFlagsFromString('--no-expose-gc')
   }
-  gc?.({ type: 'major', execution: 'sync', flavor: 'last-resort' })
+}
+
+/** One collection that shrinks this thread's heap to what it uses (tens of ms). */
+export function releaseStartupMemory(): void {
+  exposedGc()?.({ type: 'major', execution: 'sync', flavor: 'last-resort' })
 }
