@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict'
+import net from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import pg from 'pg'
+import { queryMessage, startupPacket } from './raw-protocol.ts'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 
 // Invariant 1 under load: four workers, one shared pool of 10, 200 clients.
@@ -99,6 +101,39 @@ describe('transaction pooling on four workers', () => {
       ),
     )
     assert.equal(checked, 10_000)
+  })
+
+  test('Terminate closes the connection at once, as PgBouncer does: the pooler reads nothing after it', async () => {
+    // allowHalfOpen: the client keeps its side open after the pooler's FIN,
+    // so anything it then sends meets a closed socket, which resets.
+    const socket = net.connect({ host: pooler.host, port: pooler.port, allowHalfOpen: true })
+    const events: string[] = []
+    let welcomed!: () => void
+    const welcome = new Promise<void>((r) => {
+      welcomed = r
+    })
+    const reset = new Promise<string>((resolve) => {
+      socket.on('data', (b: Buffer) => {
+        if (b.includes(Buffer.from('Z\0\0\0\x05I', 'latin1'))) welcomed()
+      })
+      socket.on('end', () => {
+        events.push('end')
+        // A query after our goodbye: a pooler still reading takes it in
+        // silence; a closed socket answers it with a reset, which the next
+        // write reports (this side reads no more after the end of stream).
+        socket.write(queryMessage('SELECT 1'))
+        setTimeout(() => socket.write(queryMessage('SELECT 2')), 100)
+      })
+      socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+      setTimeout(() => resolve('no reset'), 3000)
+    })
+    socket.write(startupPacket({ user: 'postgres', database: 'app' }))
+    await welcome
+    socket.write(Buffer.from([0x58, 0, 0, 0, 4])) // Terminate
+    const code = await reset
+    socket.destroy()
+    assert.deepEqual(events, ['end'])
+    assert.match(code, /ECONNRESET|EPIPE/)
   })
 
   test('a client that disconnects mid-transaction leaves no open transaction for the next one', async () => {

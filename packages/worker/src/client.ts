@@ -349,7 +349,7 @@ export class ClientSession {
     if (this.action === ACTION_TERMINATE) {
       // Terminate is ours to act on; the server stays for the next client.
       if (end > 5) this.toServer(chunk.subarray(0, end - 5), edits)
-      this.close('client close request')
+      this.close('client close request', true)
       return
     }
     this.toServer(chunk, edits)
@@ -1076,7 +1076,13 @@ export class ClientSession {
     this.worker.log.debug({ client: this.id, err: err.message }, 'client socket error')
   }
 
-  close(reason: string | null): void {
+  /**
+   * Ends the session. `terminated`: the client sent Terminate, its last
+   * message, and a plain socket then closes at once, as PgBouncer closes it.
+   * Otherwise the socket is half-closed and read until the client hangs up
+   * too, so that a FATAL just written is not lost to a reset.
+   */
+  close(reason: string | null, terminated = false): void {
     if (this.state === 'closed') return
     const wasActive = this.state === 'active' || this.state === 'welcome'
     this.state = 'closed'
@@ -1085,9 +1091,15 @@ export class ClientSession {
       if (login.timer !== null) clearTimeout(login.timer)
       login.forgetHandshake?.()
     }
-    this.socket.end()
-    // Read on until the client hangs up too: its end of stream closes the socket.
-    resumeReading(this.socket)
+    if (terminated && !this.encrypted) {
+      // No shutdown, no wait for the end of stream and its callbacks: a
+      // connection per transaction saves two system calls and a read.
+      this.socket.destroy()
+    } else {
+      this.socket.end()
+      // Read on until the client hangs up too: its end of stream closes the socket.
+      resumeReading(this.socket)
+    }
     if (this.requested && this.server === null) this.pool?.cancelWait(this)
     const server = this.server
     if (server !== null) this.detachOnClose(server)
