@@ -7,7 +7,7 @@
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
-export interface AllocTotals {
+interface AllocTotals {
   allocatedBytes: number
   gcCount: number
   gcMs: number
@@ -42,15 +42,15 @@ function readThreads(dir: string): ThreadTotals[] {
   return out
 }
 
-/** The totals of every thread that wrote into `dir` so far (zeros when none did). */
-export function readAllocTotals(dir: string): AllocTotals {
-  const sum: AllocTotals = { allocatedBytes: 0, gcCount: 0, gcMs: 0 }
-  for (const t of readThreads(dir)) {
-    sum.allocatedBytes += t.allocatedBytes
-    sum.gcCount += t.gcCount
-    sum.gcMs += t.gcMs
+/** The sum of the threads' totals (zeros when none wrote). */
+function sum(threads: readonly ThreadTotals[]): AllocTotals {
+  const out: AllocTotals = { allocatedBytes: 0, gcCount: 0, gcMs: 0 }
+  for (const t of threads) {
+    out.allocatedBytes += t.allocatedBytes
+    out.gcCount += t.gcCount
+    out.gcMs += t.gcMs
   }
-  return sum
+  return out
 }
 
 export interface AllocWindow {
@@ -67,10 +67,12 @@ async function closeWindow(dir: string): Promise<AllocTotals> {
   const window = ++lastWindow
   writeFileSync(join(dir, 'window'), String(window))
   const deadline = Date.now() + CLOSE_TIMEOUT_MS
-  while (Date.now() < deadline && readThreads(dir).some((t) => t.window < window)) {
+  let threads = readThreads(dir)
+  while (Date.now() < deadline && threads.some((t) => t.window < window)) {
     await new Promise((r) => setTimeout(r, 10))
+    threads = readThreads(dir)
   }
-  return readAllocTotals(dir)
+  return sum(threads)
 }
 
 /**

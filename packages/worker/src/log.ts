@@ -70,8 +70,11 @@ export function censorSecrets(obj: Record<string, unknown>): Record<string, unkn
   return obj
 }
 
+const SECRET_KEYS = ['password', 'secret']
+const CENSOR = '[redacted]'
+
 function isSecret(key: string): boolean {
-  return key === 'password' || key === 'secret'
+  return SECRET_KEYS.includes(key)
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {
@@ -79,7 +82,8 @@ function isObject(value: unknown): value is Record<string, unknown> {
 }
 
 function hasSecret(obj: Record<string, unknown>): boolean {
-  return Object.hasOwn(obj, 'password') || Object.hasOwn(obj, 'secret')
+  for (const key of SECRET_KEYS) if (Object.hasOwn(obj, key)) return true
+  return false
 }
 
 /** A copy with the secrets replaced; the caller's objects are left as they were. */
@@ -87,11 +91,10 @@ function censored(obj: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {}
   for (const key in obj) {
     const value = obj[key]
-    if (isSecret(key)) out[key] = '[redacted]'
+    if (isSecret(key)) out[key] = CENSOR
     else if (isObject(value) && hasSecret(value)) {
       const inner = { ...value }
-      if (Object.hasOwn(inner, 'password')) inner.password = '[redacted]'
-      if (Object.hasOwn(inner, 'secret')) inner.secret = '[redacted]'
+      for (const secret of SECRET_KEYS) if (Object.hasOwn(inner, secret)) inner[secret] = CENSOR
       out[key] = inner
     } else out[key] = value
   }
