@@ -23,12 +23,10 @@ if (major < NEEDS[0] || (major === NEEDS[0] && minor < NEEDS[1])) {
 const v8 = await import('node:v8')
 v8.setFlagsFromString('--max-semi-space-size=1')
 
-let cli
-try {
-  cli = await import('../src/cli.ts')
-} catch (err) {
-  // An install that lost a dependency (npm install --omit, a pruned node_modules):
-  // name the package rather than print the loader's stack.
+// An install that lost a dependency (npm install --omit, a pruned node_modules):
+// name the package rather than print the loader's stack. yargs is loaded only
+// when it is needed (--help, a bad command line), so this can come from main too.
+function cannotLoad(err) {
   const missing = /Cannot find (?:package|module) '([^']+)'/.exec(String(err?.message))
   process.stderr.write(
     missing
@@ -37,4 +35,16 @@ try {
   )
   process.exit(1)
 }
-process.exitCode = await cli.main(process.argv.slice(2))
+
+let cli
+try {
+  cli = await import('../src/cli.ts')
+} catch (err) {
+  cannotLoad(err)
+}
+try {
+  process.exitCode = await cli.main(process.argv.slice(2))
+} catch (err) {
+  if (err?.code === 'ERR_MODULE_NOT_FOUND' || err?.code === 'MODULE_NOT_FOUND') cannotLoad(err)
+  throw err
+}

@@ -1,7 +1,8 @@
 import { startAllocStats } from '@pgbouncer-cluster/worker/alloc-stats'
 import { createLogger } from '@pgbouncer-cluster/worker/log'
 import { releaseStartupMemory } from '@pgbouncer-cluster/worker/startup-memory'
-import yargs from 'yargs'
+import type { Options } from 'yargs'
+import yargsParser from 'yargs-parser'
 import { Cluster } from './cluster.ts'
 import type { Settings } from './config/config.ts'
 import { type Config, ConfigError, defaultConfig, loadConfig } from './config/config.ts'
@@ -34,7 +35,7 @@ export async function main(argv: string[]): Promise<number> {
   let options: CliOptions
   let config: Config
   try {
-    options = parseArgs(argv)
+    options = await parseArgs(argv)
     config = readConfig(options)
   } catch (err) {
     if (err instanceof UsageError || err instanceof ConfigError) {
@@ -87,42 +88,110 @@ class UsageError extends Error {
 
 const HELP_OR_VERSION = {} as CliOptions
 
-export function parseArgs(argv: string[]): CliOptions {
-  let helped = false
+/** The flags, for yargs (help, version, errors) and for the quick parse alike. */
+const FLAGS = {
+  workers: {
+    alias: 'w',
+    type: 'number',
+    describe: 'worker threads accepting clients (default: number of CPUs; 1 on up to 2 CPUs)',
+  },
+  listen: {
+    alias: 'l',
+    type: 'string',
+    describe: 'HOST:PORT to listen on (overrides listen_addr/listen_port)',
+  },
+  'pool-mode': {
+    type: 'string',
+    choices: ['session', 'transaction', 'statement'],
+    describe: 'pool mode (overrides pool_mode)',
+  },
+  check: {
+    type: 'boolean',
+    describe: 'check the configuration, print what it serves, and exit (0: good, 2: error)',
+  },
+  metrics: {
+    type: 'string',
+    describe: 'HOST:PORT to serve Prometheus /metrics, /health and /ready on',
+  },
+  'log-level': {
+    type: 'string',
+    default: 'info',
+    choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+    describe: 'log level',
+  },
+} as const satisfies Record<string, Options>
+
+type Flag = Options & { type: 'number' | 'string' | 'boolean' }
+
+/** What the parse gives the options: the flags' values and the positional arguments. */
+interface ParsedArgs {
+  _: (string | number)[]
+  workers?: number
+  listen?: string
+  'pool-mode'?: string
+  check?: boolean
+  metrics?: string
+  'log-level': string
+}
+
+/**
+ * The command line as yargs reads it. A good one is read by yargs-parser, the
+ * parser yargs itself runs, with the same flags; yargs is loaded only for
+ * --help, --version and a line that is not good, to print what it prints. The
+ * pooler runs for days, and yargs with its help layout (cliui, string-width and
+ * its Unicode segmenter, y18n) held about 8 MB of every process's memory.
+ */
+export async function parseArgs(argv: string[]): Promise<CliOptions> {
+  const args = parseQuickly(argv) ?? (await parseWithYargs(argv))
+  return args === null ? HELP_OR_VERSION : toOptions(args)
+}
+
+/** For the tests: the same line read by yargs alone. */
+export async function parseArgsWithYargs(argv: string[]): Promise<CliOptions> {
+  const args = await parseWithYargs(argv)
+  return args === null ? HELP_OR_VERSION : toOptions(args)
+}
+
+/** The parsed line, or null where yargs must decide: an unknown flag, a bad value, help. */
+function parseQuickly(argv: string[]): ParsedArgs | null {
+  const byKey = new Map<string, Flag>()
+  const opts = {
+    alias: {} as Record<string, string>,
+    number: [] as string[],
+    string: [] as string[],
+    boolean: [] as string[],
+    default: {} as Record<string, unknown>,
+    configuration: { 'camel-case-expansion': false, 'dot-notation': false },
+  }
+  for (const [name, flag] of Object.entries(FLAGS as Record<string, Flag>)) {
+    byKey.set(name, flag)
+    opts[flag.type].push(name)
+    if (typeof flag.alias === 'string') {
+      byKey.set(flag.alias, flag)
+      opts.alias[name] = flag.alias
+    }
+    if (flag.default !== undefined) opts.default[name] = flag.default
+  }
+  const parsed = yargsParser.detailed(argv, opts)
+  if (parsed.error !== null) return null
+  for (const [key, value] of Object.entries(parsed.argv)) {
+    if (key === '_') continue
+    const flag = byKey.get(key)
+    if (flag === undefined || typeof value !== flag.type) return null
+    if (flag.choices !== undefined && !(flag.choices as unknown[]).includes(value)) return null
+  }
+  return parsed.argv as ParsedArgs
+}
+
+/** yargs' reading of the line: its values, null after it printed help or the version. */
+async function parseWithYargs(argv: string[]): Promise<ParsedArgs | null> {
+  const { default: yargs } = await import('yargs')
   const parser = yargs(argv)
     .scriptName('pgbouncer-cluster')
     .usage(
       '$0 [CONFIG.ini] [options]\n\nA PgBouncer-compatible PostgreSQL connection pooler on every core, behind one port.',
     )
-    .option('workers', {
-      alias: 'w',
-      type: 'number',
-      describe: 'worker threads accepting clients (default: number of CPUs; 1 on up to 2 CPUs)',
-    })
-    .option('listen', {
-      alias: 'l',
-      type: 'string',
-      describe: 'HOST:PORT to listen on (overrides listen_addr/listen_port)',
-    })
-    .option('pool-mode', {
-      type: 'string',
-      choices: ['session', 'transaction', 'statement'],
-      describe: 'pool mode (overrides pool_mode)',
-    })
-    .option('check', {
-      type: 'boolean',
-      describe: 'check the configuration, print what it serves, and exit (0: good, 2: error)',
-    })
-    .option('metrics', {
-      type: 'string',
-      describe: 'HOST:PORT to serve Prometheus /metrics, /health and /ready on',
-    })
-    .option('log-level', {
-      type: 'string',
-      default: 'info',
-      choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
-      describe: 'log level',
-    })
+    .options(FLAGS)
     .version(VERSION)
     .help()
     .strictOptions()
@@ -132,8 +201,11 @@ export function parseArgs(argv: string[]): CliOptions {
     })
   parser.showHelpOnFail(false)
   const args = parser.parseSync()
-  if (args.help || args.version) helped = true
-  if (helped) return HELP_OR_VERSION
+  if (args.help || args.version) return null
+  return args as ParsedArgs
+}
+
+function toOptions(args: ParsedArgs): CliOptions {
   const positional = args._.map(String)
   if (positional.length > 1)
     throw new UsageError(`expected at most one config file, got: ${positional.join(' ')}`)

@@ -7,10 +7,12 @@ import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
+import { type CliOptions, parseArgs, parseArgsWithYargs } from '../src/cli.ts'
 import { startPooler, withClient } from './support.ts'
 
 const run = promisify(execFile)
 const BIN = new URL('../bin/pgbouncer-cluster.js', import.meta.url).pathname
+const CLI = new URL('../src/cli.ts', import.meta.url).href
 const PGBOUNCER = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer'].find((p) => existsSync(p))
 
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -73,6 +75,55 @@ describe('the command line', () => {
     assert.equal((await cli(['--workers', '0'])).code, 2)
     assert.equal((await cli(['--pool-mode', 'sometimes'])).code, 2)
     assert.equal((await cli(['--no-such-flag'])).code, 2)
+  })
+
+  test('a good command line reads the same without yargs as with it, and a bad one fails the same', async () => {
+    const settle = (p: Promise<CliOptions>) =>
+      p.then(
+        (options) => ({ options }),
+        (err: Error) => ({ error: err.message }),
+      )
+    const lines = [
+      [],
+      ['app.ini'],
+      ['-w', '3', 'app.ini'],
+      ['--workers=2', '--listen', '127.0.0.1:7000'],
+      ['-l', '[::1]:6432', '--pool-mode', 'session', '--check', 'x.ini'],
+      ['--no-check', '--log-level', 'debug', '--metrics', '127.0.0.1:9127'],
+      ['--poolMode', 'statement', '--', 'x.ini'],
+      ['0010'],
+      ['--workers', '0'],
+      ['--workers', 'two'],
+      ['--workers', '1', '--workers', '2'],
+      ['--workers'],
+      ['--listen', '127.0.0.1:port'],
+      ['--pool-mode', 'sometimes'],
+      ['--no-such-flag'],
+      ['-x'],
+      ['a.ini', 'b.ini'],
+    ]
+    for (const argv of lines) {
+      const quick = await settle(parseArgs(argv))
+      assert.deepEqual(quick, await settle(parseArgsWithYargs(argv)), argv.join(' '))
+    }
+  })
+
+  test('a good command line does not load yargs; --version does', async () => {
+    const script = `
+      import { registerHooks } from 'node:module'
+      const resolved = []
+      registerHooks({ resolve: (specifier, context, next) => { resolved.push(specifier); return next(specifier, context) } })
+      const { parseArgs } = await import(${JSON.stringify(CLI)})
+      await parseArgs(['--workers', '2', '--pool-mode', 'session', 'app.ini'])
+      const good = resolved.includes('yargs')
+      await parseArgs(['--version'])
+      process.stdout.write('\\n' + JSON.stringify({ good, version: resolved.includes('yargs') }))
+    `
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script])
+    assert.deepEqual(JSON.parse(stdout.trim().split('\n').at(-1) ?? ''), {
+      good: false,
+      version: true,
+    })
   })
 
   test('without a file it listens on the given address and maps every database', async () => {

@@ -1,7 +1,14 @@
 import { fstatSync } from 'node:fs'
-import pino from 'pino'
+import { createRequire } from 'node:module'
+import type Pino from 'pino'
 
-export type Logger = pino.Logger
+// pino is CommonJS. require() loads it as it is; an import would first have
+// Node scan its source for the names it exports (cjs-module-lexer), in every
+// thread at start: 5 to 15 ms, and a scan long enough for V8's optimizing
+// compiler, whose code then stays in the process's memory.
+const pino: typeof Pino = createRequire(import.meta.url)('pino')
+
+export type Logger = Pino.Logger
 
 export interface LoggerOptions {
   level: string
