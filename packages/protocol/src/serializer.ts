@@ -99,6 +99,28 @@ export function backendKeyData(pid: number, secret: number): Buffer {
   return buf
 }
 
+/** BackendKeyData then ReadyForQuery(I): how every welcome ends. */
+const WELCOME_END_LENGTH = 13 + 6
+
+/**
+ * A welcome as one buffer: `head` (AuthenticationOk and the ParameterStatus
+ * messages), then BackendKeyData with a zero key, then ReadyForQuery(I).
+ * Built once and copied per client, whose key welcomeFor writes in.
+ */
+export function welcomeTemplate(head: Buffer): Buffer {
+  return Buffer.concat([head, backendKeyData(0, 0), RFQ_IDLE])
+}
+
+/** A client's welcome: a copy of the template with its key. */
+export function welcomeFor(template: Buffer, pid: number, secret: number): Buffer {
+  const welcome = Buffer.allocUnsafe(template.length)
+  template.copy(welcome)
+  const key = template.length - WELCOME_END_LENGTH + 5
+  welcome.writeInt32BE(pid | 0, key)
+  welcome.writeInt32BE(secret | 0, key + 4)
+  return welcome
+}
+
 export function readyForQuery(status: number): Buffer {
   switch (status) {
     case TxStatus.Idle:

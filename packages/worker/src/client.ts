@@ -10,11 +10,11 @@ import {
 } from '@pgbouncer-cluster/protocol/messages'
 import {
   authenticationOk,
-  backendKeyData,
   negotiateProtocolVersion,
   parameterStatus,
   query,
-  readyForQuery,
+  welcomeFor,
+  welcomeTemplate,
 } from '@pgbouncer-cluster/protocol/serializer'
 import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
 import { type AdminContext, AdminSession } from './admin.ts'
@@ -71,15 +71,25 @@ export interface SessionHost extends AdminContext {
   readonly config: Pick<WorkerConfig, 'hba'>
   /** max_client_conn, across the cluster. */
   admitClient(): boolean
-  /** max_db_client_connections / max_user_client_connections, across the cluster. */
-  admitToLimits(db: DatabaseConfig, user: string): Promise<ClientSlots | 'db' | 'user'>
+  /**
+   * max_db_client_connections / max_user_client_connections, across the
+   * cluster. A promise only while the coordinator is asked for the slots.
+   */
+  admitToLimits(
+    db: DatabaseConfig,
+    user: string,
+  ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user'>
   releaseCounted(session: ClientSession): void
   clientClosed(session: ClientSession, admitted: boolean): void
   isAdminDatabase(name: string): boolean
   resolveDatabase(name: string): DatabaseConfig | null
   authUserFor(db: DatabaseConfig): string | null
   authQuery(db: DatabaseConfig, user: string): Promise<Lookup>
-  getPool(db: DatabaseConfig, user: string): Promise<Pool>
+  /** The pool; a promise only while the coordinator is asked for its slots. */
+  getPool(db: DatabaseConfig, user: string): Pool | Promise<Pool>
+  /** A login began or ended: client_login_timeout is the janitor's (janitor.ts). */
+  loginStarted(session: ClientSession): void
+  loginEnded(session: ClientSession): void
   /** A CancelRequest: carried out here or routed to the worker that owns the key; `done` once it is over. */
   cancel(pid: number, secret: number, done: () => void): void
 }
@@ -145,8 +155,6 @@ class Login {
   /** Bytes a pipelining client sent before our welcome: replayed once it is out. */
   early: Buffer[] | null = null
   auth: ClientAuth | null = null
-  /** client_login_timeout. */
-  timer: NodeJS.Timeout | null = null
   /** Answered 'S' to SSLRequest; the handshake starts after this packet. */
   tlsAccepted = false
   forgetHandshake: (() => void) | null = null
@@ -274,14 +282,12 @@ export class ClientSession {
     socket.on('error', onSocketError)
     socket.on('close', onSocketClose)
     startReading(socket, this, false)
-    const timeout = worker.settings.clientLoginTimeout
-    if (timeout > 0) {
-      login.timer = setTimeout(() => {
-        this.fail(
-          fatal(this.state === 'welcome' ? Texts.clientLoginTimeout : 'client_login_timeout'),
-        )
-      }, timeout * 1000)
-    }
+    worker.loginStarted(this)
+  }
+
+  /** client_login_timeout ran out (the janitor's check): PgBouncer's text. */
+  loginTimedOut(): void {
+    this.fail(fatal(this.state === 'welcome' ? Texts.clientLoginTimeout : 'client_login_timeout'))
   }
 
   /** Linked to a server with a transaction open or a request unanswered. */
@@ -794,17 +800,23 @@ export class ClientSession {
     this.state = 'auth'
     login.db = db
     if (db !== null) {
-      void this.countAndAuthenticate(db)
+      this.countAndAuthenticate(db)
       return
     }
     this.authenticate(db)
   }
 
   /** max_db_client_connections, max_user_client_connections: checked before the password, as PgBouncer. */
-  private async countAndAuthenticate(db: DatabaseConfig): Promise<void> {
+  private countAndAuthenticate(db: DatabaseConfig): void {
     // auth_type any logs every client in as the database's forced user.
     const user = this.worker.settings.authType === 'any' && db.user ? db.user : this.user
-    const admitted = await this.worker.admitToLimits(db, user)
+    const admitted = this.worker.admitToLimits(db, user)
+    // A promise only for the first login to a database and user in this thread.
+    if (admitted instanceof Promise) void admitted.then((answer) => this.onAdmitted(db, answer))
+    else this.onAdmitted(db, admitted)
+  }
+
+  private onAdmitted(db: DatabaseConfig, admitted: ClientSlots | 'db' | 'user'): void {
     if (admitted === 'db' || admitted === 'user') {
       this.fail(
         fatal(admitted === 'db' ? Texts.maxDbClientConnections : Texts.maxUserClientConnections),
@@ -929,29 +941,38 @@ export class ClientSession {
     this.state = login.db === null ? 'admin' : 'welcome'
     if (step.final !== null) this.write(step.final)
     if (login.db !== null) {
-      void this.enterPool(login.db, step.scramKeys)
+      this.enterPool(login.db, step.scramKeys)
       return
     }
     // The virtual database `pgbouncer`: the admin console takes the socket over.
-    if (login.timer !== null) clearTimeout(login.timer)
+    this.worker.loginEnded(this)
     this.admin = new AdminSession(this)
     this.admin.start()
   }
 
   private admin: AdminSession | null = null
 
-  private async enterPool(
+  private enterPool(
     db: DatabaseConfig,
     scramKeys: { clientKey: Buffer; serverKey: Buffer } | null,
-  ): Promise<void> {
-    const poolUser = db.user ?? this.user
-    let pool: Pool
-    try {
-      pool = await this.worker.getPool(db, poolUser)
-    } catch (err) {
-      this.fail(fatal((err as Error).message))
+  ): void {
+    const pool = this.worker.getPool(db, db.user ?? this.user)
+    // A promise only for the first login to a database and user in this thread.
+    if (pool instanceof Promise) {
+      pool.then(
+        (opened) => this.joinPool(db, opened, scramKeys),
+        (err: Error) => this.fail(fatal(err.message)),
+      )
       return
     }
+    this.joinPool(db, pool, scramKeys)
+  }
+
+  private joinPool(
+    db: DatabaseConfig,
+    pool: Pool,
+    scramKeys: { clientKey: Buffer; serverKey: Buffer } | null,
+  ): void {
     if (this.state === 'closed') return
     this.pool = pool
     this.mode = pool.mode
@@ -993,23 +1014,24 @@ export class ClientSession {
     }
     this.share(this.vars)
     // AuthenticationOk + ParameterStatus depend only on the pool and the
-    // client's vars: built once per combination, not per login.
-    let head = pool.welcomeHeads.get(this.varsKey)
-    if (head === undefined) {
+    // client's vars: built once per combination, not per login, with the end
+    // of the welcome after them, where each client's key is written.
+    let template = pool.welcomeTemplates.get(this.varsKey)
+    if (template === undefined) {
       const parts: Buffer[] = [authenticationOk()]
       for (const [name, value] of params) {
         const tracked = trackedName(name)
         parts.push(parameterStatus(name, tracked !== null ? (this.vars[tracked] ?? value) : value))
       }
-      head = Buffer.concat(parts)
-      if (pool.welcomeHeads.size >= 64) pool.welcomeHeads.clear()
-      pool.welcomeHeads.set(this.varsKey, head)
+      template = welcomeTemplate(Buffer.concat(parts))
+      if (pool.welcomeTemplates.size >= 64) pool.welcomeTemplates.clear()
+      pool.welcomeTemplates.set(this.varsKey, template)
     }
-    this.writeAll([head, backendKeyData(this.pid, this.secret), readyForQuery(TxStatus.Idle)])
+    this.write(welcomeFor(template, this.pid, this.secret))
     // Idle clients are many: what only the login needed goes now.
     const login = this.login!
     this.login = null
-    if (login.timer !== null) clearTimeout(login.timer)
+    this.worker.loginEnded(this)
     // A login that waited (client limits, auth_query) still holds its reader:
     // what it kept is the start of the client's first request.
     let early = login.early
@@ -1088,7 +1110,7 @@ export class ClientSession {
     this.state = 'closed'
     const login = this.login
     if (login !== null) {
-      if (login.timer !== null) clearTimeout(login.timer)
+      this.worker.loginEnded(this)
       login.forgetHandshake?.()
     }
     if (terminated && !this.encrypted) {

@@ -11,6 +11,8 @@ export interface JanitorHost {
   readonly log: Logger
   readonly pools: ReadonlyMap<string, Pool>
   readonly sessions: ReadonlyMap<number, ClientSession>
+  /** Sessions still logging in, in the order they connected. */
+  readonly loggingIn: ReadonlySet<ClientSession>
   /** CancelRequests on their way to PostgreSQL, by when they were sent. */
   readonly cancels: Map<{ destroy(): void }, number>
 }
@@ -48,6 +50,9 @@ interface Limits {
  * - query_wait_timeout, and query_timeout for a client still waiting.
  * - query_wait_notify: one NOTICE to a client queued longer than that.
  * - cancel_wait_timeout: a CancelRequest PostgreSQL has not taken by then is dropped.
+ * - client_login_timeout: a client not logged in that long after it connected.
+ *   Only the clients still logging in are visited, oldest first, up to the
+ *   first within its time: a login costs no timer.
  * Each ends the client with PgBouncer's FATAL (08P01) text; a linked server is
  * closed with it, never handed to another client.
  */
@@ -84,6 +89,18 @@ export class Janitor {
       this.sessions(now)
     }
     if (s.cancelWaitTimeout > 0 && this.host.cancels.size > 0) this.cancels(now)
+    if (s.clientLoginTimeout > 0 && this.host.loggingIn.size > 0) {
+      this.logins(now, s.clientLoginTimeout * 1000)
+    }
+  }
+
+  /** client_login_timeout. The set is in connection order: the first one within its time ends the visit. */
+  private logins(now: number, limit: number): void {
+    for (const session of this.host.loggingIn) {
+      if (now - session.connectedAt <= limit) return
+      // Failing the session takes it out of the set (loginEnded).
+      session.loginTimedOut()
+    }
   }
 
   /** Clients waiting for a server: query_timeout and query_wait_timeout. */

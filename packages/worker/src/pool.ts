@@ -85,8 +85,8 @@ export class Pool {
   mode: PoolMode
   /** ParameterStatus of a logged-in server: served to clients in the welcome. */
   welcomeParams: Map<string, string> | null = null
-  /** The welcome's AuthenticationOk + ParameterStatus block, by the client's vars key. */
-  readonly welcomeHeads = new Map<string, Buffer>()
+  /** Welcomes without a key (welcomeTemplate), by the client's vars key. */
+  readonly welcomeTemplates = new Map<string, Buffer>()
   /** Recovered from a client's SCRAM exchange when auth_file holds only a secret. */
   scramKeys: { clientKey: Buffer; serverKey: Buffer } | null = null
   lastLoginFailure: { at: number; failure: LoginFailure } | null = null
@@ -838,7 +838,7 @@ export class Pool {
     this.mode = mode
     if (moved) {
       this.welcomeParams = null
-      this.welcomeHeads.clear()
+      this.welcomeTemplates.clear()
       this.closeAll()
     }
   }

@@ -102,6 +102,8 @@ export class PoolerWorker {
   private readonly clientSlotsKnown = new Map<string, ClientSlots>()
   /** By session id. */
   readonly sessions = new Map<number, ClientSession>()
+  /** Sessions not yet past their login, oldest first (client_login_timeout, janitor.ts). */
+  readonly loggingIn = new Set<ClientSession>()
   /** By cancel key (lookupKey): where a CancelRequest finds its session. */
   private readonly cancelKeys = new Map<number, ClientSession>()
   /** CancelRequests for keys another peer issued ([peers]). */
@@ -268,18 +270,36 @@ export class PoolerWorker {
    * so a limit set by a reload sees the clients already connected. The
    * answer: the slots taken, or which limit refused.
    */
-  async admitToLimits(db: DatabaseConfig, user: string): Promise<ClientSlots | 'db' | 'user'> {
+  admitToLimits(
+    db: DatabaseConfig,
+    user: string,
+  ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user'> {
+    const slots = this.clientSlotsKnown.get(poolKey(db.name, user))
+    return slots !== undefined
+      ? this.takeClientSlots(db, user, slots)
+      : this.askClientSlots(db, user)
+  }
+
+  /** The first login to a database and user in this thread: the coordinator names their slots. */
+  private async askClientSlots(
+    db: DatabaseConfig,
+    user: string,
+  ): Promise<ClientSlots | 'db' | 'user'> {
     const key = poolKey(db.name, user)
-    let slots = this.clientSlotsKnown.get(key)
-    if (slots === undefined) {
-      let request = this.clientSlotRequests.get(key)
-      if (request === undefined) {
-        request = Promise.withResolvers<ClientSlots>()
-        this.clientSlotRequests.set(key, request)
-        this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user })
-      }
-      slots = await request.promise
+    let request = this.clientSlotRequests.get(key)
+    if (request === undefined) {
+      request = Promise.withResolvers<ClientSlots>()
+      this.clientSlotRequests.set(key, request)
+      this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user })
     }
+    return this.takeClientSlots(db, user, await request.promise)
+  }
+
+  private takeClientSlots(
+    db: DatabaseConfig,
+    user: string,
+    slots: ClientSlots,
+  ): ClientSlots | 'db' | 'user' {
     const dbLimit = limitOf(db.maxDbClientConnections, this.settings.maxDbClientConnections)
     const userLimit = limitOf(
       this.config.users[user]?.maxUserClientConnections,
@@ -296,6 +316,14 @@ export class PoolerWorker {
       return 'user'
     }
     return slots
+  }
+
+  loginStarted(session: ClientSession): void {
+    this.loggingIn.add(session)
+  }
+
+  loginEnded(session: ClientSession): void {
+    this.loggingIn.delete(session)
   }
 
   /** Gives back a session's client-count slots, once. */
@@ -376,10 +404,13 @@ export class PoolerWorker {
   }
 
   /** The pool for (database, user); its shared slots come from the coordinator once. */
-  async getPool(db: DatabaseConfig, user: string): Promise<Pool> {
+  getPool(db: DatabaseConfig, user: string): Pool | Promise<Pool> {
+    return this.pools.get(poolKey(db.name, user)) ?? this.openPool(db, user)
+  }
+
+  /** The first login to a pool in this thread: the coordinator names its slots. */
+  private async openPool(db: DatabaseConfig, user: string): Promise<Pool> {
     const key = poolKey(db.name, user)
-    const existing = this.pools.get(key)
-    if (existing !== undefined) return existing
     let request = this.poolRequests.get(key)
     if (request === undefined) {
       request = Promise.withResolvers<PoolSlots>()
