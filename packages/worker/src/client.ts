@@ -46,7 +46,16 @@ import {
   targetStatement,
 } from './prepared.ts'
 import type { Server } from './server.ts'
-import { pauseReading, resumeReading, send, sendAll, startReading } from './socket-io.ts'
+import {
+  type ClientSocket,
+  type ConnectionOwner,
+  pauseReading,
+  resumeReading,
+  send,
+  sendAll,
+  startReading,
+  TcpConnection,
+} from './socket-io.ts'
 import { acceptTls, type TlsSetup, type TlsSetups, tlsRequired } from './tls.ts'
 
 /** Shared-memory slots of a database's and a user's client counts; -1: not counted. */
@@ -120,15 +129,21 @@ const ACTION_TERMINATE = 1
 /** disable_pqexec: a simple Query arrived. */
 const ACTION_PQEXEC = 2
 
-// Socket events reach the session through one shared function per event
-// instead of closures per connection (thousands of idle clients are common).
+// A net.Socket's events reach the session through one shared function per
+// event instead of closures per connection (thousands of idle clients are
+// common). A TcpConnection calls its owner instead.
 const kSession = Symbol('session')
 type SessionSocket = net.Socket & { [kSession]: ClientSession }
 function onSocketError(this: SessionSocket, err: Error): void {
   this[kSession].onSocketError(err)
 }
 function onSocketClose(this: SessionSocket): void {
-  this[kSession].close('client close request')
+  this[kSession].onSocketClose()
+}
+function watch(socket: net.Socket, session: ClientSession): void {
+  ;(socket as SessionSocket)[kSession] = session
+  socket.on('error', onSocketError)
+  socket.on('close', onSocketClose)
 }
 // Scan callbacks run synchronously inside scan()/push(), one session at a
 // time per thread: the session being scanned is passed through this slot.
@@ -174,10 +189,13 @@ class Login {
  * One client connection: startup, authentication, then the pass-through loop
  * that links it to a server for as long as the pool mode says.
  */
-export class ClientSession {
+export class ClientSession implements ConnectionOwner {
   readonly worker: SessionHost
-  /** The client's socket; a TLS socket over it once the client asked for TLS. */
-  socket: net.Socket
+  /**
+   * The client's connection: a bare TCP handle as accepted, a net.Socket from
+   * the unix socket, a TLS socket once the client asked for TLS.
+   */
+  socket: ClientSocket
   state: ClientState = 'startup'
   /** Unique in the cluster (the worker's number in the top bits): SHOW CLIENTS' ptr, the logs. */
   readonly id: number
@@ -260,7 +278,7 @@ export class ClientSession {
 
   constructor(
     worker: SessionHost,
-    socket: net.Socket,
+    socket: ClientSocket,
     id: number,
     key: { pid: number; secret: number },
     unix: boolean,
@@ -278,9 +296,8 @@ export class ClientSession {
     // TCP_NODELAY is already set: the listener is created with noDelay.
     // tcp_keepidle sets TCP_KEEPIDLE; Node sets TCP_KEEPINTVL and TCP_KEEPCNT itself.
     if (worker.settings.tcpKeepalive) socket.setKeepAlive(true, worker.settings.tcpKeepidle * 1000)
-    ;(socket as SessionSocket)[kSession] = this
-    socket.on('error', onSocketError)
-    socket.on('close', onSocketClose)
+    if (socket instanceof TcpConnection) socket.owner = this
+    else watch(socket, this)
     startReading(socket, this, false)
     worker.loginStarted(this)
   }
@@ -888,7 +905,7 @@ export class ClientSession {
    * client_tls_ca_file) names the user in its CommonName, as in PgBouncer.
    */
   private authenticateByCertificate(): void {
-    const socket = this.socket as tls.TLSSocket
+    const socket = this.socket as unknown as tls.TLSSocket
     const commonName = this.encrypted ? socket.getPeerCertificate().subject?.CN : undefined
     if (commonName !== this.user || !socket.authorized) {
       this.worker.log.info(
@@ -1046,9 +1063,16 @@ export class ClientSession {
 
   /** The client asked for TLS and got 'S': the rest of its connection goes through TLS. */
   private startTls(setup: TlsSetup): void {
-    pauseReading(this.socket)
+    let socket = this.socket
+    if (socket instanceof TcpConnection) {
+      // TLS runs over a net.Socket: one is built on the same handle now.
+      socket = socket.toNetSocket()
+      watch(socket, this)
+      this.socket = socket
+    }
+    pauseReading(socket)
     const login = this.login!
-    login.forgetHandshake = acceptTls(this.socket, setup, (secure) => {
+    login.forgetHandshake = acceptTls(socket, setup, (secure) => {
       login.forgetHandshake = null
       if (secure === null) {
         // A failed handshake or a refused certificate: nothing to tell in plain text.
@@ -1059,9 +1083,7 @@ export class ClientSession {
         secure.destroy()
         return
       }
-      ;(secure as net.Socket as SessionSocket)[kSession] = this
-      secure.on('error', onSocketError)
-      secure.on('close', onSocketClose)
+      watch(secure, this)
       this.socket = secure
       this.encrypted = true
       startReading(secure, this, false)
@@ -1096,6 +1118,10 @@ export class ClientSession {
 
   onSocketError(err: Error): void {
     this.worker.log.debug({ client: this.id, err: err.message }, 'client socket error')
+  }
+
+  onSocketClose(): void {
+    this.close('client close request')
   }
 
   /**

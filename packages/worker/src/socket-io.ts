@@ -18,12 +18,15 @@
 //           a write left queued in libuv keeps its request, and a reference to
 //           its bytes, until it completes.
 //
+// Plain TCP clients go one step further: the listener hands over the accepted
+// handle, which a TcpConnection holds without any net.Socket (see there).
+//
 // The handle API is the one net.js uses (process.binding('stream_wrap')). If a
 // Node build withholds it, the same functions fall back to the public stream
 // API, with the same behaviour and the old costs; so do TLS sockets.
 
 import { Buffer } from 'node:buffer'
-import type net from 'node:net'
+import net from 'node:net'
 import { getSystemErrorName } from 'node:util'
 
 /** The side of a connection that writes: told when its queued writes are out. */
@@ -51,8 +54,16 @@ interface StreamState {
 interface WriteReq {
   oncomplete: (this: WriteReq, status: number) => void
   owner: WriteOwner | null
-  socket: net.Socket | null
+  socket: ClientSocket | null
   buffer: Uint8Array | Uint8Array[] | null
+}
+interface ShutdownReq {
+  oncomplete: (status: number) => void
+}
+interface Address {
+  address?: string
+  family?: string
+  port?: number
 }
 interface Handle {
   reading: boolean
@@ -62,12 +73,20 @@ interface Handle {
   readStop(): number
   writeBuffer(req: WriteReq, buf: Uint8Array): number
   writev(req: WriteReq, chunks: Uint8Array[], allBuffers: boolean): number
+  shutdown(req: ShutdownReq): number
+  close(): void
+  setNoDelay(on: boolean): number
+  setKeepAlive(on: boolean, delaySeconds: number): number
+  getpeername(out: Address): number
+  getsockname(out: Address): number
   [kReader]?: ReadOwner
   [kReadBuffer]?: Buffer
   [kReadView]?: Buffer | null
+  [kConnection]?: TcpConnection
 }
 interface StreamWrap {
   WriteWrap: new () => WriteReq
+  ShutdownWrap: new () => ShutdownReq
   streamBaseState: StreamState
   kReadBytesOrError: number
   kLastWriteWasAsync: number
@@ -76,6 +95,7 @@ interface StreamWrap {
 const kReader = Symbol('reader')
 const kReadBuffer = Symbol('readBuffer')
 const kReadView = Symbol('readView')
+const kConnection = Symbol('connection')
 
 function loadStreamWrap(): StreamWrap | null {
   try {
@@ -117,21 +137,197 @@ function newReq(): WriteReq {
 }
 
 /**
- * Sockets whose bytes go through the stream API: every socket where the
+ * The socket, when its bytes go through the stream API: every socket where the
  * handles are withheld, and TLS sockets, whose handle is Node's TLS layer
  * (it completes every write later, so the handle path would gain nothing).
  */
-function viaStream(socket: net.Socket): boolean {
+function viaStream(socket: ClientSocket): net.Socket | null {
   return wrap === null || (socket as { encrypted?: boolean }).encrypted === true
+    ? (socket as net.Socket)
+    : null
 }
 
-function handleOf(socket: net.Socket): Handle | null {
+function handleOf(socket: ClientSocket): Handle | null {
   return (socket as unknown as { _handle: Handle | null })._handle
 }
 
-function writeError(status: number): Error {
+// ---- connections without a net.Socket ----------------------------------------
+
+/** A client's connection: a net.Socket (TLS, the unix socket), or a bare TCP handle. */
+export type ClientSocket = net.Socket | TcpConnection
+
+/** What a TcpConnection tells the session it belongs to. */
+export interface ConnectionOwner {
+  onSocketError(err: Error): void
+  /** The client hung up, or an error closed the connection. */
+  onSocketClose(): void
+}
+
+/** libuv's end of stream. */
+const UV_EOF = -4095
+
+/**
+ * A client's TCP connection, held by its libuv handle alone. A net.Socket
+ * built for each accepted client (a Duplex with its two stream states, its
+ * event listeners, the close's ticks) cost more CPU than the rest of a login
+ * that connects for one transaction, and memory on every idle client. Reads
+ * and writes already go through the handle (above); this class adds the rest
+ * of what a session asks of its socket: its addresses, keepalive, a half
+ * close, a close, and news of the client's hang-up or an error.
+ *
+ * TLS needs a net.Socket under it: toNetSocket() builds one on the same handle
+ * when a client's SSLRequest is accepted.
+ */
+export class TcpConnection {
+  /** Named as net.Socket's field, so that handleOf() serves both. */
+  _handle: Handle | null
+  destroyed = false
+  readonly encrypted = false
+  owner: ConnectionOwner | null = null
+  private ended = false
+
+  constructor(handle: Handle) {
+    this._handle = handle
+    handle[kConnection] = this
+  }
+
+  get remoteAddress(): string | undefined {
+    return this.address(true).address
+  }
+
+  get remotePort(): number | undefined {
+    return this.address(true).port
+  }
+
+  get remoteFamily(): string | undefined {
+    return this.address(true).family
+  }
+
+  get localAddress(): string | undefined {
+    return this.address(false).address
+  }
+
+  get localPort(): number | undefined {
+    return this.address(false).port
+  }
+
+  /** Asked of the kernel at each use: an idle client keeps no address object. */
+  private address(peer: boolean): Address {
+    const out: Address = {}
+    const handle = this._handle
+    if (handle !== null) {
+      if (peer) handle.getpeername(out)
+      else handle.getsockname(out)
+    }
+    return out
+  }
+
+  setKeepAlive(enable: boolean, initialDelayMs: number): void {
+    this._handle?.setKeepAlive(enable, Math.floor(initialDelayMs / 1000))
+  }
+
+  /**
+   * Half-closes once the queued writes are out (libuv's shutdown waits for
+   * them); the client's own end of stream, read as usual, then closes.
+   */
+  end(): void {
+    const handle = this._handle
+    if (handle === null || this.ended) return
+    this.ended = true
+    const req = new wrap!.ShutdownWrap()
+    req.oncomplete = afterShutdown
+    if (handle.shutdown(req) !== 0) this.destroy()
+  }
+
+  /**
+   * Closes now; queued writes are dropped. The owner hears of it only with
+   * `err` (a failed write): without, the owner is the one closing.
+   */
+  destroy(err?: Error): void {
+    const handle = this._handle
+    if (handle === null) return
+    this._handle = null
+    this.destroyed = true
+    handle[kReader] = undefined
+    handle.close()
+    if (err !== undefined) process.nextTick(reportFailure, this.owner, err)
+  }
+
+  /** End of stream or a read error, from the read callbacks. */
+  readEnded(status: number): void {
+    const owner = this.owner
+    this.destroy()
+    if (owner === null) return
+    if (status !== UV_EOF) owner.onSocketError(systemError(status, 'read'))
+    owner.onSocketClose()
+  }
+
+  /**
+   * The same connection as a paused net.Socket, for what needs one: TLS,
+   * which reads the handle itself, and a refusal written before a close. The
+   * handle still reads into a buffer of ours, so the net.Socket itself must
+   * not be read from. This object is done with.
+   */
+  toNetSocket(): net.Socket {
+    const handle = this._handle!
+    this._handle = null
+    this.destroyed = true
+    handle[kConnection] = undefined
+    handle[kReader] = undefined
+    if (handle.reading) {
+      handle.reading = false
+      handle.readStop()
+    }
+    // `handle` and `pauseOnCreate` are the options net.Server's own accept passes.
+    return new net.Socket({
+      handle,
+      readable: true,
+      writable: true,
+      pauseOnCreate: true,
+    } as unknown as net.SocketConstructorOpts)
+  }
+}
+
+function afterShutdown(): void {
+  // Nothing to do: the close comes with the client's end of stream.
+}
+
+function reportFailure(owner: ConnectionOwner | null, err: Error): void {
+  if (owner === null) return
+  owner.onSocketError(err)
+  owner.onSocketClose()
+}
+
+/**
+ * Makes `server` hand each accepted TCP connection to `accept` as a
+ * TcpConnection (TCP_NODELAY set) rather than as a net.Socket. Call it once
+ * the server listens. False where the handles are withheld: the server's
+ * 'connection' event goes on serving.
+ */
+export function acceptConnections(
+  server: net.Server,
+  accept: (connection: TcpConnection) => void,
+): boolean {
+  const listening = (server as unknown as { _handle: ListenHandle | null })._handle
+  if (wrap === null || listening === null) return false
+  listening.onconnection = (status: number, handle?: Handle) => {
+    if (status !== 0 || handle === undefined) {
+      server.emit('error', systemError(status, 'accept'))
+      return
+    }
+    handle.setNoDelay(true)
+    accept(new TcpConnection(handle))
+  }
+  return true
+}
+
+interface ListenHandle {
+  onconnection: (status: number, handle?: Handle) => void
+}
+
+function systemError(status: number, syscall: string): Error {
   const code = getSystemErrorName(status)
-  return Object.assign(new Error(`write ${code}`), { code, errno: status, syscall: 'write' })
+  return Object.assign(new Error(`${syscall} ${code}`), { code, errno: status, syscall })
 }
 
 function onQueuedWriteDone(this: WriteReq, status: number): void {
@@ -142,20 +338,20 @@ function onQueuedWriteDone(this: WriteReq, status: number): void {
   this.buffer = null
   owner.queuedWrites--
   if (status < 0) {
-    socket.destroy(writeError(status))
+    socket.destroy(systemError(status, 'write'))
     return
   }
   if (owner.queuedWrites === 0) owner.onDrained()
 }
 
 function afterWrite(
-  socket: net.Socket,
+  socket: ClientSocket,
   owner: WriteOwner,
   err: number,
   buffer: Uint8Array | Uint8Array[],
 ): boolean {
   if (err !== 0) {
-    socket.destroy(writeError(err))
+    socket.destroy(systemError(err, 'write'))
     return true
   }
   if (wrap!.streamBaseState[wrap!.kLastWriteWasAsync] === 0) return true
@@ -175,18 +371,20 @@ function afterWrite(
  * the rest is queued (stop feeding this socket until `owner.onDrained()`).
  * A destroyed socket swallows the bytes.
  */
-export function send(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): boolean {
-  if (viaStream(socket)) return streamWrite(socket, owner, buf)
+export function send(socket: ClientSocket, owner: WriteOwner, buf: Uint8Array): boolean {
+  const stream = viaStream(socket)
+  if (stream !== null) return streamWrite(stream, owner, buf)
   const handle = handleOf(socket)
   if (handle === null || socket.destroyed) return true
   return afterWrite(socket, owner, handle.writeBuffer(spareReq!, buf), buf)
 }
 
 /** Several buffers in one system call. */
-export function sendAll(socket: net.Socket, owner: WriteOwner, chunks: Uint8Array[]): boolean {
-  if (viaStream(socket)) {
+export function sendAll(socket: ClientSocket, owner: WriteOwner, chunks: Uint8Array[]): boolean {
+  const stream = viaStream(socket)
+  if (stream !== null) {
     let all = true
-    for (const chunk of chunks) all = streamWrite(socket, owner, chunk)
+    for (const chunk of chunks) all = streamWrite(stream, owner, chunk)
     return all
   }
   const handle = handleOf(socket)
@@ -195,7 +393,7 @@ export function sendAll(socket: net.Socket, owner: WriteOwner, chunks: Uint8Arra
 }
 
 /** Writes what is left to say, then half-closes once every queued write is out. */
-export function endWith(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): void {
+export function endWith(socket: ClientSocket, owner: WriteOwner, buf: Uint8Array): void {
   send(socket, owner, buf)
   socket.end()
 }
@@ -236,7 +434,7 @@ function onSharedRead(this: Handle): undefined {
     this[kReader]!.onBytes(chunk)
     return undefined
   }
-  if (nread < 0) netOnRead!.call(this)
+  if (nread < 0) readEnded(this, nread)
   return undefined
 }
 
@@ -258,8 +456,15 @@ function onOwnRead(this: Handle): Buffer | undefined {
     this[kReadView] = null
     return next
   }
-  if (nread < 0) netOnRead!.call(this)
+  if (nread < 0) readEnded(this, nread)
   return undefined
+}
+
+/** End of stream or an error: a TcpConnection's own, else net.js's. */
+function readEnded(handle: Handle, status: number): void {
+  const connection = handle[kConnection]
+  if (connection !== undefined) connection.readEnded(status)
+  else netOnRead!.call(handle)
 }
 
 function takeOver(
@@ -268,7 +473,7 @@ function takeOver(
   buffer: Buffer,
   onread: Handle['onread'],
 ): void {
-  netOnRead ??= handle.onread
+  if (handle[kConnection] === undefined) netOnRead ??= handle.onread
   handle[kReader] = reader
   handle.useUserBuffer(buffer)
   handle.onread = onread
@@ -283,10 +488,11 @@ function takeOver(
  * buffer, and `onBytes` gets each read in a new Buffer. The socket must not
  * be in flowing mode (accepted with pauseOnConnect, or called from 'connect').
  */
-export function startReading(socket: net.Socket, reader: ReadOwner, ownBuffer: boolean): void {
-  if (viaStream(socket)) {
-    socket.on('data', (chunk: Buffer) => reader.onBytes(chunk))
-    socket.resume()
+export function startReading(socket: ClientSocket, reader: ReadOwner, ownBuffer: boolean): void {
+  const stream = viaStream(socket)
+  if (stream !== null) {
+    stream.on('data', (chunk: Buffer) => reader.onBytes(chunk))
+    stream.resume()
     return
   }
   const handle = handleOf(socket)
@@ -302,9 +508,10 @@ export function startReading(socket: net.Socket, reader: ReadOwner, ownBuffer: b
 }
 
 /** Stops reading (the peer is not draining). */
-export function pauseReading(socket: net.Socket): void {
-  if (viaStream(socket)) {
-    socket.pause()
+export function pauseReading(socket: ClientSocket): void {
+  const stream = viaStream(socket)
+  if (stream !== null) {
+    stream.pause()
     return
   }
   const handle = handleOf(socket)
@@ -313,9 +520,10 @@ export function pauseReading(socket: net.Socket): void {
   handle.readStop()
 }
 
-export function resumeReading(socket: net.Socket): void {
-  if (viaStream(socket)) {
-    socket.resume()
+export function resumeReading(socket: ClientSocket): void {
+  const stream = viaStream(socket)
+  if (stream !== null) {
+    stream.resume()
     return
   }
   const handle = handleOf(socket)

@@ -122,7 +122,7 @@ export function connectTls(socket: net.Socket, s: TlsSetup, host: string): tls.T
  * The tls column of SHOW CLIENTS / SHOW SERVERS, as PgBouncer writes it:
  * protocol/cipher[/ECDH=curve]; empty for a connection in plain text.
  */
-export function tlsInfo(socket: net.Socket): string {
+export function tlsInfo(socket: object): string {
   if (!(socket instanceof tls.TLSSocket)) return ''
   const protocol = socket.getProtocol()
   const cipher = socket.getCipher()

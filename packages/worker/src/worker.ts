@@ -38,6 +38,7 @@ import { createLogger, flushLogger, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
 import { Pool, type PoolSlots, poolKey } from './pool.ts'
+import { acceptConnections, type ClientSocket, TcpConnection } from './socket-io.ts'
 import { releaseStartupMemory } from './startup-memory.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
 
@@ -148,6 +149,7 @@ export class PoolerWorker {
       pretty: data.pretty,
     })
     // Paused: a session reads through socket-io.ts, not through the stream.
+    // Once listening, the listener hands over bare handles instead (start()).
     this.listener = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) =>
       this.onConnection(socket, false),
     )
@@ -188,6 +190,8 @@ export class PoolerWorker {
         { host, port, reusePort: true, backlog: this.settings.listenBacklog },
         () => {
           this.listener.off('error', reject)
+          // Accepted clients get no net.Socket (socket-io.ts: TcpConnection).
+          acceptConnections(this.listener, (connection) => this.onConnection(connection, false))
           resolve()
         },
       )
@@ -236,11 +240,12 @@ export class PoolerWorker {
    * (remoteAddress) would make Node keep a peer-address object on every
    * idle client.
    */
-  private onConnection(socket: net.Socket, unix: boolean): void {
+  private onConnection(socket: ClientSocket, unix: boolean): void {
     // While a shutdown waits, the unix socket still lets an operator reach the
     // console (as PgBouncer's does); ClientSession refuses every other database.
     if (this.closing && (!unix || this.shutdownMode === 'immediate')) {
-      socket.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
+      const refused = socket instanceof TcpConnection ? socket.toNetSocket() : socket
+      refused.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
       return
     }
     const serial = this.nextPid++
