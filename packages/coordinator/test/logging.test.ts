@@ -36,6 +36,27 @@ describe('logging', { timeout: 120_000 }, () => {
     return c
   }
 
+  test('pgbouncer-cluster: log_connections and log_disconnections name the client by its address and port', async () => {
+    const pooler = await startPooler(
+      writeIni(spec({ log_connections: 1, log_disconnections: 1 })),
+      { workers: 1 },
+    )
+    const c = await client(pooler)
+    const port = (c as unknown as { connection: { stream: { localPort: number } } }).connection
+      .stream.localPort
+    await c.query('SELECT 1')
+    await c.end()
+    const remote = `"remote":"127.0.0.1:${port}"`
+    let output = ''
+    for (let i = 0; i < 30 && !output.includes('closing client'); i++) {
+      await sleep(100)
+      output = pooler.output()
+    }
+    assert.match(output, new RegExp(`${remote}[^\\n]*"msg":"login"`))
+    assert.match(output, new RegExp(`${remote}[^\\n]*"msg":"closing client"`))
+    await pooler.stop()
+  })
+
   for (const [name, start, skip] of targets) {
     test(`${name}: log_stats logs the stats line every stats_period, with the traffic in it`, {
       skip,

@@ -1139,6 +1139,9 @@ export class ClientSession implements ConnectionOwner {
       this.worker.loginEnded(this)
       login.forgetHandshake?.()
     }
+    // Read before the socket goes: a closed handle has no addresses.
+    const logged = wasActive && reason !== null && this.worker.settings.logDisconnections
+    const remote = logged ? this.remote : ''
     if (terminated && !this.encrypted) {
       // No shutdown, no wait for the end of stream and its callbacks: a
       // connection per transaction saves two system calls and a read.
@@ -1152,9 +1155,7 @@ export class ClientSession implements ConnectionOwner {
     const server = this.server
     if (server !== null) this.detachOnClose(server)
     this.worker.clientClosed(this, this.admitted)
-    if (wasActive && reason !== null && this.worker.settings.logDisconnections) {
-      this.worker.log.info({ client: this.id, remote: this.remote, reason }, 'closing client')
-    }
+    if (logged) this.worker.log.info({ client: this.id, remote, reason }, 'closing client')
   }
 
   /**
