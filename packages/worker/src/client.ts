@@ -293,7 +293,7 @@ export class ClientSession implements ConnectionOwner {
     const login = new Login(worker.closing)
     this.login = login
     this.noPqexec = worker.settings.disablePqexec
-    // TCP_NODELAY is already set: the listener is created with noDelay.
+    // TCP_NODELAY is already set, at accept (socket-io.ts) or by the listener's noDelay.
     // tcp_keepidle sets TCP_KEEPIDLE; Node sets TCP_KEEPINTVL and TCP_KEEPCNT itself.
     if (worker.settings.tcpKeepalive) socket.setKeepAlive(true, worker.settings.tcpKeepidle * 1000)
     if (socket instanceof TcpConnection) socket.owner = this
@@ -976,7 +976,7 @@ export class ClientSession implements ConnectionOwner {
     const pool = this.worker.getPool(db, db.user ?? this.user)
     // A promise only for the first login to a database and user in this thread.
     if (pool instanceof Promise) {
-      pool.then(
+      void pool.then(
         (opened) => this.joinPool(db, opened, scramKeys),
         (err: Error) => this.fail(fatal(err.message)),
       )

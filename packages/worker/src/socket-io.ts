@@ -181,7 +181,6 @@ const UV_EOF = -4095
 export class TcpConnection {
   /** Named as net.Socket's field, so that handleOf() serves both. */
   _handle: Handle | null
-  destroyed = false
   readonly encrypted = false
   owner: ConnectionOwner | null = null
   private ended = false
@@ -189,6 +188,11 @@ export class TcpConnection {
   constructor(handle: Handle) {
     this._handle = handle
     handle[kConnection] = this
+  }
+
+  /** Closed, or handed over to a net.Socket. */
+  get destroyed(): boolean {
+    return this._handle === null
   }
 
   get remoteAddress(): string | undefined {
@@ -247,7 +251,6 @@ export class TcpConnection {
     const handle = this._handle
     if (handle === null) return
     this._handle = null
-    this.destroyed = true
     handle[kReader] = undefined
     handle.close()
     if (err !== undefined) process.nextTick(reportFailure, this.owner, err)
@@ -271,7 +274,6 @@ export class TcpConnection {
   toNetSocket(): net.Socket {
     const handle = this._handle!
     this._handle = null
-    this.destroyed = true
     handle[kConnection] = undefined
     handle[kReader] = undefined
     if (handle.reading) {
