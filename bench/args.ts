@@ -48,7 +48,7 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
     })
     .option('rounds', {
       type: 'number',
-      default: 3,
+      default: 5,
       describe: 'round-robin rounds over the targets',
     })
     .option('duration', { type: 'number', describe: 'seconds per time-bound run' })

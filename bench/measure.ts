@@ -95,15 +95,18 @@ export function warmUp(
   pgbenchBin: string,
   onSpawn?: (pid: number) => void,
 ): Promise<PgbenchResult> {
+  // The select workloads' shape (32 clients, so some queue for the pool of 20),
+  // for as long as it takes a pooler's JIT to compile what they run: a first
+  // round must not pay for it.
   const w: Workload = {
     kind: 'pgbench',
     name: 'warm-up',
     title: 'warm-up',
-    clients: 8,
+    clients: 32,
     threads: 2,
     mode: 'simple',
     reconnect: false,
-    durationS: 1,
+    durationS: 3,
   }
   return runPgbench(w, t.endpoint, { bin: pgbenchBin, onSpawn })
 }

@@ -56,13 +56,40 @@ test('aggregate takes medians over rounds', () => {
 test('ratios are against PgBouncer and direct PostgreSQL of the same workload', () => {
   const rows = aggregate(SAMPLES)
   const cluster = rows.find((r) => r.target === 'cluster-2')!
-  assert.equal(cluster.vsPgbouncer.tps, 750 / 550)
-  assert.equal(cluster.vsDirect.tps, 750 / 1100)
+  // rounds' ratios 1.5, 1.5 and 0.18: the median of the three
+  assert.equal(cluster.vsPgbouncer.tps, 1.5)
+  assert.equal(cluster.vsDirect.tps, 0.75)
   assert.equal(cluster.vsPgbouncer.p99Ms, 1)
   assert.equal(cluster.vsPgbouncer.cpuUsPerTx, 25 / 11)
   assert.ok(Number.isNaN(cluster.vsDirect.cpuUsPerTx)) // direct has no pooler CPU
   const pgb = rows.find((r) => r.target === 'pgbouncer')!
   assert.equal(pgb.vsPgbouncer.tps, 1)
+})
+
+test('a ratio pairs the runs of one round, so a round the machine slowed counts once', () => {
+  // Round 2 ran at half speed for both targets: the ratio of the medians
+  // (100 / 60) would mix round 2's pooler with another round's PgBouncer.
+  const rows = aggregate([
+    sample('pgbouncer', 1, 120, 1, 10),
+    sample('cluster-1', 1, 100, 1, 12),
+    sample('pgbouncer', 2, 60, 1, 20),
+    sample('cluster-1', 2, 50, 1, 24),
+    sample('pgbouncer', 3, 110, 1, 11),
+    sample('cluster-1', 3, 110, 1, 11),
+  ])
+  const cluster = rows.find((r) => r.target === 'cluster-1')!
+  assert.equal(cluster.median.tps, 100)
+  assert.equal(cluster.vsPgbouncer.tps, 100 / 120)
+  assert.equal(cluster.vsPgbouncer.cpuUsPerTx, 1.2)
+})
+
+test('a round without its PgBouncer run is left out of the ratio', () => {
+  const rows = aggregate([
+    sample('pgbouncer', 1, 100, 1),
+    sample('cluster-1', 1, 90, 1),
+    sample('cluster-1', 2, 10, 1),
+  ])
+  assert.equal(rows.find((r) => r.target === 'cluster-1')!.vsPgbouncer.tps, 0.9)
 })
 
 test('without a PgBouncer row the ratio is NaN, not Infinity', () => {
@@ -86,7 +113,7 @@ test('markdownTable shows values with both ratios, skipped targets with their re
   assert.equal(lines.length, 2 + 4)
   const cols = (l: string) => l.split(/(?<!\\)\|/).length
   for (const l of lines) assert.equal(cols(l), cols(lines[0]!), l)
-  assert.match(md, /\| cluster ×2 \| 750 \(1\.36× \/ 0\.68×\)/)
+  assert.match(md, /\| cluster ×2 \| 750 \(1\.50× \/ 0\.75×\)/)
   assert.match(md, /\| PgBouncer \| 550 \(– \/ 0\.50×\)/)
   assert.match(md, /not run: failed: CLI \\\| missing/)
   assert.match(lines[2]!, /^\| w \| PostgreSQL/)

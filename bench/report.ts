@@ -23,9 +23,12 @@ export interface Row {
   target: string
   rounds: number
   median: Figures
-  /** value / PgBouncer's value for the same workload (NaN where there is none). */
+  /**
+   * value / PgBouncer's value for the same workload: the median over rounds of
+   * each round's ratio (NaN where there is none; see pairedRatio).
+   */
   vsPgbouncer: Figures
-  /** value / direct PostgreSQL's value for the same workload. */
+  /** value / direct PostgreSQL's value for the same workload, paired the same way. */
   vsDirect: Figures
   failed: number
   abortedClients: number
@@ -52,9 +55,34 @@ function figuresOf(s: RunSample): Figures {
   }
 }
 
-function ratio(a: Figures, b: Figures | undefined): Figures {
+/**
+ * A target's ratio to a baseline: each round's ratio, from the two runs the
+ * round put side by side, then their median. A machine's speed can drift
+ * between rounds far more than within one (on the 2-core development host,
+ * PgBouncer's CPU per transaction read 20.0, 20.4 and 36.8 µs in the three
+ * rounds of one run), and a ratio of two medians would set one round's
+ * figure against another's. Rounds that
+ * lack either side are left out; with no round in common, the ratio of the
+ * medians stands in.
+ */
+function pairedRatio(
+  own: readonly RunSample[],
+  base: readonly RunSample[] | undefined,
+  medianOwn: Figures,
+  medianBase: Figures | undefined,
+): Figures {
   const out = {} as Figures
-  for (const m of METRICS) out[m] = b && b[m] > 0 ? a[m] / b[m] : Number.NaN
+  const byRound = new Map(base?.map((s) => [s.round, figuresOf(s)]))
+  for (const m of METRICS) {
+    const ratios: number[] = []
+    for (const s of own) {
+      const b = byRound.get(s.round)?.[m]
+      const a = figuresOf(s)[m]
+      if (b !== undefined && b > 0 && Number.isFinite(a)) ratios.push(a / b)
+    }
+    if (ratios.length > 0) out[m] = median(ratios)
+    else out[m] = medianBase && medianBase[m] > 0 ? medianOwn[m] / medianBase[m] : Number.NaN
+  }
   return out
 }
 
@@ -77,13 +105,15 @@ export function aggregate(samples: readonly RunSample[]): Row[] {
   for (const [key, g] of groups) {
     const [workload, target] = key.split('\0') as [string, string]
     const m = medians.get(key)!
+    const pgb = `${workload}\0pgbouncer`
+    const direct = `${workload}\0direct`
     rows.push({
       workload,
       target,
       rounds: g.length,
       median: m,
-      vsPgbouncer: ratio(m, medians.get(`${workload}\0pgbouncer`)),
-      vsDirect: ratio(m, medians.get(`${workload}\0direct`)),
+      vsPgbouncer: pairedRatio(g, groups.get(pgb), m, medians.get(pgb)),
+      vsDirect: pairedRatio(g, groups.get(direct), m, medians.get(direct)),
       failed: g.reduce((n, s) => n + s.failed, 0),
       abortedClients: g.reduce((n, s) => n + s.abortedClients, 0),
       errors: [...new Set(g.flatMap((s) => s.errors))].slice(0, 3),
@@ -180,4 +210,4 @@ export function markdownTable(input: TableInput): string {
 }
 
 export const TABLE_LEGEND =
-  "Medians over rounds. In parentheses: ratio to PgBouncer / ratio to direct PostgreSQL (tps: higher is better; latency, CPU, RSS: lower is better). heap B/tx and GC ms/100k tx: what the pooler's V8 heaps allocated per transaction and the time its garbage collections took (pgbouncer-cluster only, from PGBC_ALLOC_STATS)."
+  "Medians over rounds. In parentheses: ratio to PgBouncer / ratio to direct PostgreSQL, each the median of the rounds' own ratios (tps: higher is better; latency, CPU, RSS: lower is better). heap B/tx and GC ms/100k tx: what the pooler's V8 heaps allocated per transaction and the time its garbage collections took (pgbouncer-cluster only, from PGBC_ALLOC_STATS)."
