@@ -55,30 +55,34 @@ function figuresOf(s: RunSample): Figures {
   }
 }
 
+/** One run's figures and the round it ran in. */
+interface RoundFigures {
+  round: number
+  figures: Figures
+}
+
 /**
  * A target's ratio to a baseline: each round's ratio, from the two runs the
  * round put side by side, then their median. A machine's speed can drift
  * between rounds far more than within one (on the 2-core development host,
  * PgBouncer's CPU per transaction read 20.0, 20.4 and 36.8 µs in the three
- * rounds of one run), and a ratio of two medians would set one round's
- * figure against another's. Rounds that
- * lack either side are left out; with no round in common, the ratio of the
- * medians stands in.
+ * rounds of one run), and a ratio of two medians would set one round's figure
+ * against another's. Rounds that lack either side are left out; with no round
+ * in common, the ratio of the medians stands in.
  */
 function pairedRatio(
-  own: readonly RunSample[],
-  base: readonly RunSample[] | undefined,
+  own: readonly RoundFigures[],
+  base: readonly RoundFigures[] | undefined,
   medianOwn: Figures,
   medianBase: Figures | undefined,
 ): Figures {
   const out = {} as Figures
-  const byRound = new Map(base?.map((s) => [s.round, figuresOf(s)]))
+  const byRound = new Map(base?.map((r) => [r.round, r.figures]))
   for (const m of METRICS) {
     const ratios: number[] = []
-    for (const s of own) {
-      const b = byRound.get(s.round)?.[m]
-      const a = figuresOf(s)[m]
-      if (b !== undefined && b > 0 && Number.isFinite(a)) ratios.push(a / b)
+    for (const { round, figures } of own) {
+      const b = byRound.get(round)?.[m]
+      if (b !== undefined && b > 0 && Number.isFinite(figures[m])) ratios.push(figures[m] / b)
     }
     if (ratios.length > 0) out[m] = median(ratios)
     else out[m] = medianBase && medianBase[m] > 0 ? medianOwn[m] / medianBase[m] : Number.NaN
@@ -95,11 +99,13 @@ export function aggregate(samples: readonly RunSample[]): Row[] {
     else groups.set(key, [s])
   }
   const medians = new Map<string, Figures>()
+  const runs = new Map<string, RoundFigures[]>()
   for (const [key, g] of groups) {
-    const figs = g.map(figuresOf)
+    const figs = g.map((s) => ({ round: s.round, figures: figuresOf(s) }))
     const m = {} as Figures
-    for (const metric of METRICS) m[metric] = median(figs.map((f) => f[metric]))
+    for (const metric of METRICS) m[metric] = median(figs.map((f) => f.figures[metric]))
     medians.set(key, m)
+    runs.set(key, figs)
   }
   const rows: Row[] = []
   for (const [key, g] of groups) {
@@ -112,8 +118,8 @@ export function aggregate(samples: readonly RunSample[]): Row[] {
       target,
       rounds: g.length,
       median: m,
-      vsPgbouncer: pairedRatio(g, groups.get(pgb), m, medians.get(pgb)),
-      vsDirect: pairedRatio(g, groups.get(direct), m, medians.get(direct)),
+      vsPgbouncer: pairedRatio(runs.get(key)!, runs.get(pgb), m, medians.get(pgb)),
+      vsDirect: pairedRatio(runs.get(key)!, runs.get(direct), m, medians.get(direct)),
       failed: g.reduce((n, s) => n + s.failed, 0),
       abortedClients: g.reduce((n, s) => n + s.abortedClients, 0),
       errors: [...new Set(g.flatMap((s) => s.errors))].slice(0, 3),

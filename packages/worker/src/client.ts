@@ -50,6 +50,7 @@ import {
   type ClientSocket,
   type ConnectionOwner,
   pauseReading,
+  remoteOf,
   resumeReading,
   send,
   sendAll,
@@ -315,7 +316,9 @@ export class ClientSession implements ConnectionOwner {
   }
 
   get remote(): string {
-    return this.unix ? 'unix' : `${this.socket.remoteAddress}:${this.socket.remotePort}`
+    if (this.unix) return 'unix'
+    const peer = remoteOf(this.socket)
+    return `${peer.address}:${peer.port}`
   }
 
   // ---- the pass-through loop ------------------------------------------------
@@ -787,11 +790,13 @@ export class ClientSession implements ConnectionOwner {
     if (settings.applicationNameAddHost) {
       // PgBouncer's form: "<name or app> - <address>:<port>", so a server's
       // pg_stat_activity tells which client a session serves.
-      const where = this.unix
-        ? `unix:${settings.listenPort}`
-        : this.socket.remoteFamily === 'IPv6'
-          ? `[${this.socket.remoteAddress}]:${this.socket.remotePort}`
-          : `${this.socket.remoteAddress}:${this.socket.remotePort}`
+      const peer = this.unix ? null : remoteOf(this.socket)
+      const where =
+        peer === null
+          ? `unix:${settings.listenPort}`
+          : peer.family === 'IPv6'
+            ? `[${peer.address}]:${peer.port}`
+            : `${peer.address}:${peer.port}`
       appName = `${appName ?? 'app'} - ${where}`
     }
     if (appName !== undefined) this.vars.application_name = appName

@@ -60,7 +60,8 @@ interface WriteReq {
 interface ShutdownReq {
   oncomplete: (status: number) => void
 }
-interface Address {
+/** A socket's address as getpeername/getsockname give it. */
+export interface Address {
   address?: string
   family?: string
   port?: number
@@ -195,6 +196,11 @@ export class TcpConnection {
     return this._handle === null
   }
 
+  /** The peer's address, port and family from one system call (see remoteOf). */
+  peer(): Address {
+    return this.address(true)
+  }
+
   get remoteAddress(): string | undefined {
     return this.address(true).address
   }
@@ -288,6 +294,16 @@ export class TcpConnection {
       pauseOnCreate: true,
     } as unknown as net.SocketConstructorOpts)
   }
+}
+
+/**
+ * The client's address, port and family together: one getpeername on a
+ * TcpConnection, where each of its getters asks the kernel again; a
+ * net.Socket's cached fields otherwise.
+ */
+export function remoteOf(socket: ClientSocket): Address {
+  if (socket instanceof TcpConnection) return socket.peer()
+  return { address: socket.remoteAddress, port: socket.remotePort, family: socket.remoteFamily }
 }
 
 function afterShutdown(): void {
