@@ -209,3 +209,79 @@ describe('rebalance between two workers (transaction mode, pool_size 2)', () => 
     assert.ok(after.get(pool('pool_permits_in_use'))! <= POOL_SIZE)
   })
 })
+
+// In a busy pool some server is idle at almost any instant, between two
+// transactions. Handing that one over whenever the other worker's clients
+// queue closes and reopens servers many times a second (a PostgreSQL fork
+// each) without serving anyone sooner: a worker gives a server back only if
+// one stayed idle the whole give-back delay.
+describe('two workers whose clients all queue (transaction mode, pool_size 4)', () => {
+  const PER_WORKER = 4
+  let pooler: Pooler
+  const clients: pg.Client[] = []
+
+  before(async () => {
+    const ini = writeIni({
+      databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+      pgbouncer: { pool_mode: 'transaction', default_pool_size: 4 },
+    })
+    pooler = await startPooler(ini, { workers: 2, args: ['--metrics', '127.0.0.1:0'] })
+    const byWorker = new Map<number, pg.Client[]>([
+      [0, []],
+      [1, []],
+    ])
+    for (let i = 0; i < 60 && [...byWorker.values()].some((l) => l.length < PER_WORKER); i++) {
+      const c = pooler.client({ database: 'app' })
+      c.on('error', () => {})
+      await c.connect()
+      const list = byWorker.get(workerOf(c))!
+      if (list.length < PER_WORKER) list.push(c)
+      else await c.end()
+    }
+    for (const list of byWorker.values()) clients.push(...list)
+    assert.equal(clients.length, 2 * PER_WORKER, 'the kernel put 60 connections on one worker')
+  })
+  after(async () => {
+    for (const c of clients) await c.end().catch(() => {})
+    await pooler.stop()
+  })
+
+  test('a balanced, saturated pool keeps its servers: few hand-overs, no reconnect churn', {
+    timeout: TEST_TIMEOUT,
+  }, async (t) => {
+    const base = metricsBase(pooler)
+    const handovers = async () =>
+      (await scrapeMetrics(base)).get(
+        'pgbouncer_cluster_pool_handovers_total{database="app",user="postgres"}',
+      )!
+    let running = true
+    let queries = 0
+    const pids = new Set<number>()
+    const busy = clients.map(async (c) => {
+      while (running) {
+        const { rows } = await c.query('SELECT pg_backend_pid() AS p')
+        pids.add(rows[0].p)
+        queries++
+      }
+    })
+    try {
+      // The first second settles how the pool's four servers split between the workers.
+      await new Promise((r) => setTimeout(r, 1000))
+      const before = await handovers()
+      const pidsBefore = pids.size
+      await new Promise((r) => setTimeout(r, 2000))
+      const spent = (await handovers()) - before
+      const opened = pids.size - pidsBefore
+      t.diagnostic(
+        `${queries} queries in 3 s; ${spent} hand-overs and ${opened} new servers in the last 2`,
+      )
+      assert.ok(queries > 1000, `only ${queries} queries ran`)
+      assert.ok(spent <= 3, `${spent} hand-overs in 2 s while every client of both workers queued`)
+      assert.ok(opened <= 3, `${opened} new server connections in 2 s`)
+    } finally {
+      running = false
+      await Promise.all(busy)
+    }
+    assert.ok((await serverCount()) <= 4)
+  })
+})

@@ -134,6 +134,12 @@ export class Pool {
   private readonly userSem: Semaphore
   private readonly counters: PoolCounters
   private giveBackTimer: NodeJS.Timeout | null = null
+  /**
+   * The fewest servers this pool held idle since the give-back timer was
+   * armed: that many stayed idle the whole delay, so our own clients did not
+   * need them (scheduleGiveBack).
+   */
+  private idleLow = 0
   /** When this worker last handed a busy pool's server over (preciseClock ms). */
   private lastHandover = 0
   private readonly slot: number
@@ -307,6 +313,7 @@ export class Pool {
     while (this.idle.length > 0) {
       // server_round_robin: the one idle longest, so load spreads over all of them.
       const server = roundRobin ? this.idle.shift()! : this.idle.pop()!
+      if (this.idle.length < this.idleLow) this.idleLow = this.idle.length
       if (!server.isReusable(now)) {
         server.close()
         continue
@@ -532,17 +539,21 @@ export class Pool {
   /**
    * Invariant 3: another worker's clients wait while we keep a server idle.
    * Our own clients may want it again within moments (closing and reopening
-   * costs PostgreSQL a fork), so it goes back only if it is still idle after
-   * about the time a new connection takes.
+   * costs PostgreSQL a fork), so a server goes back only if one stayed idle
+   * the whole of about the time a new connection takes. In a busy pool some
+   * server is idle at almost any instant, between two transactions: giving
+   * that one back would close and reopen servers many times a second while
+   * both workers' clients queue.
    */
   private scheduleGiveBack(): void {
     if (this.giveBackTimer !== null) return
+    this.idleLow = this.idle.length
     this.giveBackTimer = setTimeout(() => {
       this.giveBackTimer = null
-      if (this.idle.length === 0 || this.othersWaiting() <= 0) return
+      if (Math.min(this.idleLow, this.idle.length) === 0 || this.othersWaiting() <= 0) return
       this.counters.add(this.slot, this.worker.id, Counter.handovers, 1)
       this.idle.shift()!.close()
-      this.scheduleGiveBack()
+      if (this.idle.length > 0) this.scheduleGiveBack()
     }, GIVE_BACK_DELAY_MS)
   }
 
@@ -804,7 +815,7 @@ export class Pool {
       if (tooOld || tooIdle) server.close()
     }
     // Rebalance: another worker's clients wait while our server idles.
-    if (this.idle.length > 0 && this.othersWaiting() > 0) this.idle.shift()!.close()
+    if (this.idle.length > 0 && this.othersWaiting() > 0) this.scheduleGiveBack()
     // A reload made the pool smaller: idle servers above the new size go.
     let excess = this.sem.used() - this.poolSize - this.reserveSize
     while (excess-- > 0 && this.idle.length > 0) this.idle.shift()!.close()
