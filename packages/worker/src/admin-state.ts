@@ -11,6 +11,7 @@ import { fatal } from './errors.ts'
 import type { PeerForwarder } from './peer.ts'
 import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
+import { remoteOf } from './socket-io.ts'
 import { tlsInfo } from './tls.ts'
 
 /** What the console's worker side reads and acts on (worker.ts's PoolerWorker is one). */
@@ -185,14 +186,15 @@ export class WorkerAdmin {
 
   private clientInfo(session: ClientSession, admin: boolean, now: number): ConnectionInfo {
     const socket = session.socket
+    const peer = remoteOf(socket)
     const server = session.server
     const waiting = session.waitingSince !== 0 && server === null
     return {
       user: session.user,
       database: admin ? 'pgbouncer' : session.database,
       state: waiting ? 'waiting' : 'active',
-      addr: session.unix ? 'unix' : (socket.remoteAddress ?? ''),
-      port: socket.remotePort ?? 0,
+      addr: session.unix ? 'unix' : (peer.address ?? ''),
+      port: peer.port ?? 0,
       localAddr: socket.localAddress ?? '',
       localPort: socket.localPort ?? 0,
       connectTime: epochMs(session.connectedAt),

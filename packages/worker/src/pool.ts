@@ -313,7 +313,7 @@ export class Pool {
     while (this.idle.length > 0) {
       // server_round_robin: the one idle longest, so load spreads over all of them.
       const server = roundRobin ? this.idle.shift()! : this.idle.pop()!
-      if (this.idle.length < this.idleLow) this.idleLow = this.idle.length
+      this.idleTaken()
       if (!server.isReusable(now)) {
         server.close()
         continue
@@ -534,6 +534,11 @@ export class Pool {
     if (this.lastHandover === 0) return 0
     const left = this.lastHandover + HANDOVER_INTERVAL_MS - preciseClock()
     return left > 0 && this.othersWaiting() > 0 ? left : 0
+  }
+
+  /** An idle server left the list: it did not stay idle through the give-back delay. */
+  private idleTaken(): void {
+    if (this.idle.length < this.idleLow) this.idleLow = this.idle.length
   }
 
   /**
@@ -764,7 +769,10 @@ export class Pool {
       }
     }
     const i = this.idle.indexOf(server)
-    if (i >= 0) this.idle.splice(i, 1)
+    if (i >= 0) {
+      this.idle.splice(i, 1)
+      this.idleTaken()
+    }
     const client = server.client
     server.client = null
     if (client !== null) client.serverLost(server)
