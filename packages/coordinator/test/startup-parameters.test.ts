@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
-import { errorFields, RawConnection, startupPacket } from './raw-protocol.ts'
+import {
+  errorFields,
+  queryMessage,
+  RawConnection,
+  sendCancel,
+  startupPacket,
+} from './raw-protocol.ts'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 
 // What clients put in their StartupMessage, and what the [databases] entry
@@ -102,5 +108,83 @@ describe('application_name and timezone from the [databases] entry', () => {
     const again = await seen()
     assert.equal(again.pid, plain.pid)
     assert.equal(again.app, 'from_ini')
+  })
+})
+
+describe('clients that send the same startup packet', () => {
+  let pooler: Pooler
+  before(async () => {
+    const ini = writeIni({
+      databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+      pgbouncer: { pool_mode: 'transaction', default_pool_size: 2 },
+    })
+    pooler = await startPooler(ini, { workers: 1 })
+  })
+  after(() => pooler.stop())
+
+  /** The welcome's BackendKeyData and ParameterStatus messages. */
+  function welcome(messages: { type: string; body: Buffer }[]) {
+    const k = messages.find((m) => m.type === 'K')
+    assert.ok(k !== undefined, 'no BackendKeyData')
+    const status = new Map<string, string>()
+    for (const m of messages.filter((m) => m.type === 'S')) {
+      const [name, value] = m.body.toString('utf8').split('\0')
+      status.set(name!, value!)
+    }
+    return { pid: k.body.readInt32BE(0), secret: k.body.readInt32BE(4), status }
+  }
+
+  test('each gets its own key and the parameters its packet asks for; a cancel finds the right one', {
+    timeout: TEST_TIMEOUT,
+  }, async () => {
+    const twin = {
+      user: 'postgres',
+      database: 'app',
+      application_name: 'twin',
+      DateStyle: 'SQL, DMY',
+    }
+    const conns: RawConnection[] = []
+    try {
+      const logins = []
+      for (const params of [twin, twin, { ...twin, application_name: 'other' }, twin]) {
+        const conn = await RawConnection.connect(pooler.host, pooler.port)
+        conns.push(conn)
+        logins.push(welcome(await conn.login(params)))
+      }
+      assert.equal(
+        new Set(logins.map((w) => `${w.pid}/${w.secret}`)).size,
+        4,
+        'a key was given twice',
+      )
+      assert.deepEqual(
+        logins.map((w) => [w.status.get('application_name'), w.status.get('DateStyle')]),
+        [
+          ['twin', 'SQL, DMY'],
+          ['twin', 'SQL, DMY'],
+          ['other', 'SQL, DMY'],
+          ['twin', 'SQL, DMY'],
+        ],
+      )
+      for (const [i, conn] of conns.entries()) {
+        assert.deepEqual(
+          await conn.query(
+            "SELECT current_setting('application_name'), current_setting('DateStyle')",
+          ),
+          [[i === 2 ? 'other' : 'twin', 'SQL, DMY']],
+        )
+      }
+      // The second client's key cancels the second client's query, and no other.
+      const second = conns[1]!
+      second.send(queryMessage('SELECT pg_sleep(10)'))
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      await sendCancel(pooler.host, pooler.port, logins[1]!.pid, logins[1]!.secret)
+      const answer = await second.until('Z', 5000)
+      const error = answer.find((m) => m.type === 'E')
+      assert.ok(error !== undefined, 'the query was not cancelled')
+      assert.equal(errorFields(error.body).code, '57014')
+      assert.deepEqual(await conns[3]!.query('SELECT 1'), [['1']])
+    } finally {
+      for (const conn of conns) conn.destroy()
+    }
   })
 })

@@ -133,7 +133,8 @@ export class FrameReader {
 
   reset(): void {
     this.#rest = null
-    this.#parts.length = 0
+    // Writing an array's length is a runtime call in V8, even to 0 from 0.
+    if (this.#parts.length !== 0) this.#parts.length = 0
     this.#have = 0
     this.#need = 0
   }

@@ -115,7 +115,12 @@ export function welcomeTemplate(head: Buffer): Buffer {
 export function welcomeFor(template: Buffer, pid: number, secret: number): Buffer {
   const welcome = Buffer.allocUnsafe(template.length)
   template.copy(welcome)
-  const key = template.length - WELCOME_END_LENGTH + 5
+  return setWelcomeKey(welcome, pid, secret)
+}
+
+/** Writes another client's key into a welcome (a template's copy): the rest stays as it is. */
+export function setWelcomeKey(welcome: Buffer, pid: number, secret: number): Buffer {
+  const key = welcome.length - WELCOME_END_LENGTH + 5
   welcome.writeInt32BE(pid | 0, key)
   welcome.writeInt32BE(secret | 0, key + 4)
   return welcome

@@ -13,10 +13,10 @@ import {
   negotiateProtocolVersion,
   parameterStatus,
   query,
+  setWelcomeKey,
   welcomeFor,
   welcomeTemplate,
 } from '@pgbouncer-cluster/protocol/serializer'
-import { parseStartupPacket } from '@pgbouncer-cluster/protocol/startup'
 import { type AdminContext, AdminSession } from './admin.ts'
 import { ClientAuth } from './auth.ts'
 import type { Lookup } from './auth-query.ts'
@@ -57,6 +57,7 @@ import {
   startReading,
   TcpConnection,
 } from './socket-io.ts'
+import { type KnownStartup, StartupPackets } from './startup-cache.ts'
 import { acceptTls, type TlsSetup, type TlsSetups, tlsRequired } from './tls.ts'
 
 /** Shared-memory slots of a database's and a user's client counts; -1: not counted. */
@@ -158,6 +159,28 @@ function onLoginFrame(type: number, msg: Buffer): boolean {
 }
 
 /**
+ * What a login worked out for its welcome: the same for the next login that
+ * sends the same startup packet to the same pool, while the pool's server
+ * parameters stay the ones it was built from.
+ */
+interface WelcomeMemo {
+  readonly pool: Pool
+  readonly params: Map<string, string>
+  /** The client's vars as shared (shareVars), and their key. */
+  readonly vars: Vars
+  readonly varsKey: string
+  readonly template: Buffer
+  /**
+   * The last welcome sent, reused by the next login with only its key
+   * rewritten; null when the kernel did not take it whole, and a queued write
+   * still points at it.
+   */
+  welcome: Buffer | null
+}
+
+const startupPackets = new StartupPackets<WelcomeMemo>()
+
+/**
  * What a client needs only until its welcome. The session drops it then:
  * thousands of clients may sit idle, and none of them carries it. (An admin
  * console session keeps it; those are few.)
@@ -180,6 +203,8 @@ class Login {
   db: DatabaseConfig | null = null
   /** auth_type, or the method of the hba rule that matched. */
   authType: AuthType = 'trust'
+  /** The StartupMessage, as this thread's logins share it (startup-cache.ts). */
+  startup: KnownStartup<WelcomeMemo> | null = null
 
   constructor(arrivedClosing: boolean) {
     this.arrivedClosing = arrivedClosing
@@ -547,6 +572,11 @@ export class ClientSession implements ConnectionOwner {
     if (this.state !== 'closed') send(this.socket, this, buf)
   }
 
+  /** Writes `buf`; true when the kernel took all of it, and `buf` may be written into again. */
+  private sendWhole(buf: Buffer): boolean {
+    return this.state !== 'closed' && send(this.socket, this, buf)
+  }
+
   /** Several messages in one write. */
   writeAll(messages: Buffer[]): void {
     if (this.state !== 'closed') sendAll(this.socket, this, messages)
@@ -711,7 +741,7 @@ export class ClientSession implements ConnectionOwner {
   }
 
   private onStartupPacket(packet: Buffer): void {
-    const startup = parseStartupPacket(packet)
+    const startup = startupPackets.parse(packet)
     switch (startup.kind) {
       case 'ssl': {
         if (this.encrypted) {
@@ -749,24 +779,19 @@ export class ClientSession implements ConnectionOwner {
           return
         }
         this.login!.reader!.startup = false
-        this.onStartup(startup.params, startup.minor, startup.protocolOptions)
+        this.login!.startup = startup
+        this.onStartup(startup.list, startup.minor, startup.protocolOptions)
         return
     }
   }
 
-  private onStartup(
-    params: Record<string, string>,
-    minor: number,
-    protocolOptions: string[],
-  ): void {
+  private onStartup(params: readonly string[], minor: number, protocolOptions: string[]): void {
     const settings = this.worker.settings
     const ignored = settings.ignoreStartupParameters
     let appName: string | undefined
-    // for-in, not Object.entries: the packet's parameters are a dictionary
-    // (a null-prototype object), where entries() takes V8's slow path and
-    // allocates an array per parameter.
-    for (const key in params) {
-      const value = params[key]
+    for (let i = 0; i < params.length; i += 2) {
+      const key = params[i]!
+      const value = params[i + 1]!
       if (key === 'user') this.user = value
       else if (key === 'database') this.database = value
       else if (key === 'application_name') appName = value
@@ -1027,6 +1052,52 @@ export class ClientSession implements ConnectionOwner {
   private sendWelcome(): void {
     const pool = this.pool!
     const params = pool.welcomeParams!
+    const login = this.login!
+    // The client's vars come from its startup packet alone, unless
+    // application_name_add_host adds its port to them.
+    const known = this.worker.settings.applicationNameAddHost ? null : login.startup
+    const memo = known?.memo
+    if (memo != null && memo.pool === pool && memo.params === params) {
+      this.vars = memo.vars
+      this.varsKey = memo.varsKey
+      const welcome =
+        memo.welcome !== null
+          ? setWelcomeKey(memo.welcome, this.pid, this.secret)
+          : welcomeFor(memo.template, this.pid, this.secret)
+      memo.welcome = this.sendWhole(welcome) ? welcome : null
+    } else {
+      const template = this.buildWelcome(pool, params)
+      const welcome = welcomeFor(template, this.pid, this.secret)
+      const taken = this.sendWhole(welcome)
+      if (known != null) {
+        known.memo = {
+          pool,
+          params,
+          vars: this.vars,
+          varsKey: this.varsKey,
+          template,
+          welcome: taken ? welcome : null,
+        }
+      }
+    }
+    // Idle clients are many: what only the login needed goes now.
+    this.login = null
+    this.worker.loginEnded(this)
+    // A login that waited (client limits, auth_query) still holds its reader:
+    // what it kept is the start of the client's first request.
+    let early = login.early
+    const rest = login.reader?.takeRemainder()
+    if (rest !== undefined && rest.length > 0) (early ??= []).unshift(rest)
+    this.state = 'active'
+    this.lastRequest = this.worker.now
+    if (early !== null) for (const chunk of early) this.onData(chunk)
+  }
+
+  /**
+   * Fills in the client's vars from the server's parameters, shares them, and
+   * gives the welcome's start for them.
+   */
+  private buildWelcome(pool: Pool, params: Map<string, string>): Buffer {
     // The client's own wishes show in the welcome; the server is brought in line on link.
     for (const name of trackedNames()) {
       if (this.vars[name] === undefined) {
@@ -1049,19 +1120,7 @@ export class ClientSession implements ConnectionOwner {
       if (pool.welcomeTemplates.size >= 64) pool.welcomeTemplates.clear()
       pool.welcomeTemplates.set(this.varsKey, template)
     }
-    this.write(welcomeFor(template, this.pid, this.secret))
-    // Idle clients are many: what only the login needed goes now.
-    const login = this.login!
-    this.login = null
-    this.worker.loginEnded(this)
-    // A login that waited (client limits, auth_query) still holds its reader:
-    // what it kept is the start of the client's first request.
-    let early = login.early
-    const rest = login.reader?.takeRemainder()
-    if (rest !== undefined && rest.length > 0) (early ??= []).unshift(rest)
-    this.state = 'active'
-    this.lastRequest = this.worker.now
-    if (early !== null) for (const chunk of early) this.onData(chunk)
+    return template
   }
 
   // ---- the end ----------------------------------------------------------

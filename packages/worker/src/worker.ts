@@ -101,6 +101,11 @@ export class PoolerWorker {
   /** Per (database, user): the slots of their client counts, asked of the coordinator once. */
   private readonly clientSlotRequests = new Map<string, PromiseWithResolvers<ClientSlots>>()
   private readonly clientSlotsKnown = new Map<string, ClientSlots>()
+  // The last pool key made: the next login is most often to the same database
+  // and user, and a key made again is a new string to hash at each lookup.
+  private lastKeyDatabase = ''
+  private lastKeyUser = ''
+  private lastKey = poolKey('', '')
   /** By session id. */
   readonly sessions = new Map<number, ClientSession>()
   /** Sessions not yet past their login, oldest first (client_login_timeout, janitor.ts). */
@@ -279,7 +284,7 @@ export class PoolerWorker {
     db: DatabaseConfig,
     user: string,
   ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user'> {
-    const slots = this.clientSlotsKnown.get(poolKey(db.name, user))
+    const slots = this.clientSlotsKnown.get(this.poolKeyOf(db.name, user))
     return slots !== undefined
       ? this.takeClientSlots(db, user, slots)
       : this.askClientSlots(db, user)
@@ -410,7 +415,16 @@ export class PoolerWorker {
 
   /** The pool for (database, user); its shared slots come from the coordinator once. */
   getPool(db: DatabaseConfig, user: string): Pool | Promise<Pool> {
-    return this.pools.get(poolKey(db.name, user)) ?? this.openPool(db, user)
+    return this.pools.get(this.poolKeyOf(db.name, user)) ?? this.openPool(db, user)
+  }
+
+  private poolKeyOf(database: string, user: string): string {
+    if (database !== this.lastKeyDatabase || user !== this.lastKeyUser) {
+      this.lastKeyDatabase = database
+      this.lastKeyUser = user
+      this.lastKey = poolKey(database, user)
+    }
+    return this.lastKey
   }
 
   /** The first login to a pool in this thread: the coordinator names its slots. */
