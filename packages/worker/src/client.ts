@@ -1056,8 +1056,8 @@ export class ClientSession implements ConnectionOwner {
     // The client's vars come from its startup packet alone, unless
     // application_name_add_host adds its port to them.
     const known = this.worker.settings.applicationNameAddHost ? null : login.startup
-    const memo = known?.memo
-    if (memo != null && memo.pool === pool && memo.params === params) {
+    const memo = known === null ? null : known.memo
+    if (memo !== null && memo.pool === pool && memo.params === params) {
       this.vars = memo.vars
       this.varsKey = memo.varsKey
       const welcome =
@@ -1069,7 +1069,7 @@ export class ClientSession implements ConnectionOwner {
       const template = this.buildWelcome(pool, params)
       const welcome = welcomeFor(template, this.pid, this.secret)
       const taken = this.sendWhole(welcome)
-      if (known != null) {
+      if (known !== null) {
         known.memo = {
           pool,
           params,
