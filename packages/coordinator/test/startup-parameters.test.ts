@@ -8,7 +8,7 @@ import {
   sendCancel,
   startupPacket,
 } from './raw-protocol.ts'
-import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
+import { type Pooler, startPooler, until, withClient, writeIni } from './support.ts'
 
 // What clients put in their StartupMessage, and what the [databases] entry
 // puts in the pooler's own StartupMessage to PostgreSQL.
@@ -175,8 +175,15 @@ describe('clients that send the same startup packet', () => {
       }
       // The second client's key cancels the second client's query, and no other.
       const second = conns[1]!
-      second.send(queryMessage('SELECT pg_sleep(10)'))
-      await new Promise((resolve) => setTimeout(resolve, 300))
+      const sleep = 'SELECT pg_sleep(10) /* the second twin */'
+      second.send(queryMessage(sleep))
+      await until("the second client's query to run", async () => {
+        const { rows } = await db.server.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+          [sleep],
+        )
+        return rows[0].n > 0
+      })
       await sendCancel(pooler.host, pooler.port, logins[1]!.pid, logins[1]!.secret)
       const answer = await second.until('Z', 5000)
       const error = answer.find((m) => m.type === 'E')

@@ -1056,30 +1056,22 @@ export class ClientSession implements ConnectionOwner {
     // The client's vars come from its startup packet alone, unless
     // application_name_add_host adds its port to them.
     const known = this.worker.settings.applicationNameAddHost ? null : login.startup
-    const memo = known === null ? null : known.memo
+    let memo = known === null ? null : known.memo
     if (memo !== null && memo.pool === pool && memo.params === params) {
       this.vars = memo.vars
       this.varsKey = memo.varsKey
-      const welcome =
-        memo.welcome !== null
-          ? setWelcomeKey(memo.welcome, this.pid, this.secret)
-          : welcomeFor(memo.template, this.pid, this.secret)
-      memo.welcome = this.sendWhole(welcome) ? welcome : null
     } else {
       const template = this.buildWelcome(pool, params)
-      const welcome = welcomeFor(template, this.pid, this.secret)
-      const taken = this.sendWhole(welcome)
-      if (known !== null) {
-        known.memo = {
-          pool,
-          params,
-          vars: this.vars,
-          varsKey: this.varsKey,
-          template,
-          welcome: taken ? welcome : null,
-        }
-      }
+      memo = { pool, params, vars: this.vars, varsKey: this.varsKey, template, welcome: null }
+      if (known !== null) known.memo = memo
     }
+    const last = memo.welcome
+    const welcome =
+      last !== null
+        ? setWelcomeKey(last, this.pid, this.secret)
+        : welcomeFor(memo.template, this.pid, this.secret)
+    // Kept for the next login, unless a write left queued still points at it.
+    memo.welcome = this.sendWhole(welcome) ? welcome : null
     // Idle clients are many: what only the login needed goes now.
     this.login = null
     this.worker.loginEnded(this)

@@ -44,18 +44,16 @@ export class StartupPackets<Memo> {
    * others (SSLRequest, CancelRequest) are never kept.
    */
   parse(packet: Buffer): Exclude<StartupPacket, Startup> | KnownStartup<Memo> {
-    const cacheable = packet.length <= KNOWN_MAX_LENGTH
-    const hash = cacheable ? hashOf(packet) : 0
-    if (cacheable) {
-      const entry = this.known.get(hash)
-      if (entry?.bytes.equals(packet)) return entry.startup
-    }
+    // -1, which no hash is, for a packet too long to keep.
+    const hash = packet.length <= KNOWN_MAX_LENGTH ? hashOf(packet) : -1
+    const entry = this.known.get(hash)
+    if (entry?.bytes.equals(packet)) return entry.startup
     const parsed = parseStartupPacket(packet)
     if (parsed.kind !== 'startup') return parsed
     const list: string[] = []
     for (const name in parsed.params) list.push(name, parsed.params[name]!)
     const startup: KnownStartup<Memo> = { ...parsed, list, memo: null }
-    if (cacheable) {
+    if (hash >= 0) {
       if (this.known.size >= KNOWN_MAX) this.known.clear()
       // A copy: the packet is a view of a read buffer.
       this.known.set(hash, { bytes: Buffer.from(packet), startup })
