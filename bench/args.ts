@@ -44,7 +44,8 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
     })
     .option('targets', {
       type: 'string',
-      describe: 'comma-separated targets: direct, pgbouncer, cluster-1, cluster-<cpus>, node-relay',
+      describe:
+        'comma-separated targets: direct, pgbouncer, cluster-1, cluster-<cpus>, node-relay, baseline-<n> (BENCH_BASELINE_CLI)',
     })
     .option('rounds', {
       type: 'number',

@@ -232,8 +232,8 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
         inis.push(file)
       }
       targets.push(await startPgbouncer(id, inis, port, dir, pgUser !== null, endpoint(port)))
-    } else if (/^cluster-\d+$/.test(id)) {
-      const workers = Number(id.slice('cluster-'.length))
+    } else if (/^(cluster|baseline)-\d+$/.test(id)) {
+      const workers = Number(id.slice(id.indexOf('-') + 1))
       const allocDir = join(dir, `${id}.alloc`)
       await mkdir(allocDir)
       targets.push(await startCluster(id, workers, ini, port, logFile, allocDir, endpoint(port)))
@@ -351,10 +351,11 @@ async function startCluster(
   allocDir: string,
   ep: Endpoint,
 ): Promise<Target> {
-  const label = `pgbouncer-cluster ×${workers}`
+  const baseline = id.startsWith('baseline-')
+  const label = `pgbouncer-cluster ×${workers}${baseline ? ' (baseline)' : ''}`
   let cli: string
   try {
-    cli = (await clusterCli()).path
+    cli = baseline ? baselineCli() : (await clusterCli()).path
   } catch (err) {
     const reason = `failed to build the package: ${(err as Error).message}`
     return notReady(id, label, 'cluster', ep, 'failed', reason)
@@ -369,6 +370,20 @@ async function startCluster(
     return notReady(id, label, 'cluster', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
   }
   return running(id, label, 'cluster', ep, [s], 5000, allocDir)
+}
+
+/**
+ * `baseline-N`: another build of pgbouncer-cluster beside this one, in the same
+ * rounds, so a change is measured before and after on the same machine at the
+ * same time. BENCH_BASELINE_CLI names its bin (a package built from an older
+ * commit: `git worktree add`, `npm ci`, `npm run pack`, unpack).
+ */
+function baselineCli(): string {
+  const cli = process.env.BENCH_BASELINE_CLI
+  if (cli === undefined || !existsSync(cli)) {
+    throw new Error('BENCH_BASELINE_CLI must name the bin of the baseline build')
+  }
+  return cli
 }
 
 /** A bare Node relay (node-relay.ts): one PostgreSQL connection per client, no pooling. */

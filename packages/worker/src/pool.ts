@@ -61,6 +61,12 @@ export interface PoolHost extends ServerHost {
   /** `host`: the index in the database's host list, -1 for the whole database. */
   reportLoginFailure(pool: Pool, sqlstate: string, message: string, host?: number): void
   reportLoginOk(pool: Pool, host?: number): void
+  /**
+   * `pool` is at its database's (PERMIT_DATABASE) or user's (PERMIT_USER)
+   * limit: close an idle server of another of this worker's pools that counts
+   * against the same limit, as PgBouncer's eviction does. Whether one was closed.
+   */
+  evictFor(pool: Pool, limit: number): boolean
 }
 
 export interface PoolSlots {
@@ -129,6 +135,8 @@ export class Pool {
   /** Our server that is the breaker's half-open probe, while it logs in. */
   private probe: Server | null = null
   private permitLoop = false
+  /** The limit that refused the last permit (PERMIT_POOL, _DATABASE or _USER): the one to wait on. */
+  private refusedBy = PERMIT_POOL
   private readonly sem: Semaphore
   private readonly dbSem: Semaphore
   private readonly userSem: Semaphore
@@ -272,25 +280,64 @@ export class Pool {
    */
   private tryPermit(poolLimit: number): number {
     const holder = this.worker.id
-    if (!this.sem.tryAcquire(poolLimit, holder)) return 0
+    if (!this.sem.tryAcquire(poolLimit, holder)) return this.refused(PERMIT_POOL, 0)
     let mask = PERMIT_POOL
     const maxDb = this.maxDb
     if (maxDb > 0) {
-      if (!this.dbSem.tryAcquire(maxDb, holder)) {
-        this.releasePermit(mask)
-        return 0
-      }
+      if (!this.dbSem.tryAcquire(maxDb, holder)) return this.refused(PERMIT_DATABASE, mask)
       mask |= PERMIT_DATABASE
     }
     const maxUser = this.maxUser
     if (maxUser > 0) {
-      if (!this.userSem.tryAcquire(maxUser, holder)) {
-        this.releasePermit(mask)
-        return 0
-      }
+      if (!this.userSem.tryAcquire(maxUser, holder)) return this.refused(PERMIT_USER, mask)
       mask |= PERMIT_USER
     }
     return mask
+  }
+
+  /**
+   * `limit` refused a permit: give back what was taken before it, and note it,
+   * since a wait must be on the semaphore that is full. At the database's or
+   * user's limit, an idle server of another pool of ours is closed for us.
+   */
+  private refused(limit: number, taken: number): 0 {
+    if (taken !== 0) this.releasePermit(taken)
+    this.refusedBy = limit
+    if (limit !== PERMIT_POOL) this.worker.evictFor(this, limit)
+    return 0
+  }
+
+  /** The semaphore behind a PERMIT_* bit, and the limit a new server must stay within. */
+  private limitOf(permit: number): { sem: Semaphore; limit: number } {
+    if (permit === PERMIT_DATABASE) return { sem: this.dbSem, limit: this.maxDb }
+    if (permit === PERMIT_USER) return { sem: this.userSem, limit: this.maxUser }
+    return { sem: this.sem, limit: this.poolSize + (this.reserveDue() ? this.reserveSize : 0) }
+  }
+
+  /**
+   * Another pool at this database's or user's limit waits for a permit, in
+   * any worker (it is parked on the shared semaphore): a server of ours that
+   * would idle goes back for it. Two loads of shared memory when no one waits.
+   */
+  private limitWaiters(): boolean {
+    if (this.dbSem.waiters() === 0 && this.userSem.waiters() === 0) return false
+    // Our own wait, about to end, is not another pool's.
+    if (this.permitLoop) return false
+    return (
+      (this.dbSem.waiters() > 0 && this.maxDb > 0) ||
+      (this.userSem.waiters() > 0 && this.maxUser > 0)
+    )
+  }
+
+  /**
+   * Eviction for another pool of this worker at the database's or user's
+   * limit: closes the server idle longest. Whether there was one.
+   */
+  evictIdle(): boolean {
+    if (this.idle.length === 0) return false
+    this.idle.shift()!.close()
+    this.idleTaken()
+    return true
   }
 
   private releasePermit(mask: number): void {
@@ -469,6 +516,7 @@ export class Pool {
   private async permitWaitLoop(): Promise<void> {
     // Not while the breaker is open: grow() would not take the permit, and the
     // loop would spin on it; the janitor's tick retries meanwhile.
+    let idleRounds = 0
     while (
       this.waitingCount > this.connecting &&
       !this.worker.closing &&
@@ -479,16 +527,22 @@ export class Pool {
         await sleep(yieldMs)
         continue
       }
-      const limit = this.poolSize + (this.reserveDue() ? this.reserveSize : 0)
-      const got = await this.sem.acquire(limit, this.worker.id, { timeoutMs: 50 })
-      if (!got) {
-        // Timed out: limits may have changed (reserve, reload); try the full set.
-        this.grow()
-        if (this.waitingCount <= this.connecting) return
-        continue
-      }
-      this.sem.release(this.worker.id)
+      // The wait is on the limit that refused: a free permit of another
+      // semaphore would wake us for nothing, at once, again and again.
+      const { sem, limit } = this.limitOf(this.refusedBy)
+      const got = await sem.acquire(limit, this.worker.id, { timeoutMs: PERMIT_WAIT_MS })
+      if (got) sem.release(this.worker.id)
+      const before = this.connecting
+      // Timed out: limits may have changed (reserve, reload); try the full set.
       this.grow()
+      if (this.waitingCount <= this.connecting) return
+      // A wake-up that opened nothing (another worker was quicker, or the
+      // limits moved): never loop on promises alone, which would starve the
+      // thread's event loop. The next round waits on a timer.
+      if (got && this.connecting === before && ++idleRounds > 1) {
+        idleRounds = 0
+        await sleep(PERMIT_WAIT_MS)
+      }
     }
   }
 
@@ -733,6 +787,10 @@ export class Pool {
       this.link(server, client, waitStart)
       return
     }
+    if (this.limitWaiters()) {
+      server.close()
+      return
+    }
     this.idle.push(server)
     if (this.othersWaiting() > 0) this.scheduleGiveBack()
   }
@@ -824,6 +882,8 @@ export class Pool {
     }
     // Rebalance: another worker's clients wait while our server idles.
     if (this.idle.length > 0 && this.othersWaiting() > 0) this.scheduleGiveBack()
+    // A pool of another worker waits at this database's or user's limit.
+    if (this.idle.length > 0 && this.limitWaiters()) this.evictIdle()
     // A reload made the pool smaller: idle servers above the new size go.
     let excess = this.sem.used() - this.poolSize - this.reserveSize
     while (excess-- > 0 && this.idle.length > 0) this.idle.shift()!.close()
@@ -949,6 +1009,9 @@ const GIVE_BACK_DELAY_MS = 10
 /** At most one hand-over of a busy pool's server per worker this often. */
 const HANDOVER_INTERVAL_MS = 100
 
-const PERMIT_POOL = 1
-const PERMIT_DATABASE = 2
-const PERMIT_USER = 4
+/** How long a pool out of permits waits on the semaphore before it looks at its limits again. */
+const PERMIT_WAIT_MS = 50
+
+export const PERMIT_POOL = 1
+export const PERMIT_DATABASE = 2
+export const PERMIT_USER = 4

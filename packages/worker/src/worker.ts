@@ -37,7 +37,7 @@ import { Janitor } from './janitor.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
-import { Pool, type PoolSlots, poolKey } from './pool.ts'
+import { PERMIT_DATABASE, Pool, type PoolSlots, poolKey } from './pool.ts'
 import { acceptConnections, type ClientSocket, TcpConnection } from './socket-io.ts'
 import { releaseStartupMemory } from './startup-memory.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
@@ -398,6 +398,18 @@ export class PoolerWorker {
       this.queriedSecrets.set(key, lookup.secret)
     else this.queriedSecrets.delete(key)
     return lookup
+  }
+
+  /** PgBouncer's eviction: an idle server of another pool with the same database (or user) is closed. */
+  evictFor(pool: Pool, limit: number): boolean {
+    const byDatabase = limit === PERMIT_DATABASE
+    for (const other of this.pools.values()) {
+      if (other === pool) continue
+      if (byDatabase ? other.database.name !== pool.database.name : other.user !== pool.user)
+        continue
+      if (other.evictIdle()) return true
+    }
+    return false
   }
 
   /** The secret auth_query last gave for a user of a database. */
