@@ -298,7 +298,7 @@ export { port }
     const ok = run(process.execPath, [bin, '--check', good])
     assert.equal(ok.status, 0, ok.stderr)
     assert.match(ok.stdout, /configuration is good/)
-    assert.match(ok.stdout, /app -> 127\.0\.0\.1:5432\/postgres/)
+    assert.match(ok.stdout, /app -> 127\.0\.0\.1:5432, dbname postgres/)
     assert.match(ok.stdout, /accepted but not implemented .*dns_max_ttl/)
     const bad = join(work, 'bad.ini')
     writeFileSync(bad, '[databases]\napp = host=127.0.0.1\n\n[pgbouncer]\npool_mode = sometimes\n')

@@ -433,7 +433,8 @@ export function showDatabases(
     if (db === null) continue
     rows.push([
       name,
-      db.host,
+      // No host (unix_socket_dir's socket): NULL, as PgBouncer shows it.
+      db.host === '' ? null : db.host,
       String(db.port),
       db.dbname,
       db.user ?? null,

@@ -26,7 +26,7 @@ function freePort(): Promise<number> {
 
 /**
  * Starts the real PgBouncer on an ini built like writeIni's (on a free port,
- * without a unix socket, logging to a file), as the `postgres` OS user when
+ * without a unix socket unless the spec names unix_socket_dir, logging to a file), as the `postgres` OS user when
  * the tests run as root (PgBouncer refuses root). Resolves once it answers.
  * The result has the same shape as startPooler's, so one test body can run
  * against both; `output()` is PgBouncer's log file.
@@ -39,7 +39,9 @@ export async function startPgBouncer(spec: IniSpec): Promise<Pooler> {
     auth_type: 'trust',
     ...spec.pgbouncer,
     listen_port: port,
-    unix_socket_dir: '',
+    // No socket of its own unless the test asks: then the directory also
+    // serves entries without host=, and must be writable by the postgres user.
+    unix_socket_dir: spec.pgbouncer?.unix_socket_dir ?? '',
     logfile: join(dir, 'pgbouncer.log'),
     pidfile: join(dir, 'pgbouncer.pid'),
     auth_file: join(dir, 'userlist.txt'),

@@ -21,6 +21,8 @@ export interface AdminStateHost {
   readonly sessions: ReadonlyMap<number, ClientSession>
   /** [peers]: SHOW PEER_POOLS' share of this worker. */
   readonly peers: Pick<PeerForwarder, 'stats'>
+  /** The port clients connect to: a unix socket server's local_port, as in PgBouncer. */
+  readonly listenPort: number
 }
 
 /** PgBouncer's text for the clients of a database dropped by KILL. */
@@ -220,10 +222,11 @@ export class WorkerAdmin {
       user: server.pool.user,
       database: db.name,
       state: server.parked ? 'being_canceled' : server.state,
-      addr: server.host,
+      // Through a unix socket PgBouncer shows `unix`, the database's port and its own.
+      addr: server.unix ? 'unix' : server.host,
       port: server.port,
-      localAddr: server.socket.localAddress ?? '',
-      localPort: server.socket.localPort ?? 0,
+      localAddr: server.unix ? 'unix' : (server.socket.localAddress ?? ''),
+      localPort: server.unix ? this.worker.listenPort : (server.socket.localPort ?? 0),
       connectTime: epochMs(server.createdAt),
       requestTime: epochMs(server.lastUsed),
       waitUs: 0,

@@ -20,11 +20,18 @@ export type LoadBalanceHosts = 'round-robin' | 'disable'
 
 export interface DatabaseConfig {
   name: string
-  /** As written (`a,b,c` for a list), for SHOW DATABASES and log lines. */
+  /**
+   * As written (`a,b,c` for a list), for SHOW DATABASES and log lines; '' when
+   * the entry has none: then, as in PgBouncer, the socket in unix_socket_dir.
+   */
   host: string
   /** The first host's port. */
   port: number
-  /** host split at commas, each with its port: what server connections use. */
+  /**
+   * host split at commas, each with its port: what server connections use. A
+   * host starting with '/' (or '@', abstract) is a unix socket's directory;
+   * '' is unix_socket_dir's (address.ts).
+   */
   hosts: HostPort[]
   /** Unset: round-robin. */
   loadBalanceHosts?: LoadBalanceHosts
@@ -119,6 +126,8 @@ export interface WorkerSettings {
   adminUsers: string[]
   statsUsers: string[]
   logfile: string
+  /** Also where a database entry without a host finds PostgreSQL's socket. */
+  unixSocketDir: string
   listenBacklog: number
   logConnections: boolean
   logDisconnections: boolean

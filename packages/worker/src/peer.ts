@@ -1,6 +1,7 @@
 import net from 'node:net'
 import type { PeerPoolStats } from '@pgbouncer-cluster/protocol/control'
 import { cancelRequest } from '@pgbouncer-cluster/protocol/serializer'
+import { serverAddress } from './address.ts'
 import type { PeerConfig } from './config-types.ts'
 import type { Logger } from './log.ts'
 
@@ -87,9 +88,12 @@ export class PeerForwarder {
   ): void {
     pool.login++
     let state: 'login' | 'active' | 'closed' = 'login'
-    const socket = peer.host.startsWith('/')
-      ? net.connect({ path: `${peer.host}/.s.PGSQL.${peer.port}` })
-      : net.connect({ host: peer.host, port: peer.port })
+    // A peer's host is never empty ([peers] requires one): the address is never null.
+    const address = serverAddress(peer.host, peer.port, '')!
+    const socket =
+      address.path !== undefined
+        ? net.connect({ path: address.path })
+        : net.connect({ host: address.host, port: address.port })
     // Bounds the whole exchange: a peer that takes the key but never hangs up frees its slot too.
     const timeoutMs = this.host.connectTimeout() * 1000
     if (timeoutMs > 0) socket.setTimeout(timeoutMs)

@@ -10,6 +10,7 @@ import {
   type BreakerWords,
   type SharedMemory,
 } from '@pgbouncer-cluster/protocol/shared-memory'
+import { describeAddress } from './address.ts'
 import { epochMs, fromEpochMs, preciseClock } from './clock.ts'
 import type { DatabaseConfig, PoolMode, UserConfig } from './config-types.ts'
 import { fatal, Texts } from './errors.ts'
@@ -736,12 +737,15 @@ export class Pool {
     if (failure.fromServer || failure.code !== CONNECTION_FAILURE) {
       return { sqlstate: failure.code, message: failure.message }
     }
+    const address = server.address
+    if (address === null) {
+      return { sqlstate: CONNECTION_FAILURE, message: `${Texts.cannotConnect}: ${failure.message}` }
+    }
     const errno = /\b(E[A-Z_]{3,})\b/.exec(failure.message)?.[1]
     const cause = (errno !== undefined ? ERRNO_TEXT[errno] : undefined) ?? failure.message
-    const { host, port } = server
     return {
       sqlstate: CONNECTION_FAILURE,
-      message: `${Texts.cannotConnect} at ${host}:${port}: ${cause}`,
+      message: `${Texts.cannotConnect} at ${describeAddress(address)}: ${cause}`,
     }
   }
 
@@ -985,6 +989,9 @@ const ERRNO_TEXT: Record<string, string> = {
   ETIMEDOUT: 'connection timed out',
   ENOTFOUND: 'host name not found',
   EAI_AGAIN: 'host name lookup failed',
+  // A unix socket: no server listens there, or the pooler may not open it.
+  ENOENT: 'no such file or directory',
+  EACCES: 'permission denied',
 }
 
 let checkText = ''

@@ -19,6 +19,7 @@ import {
   startupMessage,
   terminate,
 } from '@pgbouncer-cluster/protocol/serializer'
+import { type ServerAddress, serverAddress } from './address.ts'
 import type { DatabaseConfig, WorkerSettings } from './config-types.ts'
 import type { Logger } from './log.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
@@ -201,6 +202,11 @@ export class Server implements PreparedServer {
   readonly hostIndex: number
   readonly host: string
   readonly port: number
+  /**
+   * The entry's socket or TCP address (address.ts); null for an entry without
+   * a host while unix_socket_dir is empty, which fails the login at once.
+   */
+  readonly address: ServerAddress | null
 
   constructor(pool: ServerPool, permits: number, hostIndex: number) {
     this.pool = pool
@@ -211,13 +217,25 @@ export class Server implements PreparedServer {
     this.port = target.port
     this.createdAt = this.lastUsed = pool.worker.now
     this.scanner = new FrameScanner(SERVER_FLAGS, pool.worker.maxPacketSize)
-    this.socket = net.connect({
-      host: this.host,
-      port: this.port,
-      noDelay: true,
-      keepAlive: pool.worker.settings.tcpKeepalive,
-      keepAliveInitialDelay: pool.worker.settings.tcpKeepidle * 1000,
-    })
+    const settings = pool.worker.settings
+    const address = serverAddress(target.host, target.port, settings.unixSocketDir)
+    this.address = address
+    if (address === null) {
+      this.socket = new net.Socket()
+      process.nextTick(() =>
+        this.failLogin({ code: '08006', message: NO_SOCKET_DIR, fromServer: false }),
+      )
+    } else if (address.path !== undefined) {
+      this.socket = net.connect({ path: address.path })
+    } else {
+      this.socket = net.connect({
+        host: address.host,
+        port: address.port,
+        noDelay: true,
+        keepAlive: settings.tcpKeepalive,
+        keepAliveInitialDelay: settings.tcpKeepidle * 1000,
+      })
+    }
     this.socket.on('connect', this.onConnect)
     this.socket.on('error', this.onError)
     this.socket.on('close', this.onClose)
@@ -237,7 +255,8 @@ export class Server implements PreparedServer {
     // Reads land in a buffer of this server's own, so results are forwarded
     // to the client as subarrays of it (see socket-io.ts).
     startReading(this.socket, this, true)
-    if (this.pool.worker.tls.server !== null) {
+    // As PgBouncer: no TLS over a unix socket, whatever server_tls_sslmode says.
+    if (this.pool.worker.tls.server !== null && !this.unix) {
       // server_tls_sslmode: ask first; PostgreSQL answers one byte, S or N.
       this.sslPending = true
       this.write(sslRequest())
@@ -312,6 +331,11 @@ export class Server implements PreparedServer {
       this.pool.serverClosed(this)
     }
     this.pool.serverGone(this)
+  }
+
+  /** Through a unix socket (SHOW SERVERS says `unix`, as PgBouncer does). */
+  get unix(): boolean {
+    return this.address === null || this.address.path !== undefined
   }
 
   /**
@@ -738,6 +762,8 @@ export class Server implements PreparedServer {
 }
 
 const CLOSE_TIMEOUT_MS = 5000
+/** PgBouncer logs "unix socket dir not configured" and fails the connection. */
+const NO_SOCKET_DIR = 'the database has no host and unix_socket_dir is empty'
 
 const ACTION_NONE = 0
 const ACTION_SKIP = 1

@@ -38,6 +38,7 @@ import { createLogger, flushLogger, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
 import { PERMIT_DATABASE, Pool, type PoolSlots, poolKey } from './pool.ts'
+import type { Server } from './server.ts'
 import { acceptConnections, type ClientSocket, TcpConnection } from './socket-io.ts'
 import { releaseStartupMemory } from './startup-memory.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
@@ -181,6 +182,10 @@ export class PoolerWorker {
 
   get hasAuthFile(): boolean {
     return Object.keys(this.config.authUsers).length > 0
+  }
+
+  get listenPort(): number {
+    return this.listen.port
   }
 
   get maxPacketSize(): number {
@@ -365,8 +370,11 @@ export class PoolerWorker {
   resolveDatabase(name: string): DatabaseConfig | null {
     const entry = this.config.databases[name]
     if (entry !== undefined) return entry
+    // The '*' entry with every key of its own (PgBouncer parses its line for
+    // each name asked for): dbname stays the entry's when it gives one.
     const fallback = this.config.fallbackDatabase
-    return fallback === null ? null : { ...fallback, name, dbname: name }
+    if (fallback === null) return null
+    return { ...fallback, name, dbname: fallback.dbname === '*' ? name : fallback.dbname }
   }
 
   /** Who runs auth_query for this database: its own auth_user, else the global one. */
@@ -554,27 +562,46 @@ export class PoolerWorker {
     // The server stays out of the pool until PostgreSQL has taken the cancel,
     // or it could cancel the next client's query instead.
     server.cancelsInFlight++
-    // The host this server is on, which a host list makes one of several.
-    const { host, port } = server
+    this.cancelServer(server, () => {
+      server.cancelDone()
+      done()
+    })
+  }
+
+  /**
+   * Sends PostgreSQL a CancelRequest for a server's backend, on a connection
+   * of its own to the server's host (or unix socket), with TLS as the server
+   * connections use it; `over` runs once, when that connection has closed
+   * (PostgreSQL has acted on it) or was dropped (cancel_wait_timeout).
+   */
+  cancelServer(server: Server, over: () => void): void {
+    const address = server.address
+    if (address === null) {
+      over()
+      return
+    }
     const request = cancelRequest(server.pid, server.secret)
     const failed = (err: Error) => {
       this.log.warn({ err: err.message }, 'cancel request to server failed')
     }
     // Whichever socket reports its close first (plain or TLS), once.
     let closed = false
-    const over = () => {
+    const onClose = () => {
       if (closed) return
       closed = true
       this.cancels.delete(socket)
-      server.cancelDone()
-      done()
+      over()
     }
-    const socket = net.connect({ host, port })
+    const socket =
+      address.path !== undefined
+        ? net.connect({ path: address.path })
+        : net.connect({ host: address.host, port: address.port })
     this.cancels.set(socket, this.now)
     socket.on('error', failed)
-    socket.on('close', over)
+    socket.on('close', onClose)
     const setup = this.tls.server
-    if (setup === null) {
+    // No TLS over a unix socket, as for the server connection itself.
+    if (setup === null || address.path !== undefined) {
       socket.on('connect', () => socket.end(request))
       return
     }
@@ -588,9 +615,9 @@ export class PoolerWorker {
         failed(outcome)
         socket.destroy()
       } else {
-        const secure = connectTls(socket, setup, host)
+        const secure = connectTls(socket, setup, address.host)
         secure.on('error', failed)
-        secure.on('close', over)
+        secure.on('close', onClose)
         secure.once('secureConnect', () => secure.end(request))
       }
     })

@@ -211,9 +211,9 @@ describe('loadConfig: a realistic pgbouncer.ini', () => {
         },
         legacy: {
           name: 'legacy',
-          host: '127.0.0.1',
+          host: '',
           port: 5432,
-          hosts: [{ host: '127.0.0.1', port: 5432 }],
+          hosts: [{ host: '', port: 5432 }],
           dbname: 'legacy',
           line: 7,
           file,

@@ -218,6 +218,17 @@ function buildConfig(items: IniItem[], file: string | null, overrides: Partial<S
 
   applyOverrides(settings, overrides, origins)
   const authUsers = finish(settings, origins, warnings)
+  if (settings.unixSocketDir === '') {
+    const entries = Object.values(databases)
+    if (fallbackDatabase !== null) entries.push(fallbackDatabase)
+    for (const d of entries) {
+      if (!d.hosts.some((h) => h.host === '')) continue
+      const where = d.file === undefined ? 'config' : at({ file: d.file, line: d.line })
+      warnings.push(
+        `${where}: database ${d.name} has no host, which means the unix socket in unix_socket_dir, and unix_socket_dir is empty: its server connections fail, as in PgBouncer`,
+      )
+    }
+  }
   return {
     file: file === null ? null : resolve(file),
     settings,

@@ -88,13 +88,13 @@ describe('parseDatabase', () => {
     assert.deepEqual(unimplemented, ['server_lifetime', 'target_session_attrs'])
   })
 
-  test('defaults: 127.0.0.1:5432, dbname = entry name', () => {
+  test("defaults: no host (unix_socket_dir's socket, as PgBouncer), port 5432, dbname = entry name", () => {
     const { config, unimplemented } = parseDatabase('legacy', '', place)
     assert.deepEqual(config, {
       name: 'legacy',
-      host: '127.0.0.1',
+      host: '',
       port: 5432,
-      hosts: [{ host: '127.0.0.1', port: 5432 }],
+      hosts: [{ host: '', port: 5432 }],
       dbname: 'legacy',
       line: 9,
       file: 'p.ini',
@@ -119,8 +119,16 @@ describe('parseDatabase', () => {
     const rr = parseDatabase('a', 'host=h1,h2 load_balance_hosts=ROUND-ROBIN', place).config
     assert.equal(rr.loadBalanceHosts, 'round-robin')
     assert.deepEqual(parseDatabase('a', 'port=5433', place).config.hosts, [
-      { host: '127.0.0.1', port: 5433 },
+      { host: '', port: 5433 },
     ])
+    // Socket directories and TCP hosts in one list, each with its port.
+    assert.deepEqual(
+      parseDatabase('a', 'host=/run/postgresql,10.0.0.2 port=5432,5433', place).config.hosts,
+      [
+        { host: '/run/postgresql', port: 5432 },
+        { host: '10.0.0.2', port: 5433 },
+      ],
+    )
   })
 
   for (const [text, re] of [

@@ -63,11 +63,12 @@ export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' 
 // One [databases] entry (also the '*' fallback, whose name is '*'). What the
 // worker reads is its WorkerDatabaseConfig; the rest is the loader's.
 //
-// host: PgBouncer's default is a Unix socket in unix_socket_dir; without a
-// host we connect over TCP to 127.0.0.1, which is where that socket's server
-// listens in nearly every setup and works the same in containers. A
-// comma-separated list (PgBouncer 1.17+) spreads new server connections over
-// the hosts; port is one for all of them or, as libpq takes it, one per host.
+// host: as in PgBouncer, a host starting with '/' is the directory of
+// PostgreSQL's unix socket (`<dir>/.s.PGSQL.<port>`; '@' an abstract one), and
+// an entry without a host uses the socket in unix_socket_dir (the worker's
+// address.ts). A comma-separated list (PgBouncer 1.17+), which may mix sockets
+// and TCP hosts, spreads new server connections over the hosts; port is one
+// for all of them or, as libpq takes it, one per host.
 // dbname: defaults to name; '*' in the fallback entry stands for the client's name.
 export interface DatabaseConfig extends WorkerDatabaseConfig {
   // Accepted, not implemented yet (see DATABASE_PARAMS).
@@ -171,8 +172,9 @@ export function parseDatabase(
     throw fail(`database name "${name}" is reserved for the admin console`)
   const { values, unimplemented } = readParams(connstr, DATABASE_BY_NAME, 'connection', fail)
   const { port, ...rest } = values
-  const host = typeof values.host === 'string' ? values.host : '127.0.0.1'
-  const hosts = hostList(host, typeof port === 'string' ? port : '5432', fail)
+  const host = typeof values.host === 'string' ? values.host : ''
+  const ports = typeof port === 'string' ? port : '5432'
+  const hosts = hostList(host, ports, fail)
   const config: DatabaseConfig = {
     name,
     dbname: name,
@@ -195,8 +197,10 @@ export function hostList(
   port: string,
   fail: (what: string) => ConfigError,
 ): HostPort[] {
-  const names = host.split(',').map((h) => h.trim())
-  if (names.some((h) => h === '')) throw fail(`host: empty entry in host list "${host}"`)
+  // No host: unix_socket_dir's socket, as one entry.
+  const names = host === '' ? [''] : host.split(',').map((h) => h.trim())
+  if (host !== '' && names.some((h) => h === ''))
+    throw fail(`host: empty entry in host list "${host}"`)
   if (names.length > MAX_HOSTS) {
     throw fail(`host: ${names.length} hosts in the list, at most ${MAX_HOSTS} are supported`)
   }

@@ -3,6 +3,7 @@
 // warnings (what is accepted but not honoured), so an operator sees the
 // effect of a file before serving with it.
 
+import { describeAddress, serverAddress } from '@pgbouncer-cluster/worker/address'
 import type { Config } from './config.ts'
 
 export function describeConfig(config: Config, workers: number): string[] {
@@ -19,7 +20,14 @@ export function describeConfig(config: Config, workers: number): string[] {
   if (config.fallbackDatabase !== null) entries.push(config.fallbackDatabase)
   lines.push(`databases (${entries.length}):`)
   for (const d of entries) {
-    const target = `${d.host}:${d.port}/${d.dbname === '*' ? '<the name asked for>' : d.dbname}`
+    const where = d.hosts.map((h) => {
+      const address = serverAddress(h.host, h.port, s.unixSocketDir)
+      if (address === null) return 'unix_socket_dir (empty: no server)'
+      return address.path === undefined
+        ? describeAddress(address)
+        : `unix socket ${describeAddress(address)}`
+    })
+    const target = `${where.join(', ')}, dbname ${d.dbname === '*' ? '<the name asked for>' : d.dbname}`
     const extra = [
       d.user === undefined ? '' : `user ${d.user}`,
       d.poolMode === undefined ? '' : `pool_mode ${d.poolMode}`,
