@@ -1233,7 +1233,9 @@ export class ClientSession implements ConnectionOwner {
       server.swallow === 0 &&
       server.txStatus === TxStatus.Idle
     if (!clean) {
-      server.close()
+      // A statement may still run: PostgreSQL is told to stop it (Server.abort).
+      if (this.outstanding > 0 || this.extended || server.swallow > 0) server.abort()
+      else server.close()
       return
     }
     const settings = this.worker.settings

@@ -949,7 +949,11 @@ export class Pool {
 
   /** KILL: every server goes now, linked or not (the pool's clients were dropped first). */
   closeNow(): void {
-    for (const server of [...this.servers]) server.close()
+    for (const server of [...this.servers]) {
+      // Linked to the pooler's own client (auth_query): its statement may run.
+      if (server.state === 'active') server.abort()
+      else server.close()
+    }
   }
 
   /** A client of this pool left: its counts join the pool's totals. */

@@ -76,6 +76,11 @@ export interface ServerHost {
   readonly maxPacketSize: number
   /** The janitor's clock, in ms. */
   readonly now: number
+  /**
+   * A CancelRequest for the server's backend, the way the server went (its
+   * host, socket, TLS); `over` once PostgreSQL has taken it or it was dropped.
+   */
+  cancelServer(server: Server, over: () => void): void
 }
 
 /** How the pool logs a server in to PostgreSQL as its user. */
@@ -180,6 +185,8 @@ export class Server implements PreparedServer {
   private scram: ScramClient | null = null
   private connectTimer: NodeJS.Timeout | null = null
   private closeTimer: NodeJS.Timeout | null = null
+  /** How long to wait for the hang-up before cancelling again (abort()). */
+  private cancelAgainMs = 0
   private segmentStart = 0
   private action = 0
   /** Our SSLRequest awaits PostgreSQL's one-byte answer. */
@@ -497,6 +504,8 @@ export class Server implements PreparedServer {
 
   /** Bytes from a server nobody is linked to: status reports, or a FATAL on its way out. */
   private onIdleData(chunk: Buffer): void {
+    // Closed: what a cancelled statement still sends before the backend reads Terminate.
+    if (this.state === 'closed') return
     let start = 0
     let checked = false
     while (start < chunk.length) {
@@ -759,9 +768,44 @@ export class Server implements PreparedServer {
     }
     this.pool.serverClosed(this)
   }
+
+  /**
+   * Closes a server whose backend may be running a statement (its client
+   * timed out, was killed or left mid-query): PostgreSQL gets a CancelRequest
+   * for the backend besides the Terminate. A backend reads the Terminate only
+   * once its statement is over, so without the cancel it would run on for as
+   * long as the statement takes, holding its connection and, here, the pool's
+   * permit, which returns only when the backend hangs up (invariant 1: a
+   * backend PostgreSQL still runs is never left out of the count). So the
+   * socket is never cut off while a statement may run: the cancel is sent
+   * again, less and less often, until the backend has gone.
+   */
+  abort(): void {
+    if (this.state === 'closed') return
+    const running = this.state !== 'login' && this.pid !== 0
+    this.close()
+    if (!running || this.socket.destroyed) return
+    if (this.closeTimer) clearTimeout(this.closeTimer)
+    this.cancelAgainMs = CLOSE_TIMEOUT_MS
+    this.cancelRunning()
+  }
+
+  private cancelRunning(): void {
+    this.pool.worker.cancelServer(this, noop)
+    this.closeTimer = setTimeout(() => {
+      this.pool.worker.log.warn(
+        { server: this.id, backend_pid: this.pid, waited_ms: this.cancelAgainMs },
+        'server still running after cancel and Terminate; cancelling again, its permit is kept until it hangs up',
+      )
+      this.cancelAgainMs = Math.min(this.cancelAgainMs * 2, MAX_CANCEL_AGAIN_MS)
+      this.cancelRunning()
+    }, this.cancelAgainMs)
+  }
 }
 
 const CLOSE_TIMEOUT_MS = 5000
+/** The longest wait between two cancels for a backend that does not stop (abort()). */
+const MAX_CANCEL_AGAIN_MS = 60_000
 /** PgBouncer logs "unix socket dir not configured" and fails the connection. */
 const NO_SOCKET_DIR = 'the database has no host and unix_socket_dir is empty'
 
@@ -774,3 +818,4 @@ const ACTION_CHECKED = 5
 const DEALLOCATE_ALL = query('DEALLOCATE ALL')
 
 function ignoreError(): void {}
+function noop(): void {}
