@@ -144,6 +144,11 @@ export class AdminConsole {
     if (gather.waiting.size === 0) gather.done()
   }
 
+  /** PAUSE or KILL of this very database is in force. */
+  isPaused(database: string): boolean {
+    return this.pausedDbs.has(database)
+  }
+
   onPaused(msg: ControlOf<'paused'>): void {
     for (const p of this.pauses) {
       if (p.database === msg.database && p.waiting.delete(msg.worker) && p.waiting.size === 0)

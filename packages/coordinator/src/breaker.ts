@@ -158,6 +158,15 @@ export class Breakers {
     }
   }
 
+  /** The database's slot was freed (an unused automatic database): its breaker goes with it. */
+  forget(database: string): void {
+    const entry = this.entries.get(database)
+    if (entry === undefined) return
+    this.clearTimer(entry)
+    this.clearHostTimers(entry)
+    this.entries.delete(database)
+  }
+
   /** Databases the breakers know of (had a failure). */
   databases(): IterableIterator<string> {
     return this.entries.keys()

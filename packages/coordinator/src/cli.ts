@@ -59,16 +59,24 @@ export async function main(argv: string[]): Promise<number> {
     logfile: config.settings.logfile || null,
     pretty,
   })
-  const cluster = new Cluster({
-    config,
-    workers: options.workers,
-    logLevel: options.logLevel,
-    pretty,
-    log,
-    metrics: options.metrics,
-    // SIGHUP reads the same file with the same flags winning over it.
-    load: () => readConfig(options),
-  })
+  let cluster: Cluster
+  try {
+    cluster = new Cluster({
+      config,
+      workers: options.workers,
+      logLevel: options.logLevel,
+      pretty,
+      log,
+      metrics: options.metrics,
+      // SIGHUP reads the same file with the same flags winning over it.
+      load: () => readConfig(options),
+    })
+  } catch (err) {
+    // The shared memory it would make (PGBOUNCER_CLUSTER_SLOTS): one line, no stack.
+    process.stderr.write(`pgbouncer-cluster: could not start: ${(err as Error).message}
+`)
+    return 1
+  }
   try {
     await cluster.start()
   } catch (err) {

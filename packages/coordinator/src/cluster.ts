@@ -17,7 +17,8 @@ import type { ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError, resolveDatabase } from './config/config.ts'
 import type { MetricsServer } from './metrics-server.ts'
-import { SlotRegistry } from './registry.ts'
+import { PoolSlots } from './pool-slots.ts'
+import { SLOT_TABLES, SlotRegistry } from './registry.ts'
 import { nextConfig } from './reload.ts'
 
 export interface ClusterOptions {
@@ -34,7 +35,6 @@ export interface ClusterOptions {
   metrics?: { host: string; port: number } | null
 }
 
-const LAYOUT = { maxPools: 4096, maxDatabases: 1024, maxUsers: 1024 }
 /**
  * A worker's young generation. V8's default lets it grow to tens of MB while
  * thousands of clients log in, and it stays that large: 10,000 idle clients
@@ -79,7 +79,8 @@ export class Cluster {
   readonly log: Logger
   readonly sab: SharedArrayBuffer
   readonly shared: SharedMemory
-  private readonly registry = new SlotRegistry(LAYOUT)
+  private readonly registry: SlotRegistry
+  private readonly poolSlots: PoolSlots
   private readonly options: ClusterOptions
   private readonly slots: WorkerSlot[] = []
   /**
@@ -110,8 +111,10 @@ export class Cluster {
     this.options = options
     this.config = options.config
     this.log = options.log
+    const layout = slotLayout(process.env.PGBOUNCER_CLUSTER_SLOTS, SLOT_TABLES)
+    this.registry = new SlotRegistry(layout)
     // One counter row per worker: readers sum exactly the workers there are.
-    this.sab = createSharedMemory({ ...LAYOUT, maxWorkers: options.workers })
+    this.sab = createSharedMemory({ ...layout, maxWorkers: options.workers })
     this.shared = new SharedMemory(this.sab)
     this.breakers = new Breakers({
       shared: this.shared,
@@ -136,6 +139,17 @@ export class Cluster {
           return { database, user }
         }),
       port: () => this.listen.port,
+    })
+    this.poolSlots = new PoolSlots({
+      registry: this.registry,
+      shared: this.shared,
+      log: this.log,
+      configured: (database) => Object.hasOwn(this.config.databases, database),
+      paused: (database) => this.admin.isPaused(database),
+      idleTimeout: () => this.config.settings.autodbIdleTimeout,
+      workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
+      send: (worker, msg) => this.sendTo(this.slots[worker]?.thread ?? null, msg),
+      released: (database) => this.breakers.forget(database),
     })
   }
 
@@ -261,6 +275,8 @@ export class Cluster {
           hosts: resolveDatabase(this.config, name)?.hosts ?? [],
         })),
       workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
+      slots: () => this.registry.usage(),
+      databasesFreed: () => this.poolSlots.freed,
     })
     this.metricsServer = new MetricsServer({
       host: at.host,
@@ -393,6 +409,7 @@ export class Cluster {
   private async stopWorkers(mode: ShutdownMode): Promise<void> {
     process.off('SIGHUP', this.onReloadSignal)
     this.breakers.close()
+    this.poolSlots.close()
     // The console's sampler keeps running: log_stats and SHOW STATS stay live while clients drain.
     if (mode === 'immediate') this.admin.close()
     const exits = this.slots.map((slot, id) => {
@@ -465,6 +482,7 @@ export class Cluster {
     // Invariant 2: whatever the dead worker held returns to the shared pool.
     // Its clients and servers died with its sockets; none was handed to anyone.
     const reclaimed = this.shared.reclaimWorker(id)
+    this.poolSlots.workerGone(id)
     this.answerCancelsOf(id)
     this.breakers.workerDied()
     this.admin.workerGone(id)
@@ -510,33 +528,13 @@ export class Cluster {
         slot.ready = null
         return
       }
-      case 'pool-slot-request': {
-        const slots = this.registry.slotsFor(msg.database, msg.user)
-        if (slots === null) {
-          this.log.error({ database: msg.database, user: msg.user }, 'out of pool slots')
-          return
-        }
-        this.sendTo(this.slots[id].thread, {
-          type: 'pool-slot',
-          database: msg.database,
-          user: msg.user,
-          ...slots,
-        })
+      case 'pool-slot-request':
+      case 'client-slot-request':
+        this.poolSlots.request({ ...msg, worker: id })
         return
-      }
-      case 'client-slot-request': {
-        const slots = this.registry.clientSlotsFor(msg.database, msg.user)
-        if (slots.databaseSlot < 0 || slots.userSlot < 0) {
-          this.log.error({ database: msg.database, user: msg.user }, 'out of client-count slots')
-        }
-        this.sendTo(this.slots[id].thread, {
-          type: 'client-slot',
-          database: msg.database,
-          user: msg.user,
-          ...slots,
-        })
+      case 'database-released':
+        this.poolSlots.onReleased({ ...msg, worker: id })
         return
-      }
       case 'cancel': {
         const owner = keyWorker(msg.pid)
         const thread = this.slots[owner]?.thread ?? null
@@ -565,7 +563,8 @@ export class Cluster {
           { database: msg.database, user: msg.user, sqlstate: msg.sqlstate, error: msg.message },
           'server login failed',
         )
-        const slots = this.registry.slotsFor(msg.database, msg.user)
+        // A database freed since (pool-slots.ts) has no breaker to feed.
+        const slots = this.registry.lookup(msg.database, msg.user)
         if (slots !== null)
           this.breakers.loginFailed(
             slots.databaseSlot,
@@ -593,7 +592,7 @@ export class Cluster {
         this.admin.onPaused(msg)
         return
       case 'server-login-ok': {
-        const slots = this.registry.slotsFor(msg.database, msg.user)
+        const slots = this.registry.lookup(msg.database, msg.user)
         if (slots !== null)
           this.breakers.loginSucceeded(slots.databaseSlot, msg.database, hostOf(msg))
         return
@@ -608,6 +607,28 @@ export class Cluster {
     const data = encodeControl(msg)
     thread.postMessage(data, [data.buffer as ArrayBuffer])
   }
+}
+
+/** The slot tables, or those `databases=N,users=N,pools=N` asks for (each 1..2^20). */
+function slotLayout(
+  spec: string | undefined,
+  defaults: { maxPools: number; maxDatabases: number; maxUsers: number },
+): { maxPools: number; maxDatabases: number; maxUsers: number } {
+  const layout = { ...defaults }
+  if (spec === undefined || spec.trim() === '') return layout
+  const keys = { databases: 'maxDatabases', users: 'maxUsers', pools: 'maxPools' } as const
+  for (const part of spec.split(',')) {
+    const [name, value] = part.split('=').map((x) => x.trim())
+    const key = keys[name as keyof typeof keys]
+    const n = Number(value)
+    if (key === undefined || !Number.isInteger(n) || n < 1 || n > 1 << 20) {
+      throw new Error(
+        `PGBOUNCER_CLUSTER_SLOTS: expected databases=N,users=N,pools=N (1..${1 << 20}), got "${spec}"`,
+      )
+    }
+    layout[key] = n
+  }
+  return layout
 }
 
 /** unix_socket_group: a group name from /etc/group, or a number. */

@@ -285,6 +285,10 @@ export interface MetricsSource {
   databases(): Iterable<{ name: string; slot: number; hosts: readonly Host[] }>
   /** Worker ids with a live thread. */
   workers(): number[]
+  /** The pool-slot tables: slots in use and how many there are (registry.ts). */
+  slots(): Record<'databases' | 'users' | 'pools', { used: number; max: number }>
+  /** Automatic databases freed so far (autodb_idle_timeout, or tables full). */
+  databasesFreed(): number
 }
 
 /**
@@ -446,6 +450,30 @@ export class Metrics {
       waiters.set(labels, sem.waiters())
       handovers.inc(labels, shared.counters.sum(p.slot, ShmCounter.handovers))
     }
+
+    // The pool-slot tables in shared memory, and the automatic databases freed.
+    const slotsUsed = gauge(
+      reg,
+      'pgbouncer_cluster_slots_in_use',
+      'Slots of the shared-memory table given to a database, user or pool (freed with unused automatic databases)',
+      ['table'],
+    )
+    const slotsMax = gauge(
+      reg,
+      'pgbouncer_cluster_slots',
+      'Slots of the shared-memory table, in use or not',
+      ['table'],
+    )
+    for (const [table, { used, max }] of Object.entries(this.source.slots())) {
+      slotsUsed.set({ table }, used)
+      slotsMax.set({ table }, max)
+    }
+    counter(
+      reg,
+      'pgbouncer_cluster_auto_databases_freed_total',
+      'Automatic databases (made by the * entry) freed unused, after autodb_idle_timeout or because a table was full',
+      [],
+    ).inc(this.source.databasesFreed())
 
     // Per database: the circuit breaker and the latency histograms.
     const breaker = gauge(

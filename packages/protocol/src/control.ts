@@ -37,10 +37,21 @@ export type ControlMessage =
    * worker: the slots their client counts live in.
    */
   | { type: 'client-slot-request'; worker: number; database: string; user: string }
-  /** coordinator → worker: those slots; -1 when the table is full (not counted). */
+  /** coordinator → worker: those slots (-1: not counted). */
   | { type: 'client-slot'; database: string; user: string; databaseSlot: number; userSlot: number }
-  /** coordinator → worker: no such (database, user) to give a slot to. */
+  /**
+   * coordinator → worker: no slot for that (database, user), the tables being
+   * full of databases in use: the logins waiting for it are refused with this.
+   */
   | { type: 'pool-slot-error'; database: string; user: string; sqlstate: string; message: string }
+  /**
+   * coordinator → workers: an automatic database unused for autodb_idle_timeout
+   * (or while the tables are full) is to be freed: let its pools and slots go,
+   * unless something of it is still in use here. Answered by 'database-released'.
+   */
+  | { type: 'release-database'; database: string }
+  /** worker → coordinator: whether it let the database go (1) or still uses it (0). */
+  | { type: 'database-released'; worker: number; database: string; released: number }
   /** coordinator → worker: the (re)loaded configuration, a plain object. */
   | { type: 'config'; config: unknown }
   /**
@@ -243,6 +254,8 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   'client-slot-request': { worker: 'uint', database: 'string', user: 'string' },
   'client-slot': { database: 'string', user: 'string', databaseSlot: 'int', userSlot: 'int' },
   'pool-slot-error': { database: 'string', user: 'string', sqlstate: 'string', message: 'string' },
+  'release-database': { database: 'string' },
+  'database-released': { worker: 'uint', database: 'string', released: 'uint' },
   config: { config: 'object' },
   cancel: { pid: 'int', secret: 'int', ref: 'uint', from: 'uint' },
   'cancel-done': { worker: 'uint', ref: 'uint' },

@@ -138,8 +138,13 @@ export class PoolCounters {
     const f64 = this.#f64
     const start = worker * this.maxPools * ROW_WORDS
     for (let p = 0; p < this.maxPools; p++) {
-      f64.fill(0, start + p * ROW_WORDS, start + p * ROW_WORDS + GAUGE_COUNT)
-      f64[start + p * ROW_WORDS + OLDEST_WAIT] = 0
+      const row = start + p * ROW_WORDS
+      // Rows never written stay unwritten: their pages are not committed for nothing.
+      let zero = f64[row + OLDEST_WAIT] === 0
+      for (let c = 0; zero && c < GAUGE_COUNT; c++) zero = f64[row + c] === 0
+      if (zero) continue
+      f64.fill(0, row, row + GAUGE_COUNT)
+      f64[row + OLDEST_WAIT] = 0
     }
   }
 

@@ -31,6 +31,29 @@ describe('Semaphore', () => {
     assert.equal(sem.used(), 2)
   })
 
+  it('clear() zeroes a semaphore nobody counts on, and refuses one with a permit or a waiter', async () => {
+    const sem = make()
+    assert.equal(sem.tryAcquire(2, 1), true)
+    assert.equal(sem.clear(), false)
+    assert.deepEqual(ledger(sem), [0, 1, 0, 0])
+    sem.release(1)
+    const waiting = sem.acquire(0, 2, { timeoutMs: 50 })
+    assert.equal(sem.clear(), false, 'cleared under a waiter')
+    assert.equal(await waiting, false)
+    assert.equal(sem.clear(), true)
+    assert.equal(sem.used(), 0)
+    assert.equal(sem.waiters(), 0)
+  })
+
+  it('reclaim() of a holder with nothing leaves the words unwritten', () => {
+    const i32 = new Int32Array(new SharedArrayBuffer(Semaphore.words(HOLDERS) * 4))
+    const sem = new Semaphore(i32, 0, HOLDERS)
+    assert.equal(sem.tryAcquire(5, 0), true)
+    const before = Array.from(i32)
+    assert.equal(sem.reclaim(1), 0)
+    assert.deepEqual(Array.from(i32), before)
+  })
+
   it('refuses a zero or NaN limit', () => {
     const sem = make()
     assert.equal(sem.tryAcquire(0, 0), false)

@@ -240,6 +240,15 @@ export class Semaphore {
     const ledger = this.#ledgerIndex(holder)
     const i32 = this.#i32
     const lock = this.#lock
+    const share = this.#ledger + this.#maxHolders + holder
+    // Nothing of the dead holder's here: no write, so a page of shared memory
+    // nobody used is not committed by a sweep over every semaphore.
+    if (
+      Atomics.load(i32, lock) !== holder + 1 &&
+      Atomics.load(i32, ledger) === 0 &&
+      Atomics.load(i32, share) === 0
+    )
+      return 0
     if (Atomics.load(i32, lock) === holder + 1) {
       Atomics.store(i32, this.#used, Atomics.load(i32, lock + (JOURNAL_USED - LOCK)))
       Atomics.store(i32, ledger, Atomics.load(i32, lock + (JOURNAL_LEDGER - LOCK)))
@@ -250,10 +259,30 @@ export class Semaphore {
     const n = Atomics.exchange(i32, ledger, 0)
     if (n > 0) Atomics.sub(i32, this.#used, n)
     Atomics.store(i32, lock, 0)
-    const parked = Atomics.exchange(i32, this.#ledger + this.#maxHolders + holder, 0)
+    const parked = Atomics.exchange(i32, share, 0)
     if (parked > 0) Atomics.sub(i32, this.#waiters, parked)
     if (n > 0) Atomics.notify(i32, this.#used, n)
     return n
+  }
+
+  /**
+   * Coordinator only, when the slot is to count for something else and no
+   * holder refers to it any more: every word back to zero. Refuses (false,
+   * nothing changed) while a permit is taken, a caller waits or the lock is
+   * held: then a holder still uses it. A clean semaphore is left unwritten.
+   */
+  clear(): boolean {
+    const i32 = this.#i32
+    if (
+      Atomics.load(i32, this.#used) !== 0 ||
+      Atomics.load(i32, this.#waiters) !== 0 ||
+      Atomics.load(i32, this.#lock) !== 0
+    )
+      return false
+    const base = this.#used
+    const end = this.#ledger + 2 * this.#maxHolders
+    for (let i = base; i < end; i++) if (Atomics.load(i32, i) !== 0) Atomics.store(i32, i, 0)
+    return true
   }
 
   #enterAs(tag: number): void {

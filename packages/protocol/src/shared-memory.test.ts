@@ -98,6 +98,33 @@ describe('SharedMemory', () => {
     assert.equal(shm.counters.get(4, Counter.server_connects), 1n)
   })
 
+  it('clearPool, clearDatabase and clearUser zero what a slot held, once nothing counts there', () => {
+    const shm = new SharedMemory(
+      createSharedMemory({ maxWorkers: 2, maxPools: 4, maxDatabases: 2, maxUsers: 2 }),
+    )
+    assert.equal(shm.pool(1).tryAcquire(5, 0), true)
+    shm.counters.add(1, 1, Counter.handovers, 2)
+    assert.equal(shm.clearPool(1), false, 'a permit is still taken')
+    shm.pool(1).release(0)
+    assert.equal(shm.clearPool(1), true)
+    assert.equal(shm.counters.read(1, 1, Counter.handovers), 0)
+    shm.breaker(1).setError('3D000', 'gone')
+    shm.breaker(1).setState(BreakerState.open)
+    shm.breaker(1).markHostDown(3)
+    assert.equal(shm.databaseClients(1).tryAcquire(9, 1), true)
+    assert.equal(shm.clearDatabase(1), false, 'a client is still counted')
+    shm.databaseClients(1).release(1)
+    assert.equal(shm.clearDatabase(1), true)
+    assert.equal(shm.breaker(1).state(), BreakerState.closed)
+    assert.equal(shm.breaker(1).hostState(3), BreakerState.closed)
+    assert.equal(shm.breaker(1).error(), null)
+    assert.equal(shm.breaker(0).state(), BreakerState.closed)
+    assert.equal(shm.userClients(0).tryAcquire(1, 0), true)
+    assert.equal(shm.clearUser(0), false)
+    shm.userClients(0).release(0)
+    assert.equal(shm.clearUser(0), true)
+  })
+
   it('rejects bad layouts, foreign buffers and out-of-range slots', () => {
     assert.throws(() => createSharedMemory({ ...layout, maxWorkers: 65 }), {
       code: 'ERR_SHARED_MEMORY',

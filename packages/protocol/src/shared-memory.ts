@@ -53,6 +53,11 @@
  * of pool(p), database(d) and user(u) whose limit is set. The permits are
  * ledgered to the worker that opened the connection; when it dies the
  * coordinator calls reclaim(w) on every semaphore and counters.resetWorker(w).
+ *
+ * Slots are the coordinator's to give (coordinator/src/registry.ts). A slot
+ * of a freed database (pool-slots.ts) is zeroed by clearPool, clearDatabase
+ * and clearUser only once no worker refers to it, and only if it counts
+ * nothing; then it means another pool, database or user.
  */
 
 import { PoolCounters } from './counters.ts'
@@ -223,12 +228,13 @@ export class SharedMemory {
   readonly figures: WorkerFigures
   readonly #i32: Int32Array
   readonly #offsets: Offsets
-  readonly #pools: (Semaphore | undefined)[]
-  readonly #databases: (Semaphore | undefined)[]
-  readonly #users: (Semaphore | undefined)[]
-  readonly #dbClients: (Semaphore | undefined)[]
-  readonly #userClients: (Semaphore | undefined)[]
-  readonly #breakers: (BreakerWords | undefined)[]
+  // Views made on first use, per slot: a thread uses few of the many slots.
+  readonly #pools = new Map<number, Semaphore>()
+  readonly #databases = new Map<number, Semaphore>()
+  readonly #users = new Map<number, Semaphore>()
+  readonly #dbClients = new Map<number, Semaphore>()
+  readonly #userClients = new Map<number, Semaphore>()
+  readonly #breakers = new Map<number, BreakerWords>()
   #clients: Semaphore | undefined
 
   constructor(sab: SharedArrayBuffer) {
@@ -259,12 +265,6 @@ export class SharedMemory {
     this.layout = layout
     this.#i32 = i32
     this.#offsets = o
-    this.#pools = new Array(layout.maxPools)
-    this.#databases = new Array(layout.maxDatabases)
-    this.#users = new Array(layout.maxUsers)
-    this.#dbClients = new Array(layout.maxDatabases)
-    this.#userClients = new Array(layout.maxUsers)
-    this.#breakers = new Array(layout.maxDatabases)
     this.counters = new PoolCounters(sab, o.counters, layout.maxPools, layout.maxWorkers)
     this.histograms = new LatencyHistograms(
       sab,
@@ -277,24 +277,18 @@ export class SharedMemory {
 
   /** Server connections of one (database, user) pool: pool_size (+ reserve_pool_size). */
   pool(slot: number): Semaphore {
-    return (this.#pools[this.#slot(slot, this.layout.maxPools, 'pool')] ??= this.#semaphore(
-      this.#offsets.pools,
-      slot,
-    ))
+    return this.#view(this.#pools, this.#offsets.pools, slot, this.layout.maxPools, 'pool')
   }
 
   /** Server connections of one database over all its pools: max_db_connections. */
   database(slot: number): Semaphore {
-    return (this.#databases[this.#slot(slot, this.layout.maxDatabases, 'database')] ??=
-      this.#semaphore(this.#offsets.databases, slot))
+    const max = this.layout.maxDatabases
+    return this.#view(this.#databases, this.#offsets.databases, slot, max, 'database')
   }
 
   /** Server connections of one user over all its pools: max_user_connections. */
   user(slot: number): Semaphore {
-    return (this.#users[this.#slot(slot, this.layout.maxUsers, 'user')] ??= this.#semaphore(
-      this.#offsets.users,
-      slot,
-    ))
+    return this.#view(this.#users, this.#offsets.users, slot, this.layout.maxUsers, 'user')
   }
 
   /** Client connections of the whole cluster: max_client_conn. */
@@ -304,21 +298,19 @@ export class SharedMemory {
 
   /** Client connections of one database, over the cluster: max_db_client_connections. */
   databaseClients(slot: number): Semaphore {
-    return (this.#dbClients[this.#slot(slot, this.layout.maxDatabases, 'database')] ??=
-      this.#semaphore(this.#offsets.dbClients, slot))
+    const max = this.layout.maxDatabases
+    return this.#view(this.#dbClients, this.#offsets.dbClients, slot, max, 'database')
   }
 
   /** Client connections of one user, over the cluster: max_user_client_connections. */
   userClients(slot: number): Semaphore {
-    return (this.#userClients[this.#slot(slot, this.layout.maxUsers, 'user')] ??= this.#semaphore(
-      this.#offsets.userClients,
-      slot,
-    ))
+    const max = this.layout.maxUsers
+    return this.#view(this.#userClients, this.#offsets.userClients, slot, max, 'user')
   }
 
   breaker(dbSlot: number): BreakerWords {
     const slot = this.#slot(dbSlot, this.layout.maxDatabases, 'database')
-    let words = this.#breakers[slot]
+    let words = this.#breakers.get(slot)
     if (words === undefined) {
       const i32 = this.#i32
       const state = this.#offsets.breakers + slot * BREAKER_WORDS
@@ -379,9 +371,38 @@ export class SharedMemory {
           }
         },
       }
-      this.#breakers[slot] = words
+      this.#breakers.set(slot, words)
     }
     return words
+  }
+
+  /**
+   * Coordinator only, once no worker refers to pool slot `p` (every worker
+   * let its pool go): its semaphore and counter rows zeroed, for the next
+   * (database, user) it is given to. False, and nothing changed, while a
+   * permit or a waiter is still counted there.
+   */
+  clearPool(p: number): boolean {
+    if (!this.pool(p).clear()) return false
+    this.counters.resetPool(p)
+    return true
+  }
+
+  /** As clearPool(), for database slot `d`: both its semaphores, breaker words and histograms. */
+  clearDatabase(d: number): boolean {
+    if (!this.database(d).clear() || !this.databaseClients(d).clear()) return false
+    const base = this.#offsets.breakers + d * BREAKER_WORDS
+    const i32 = this.#i32
+    for (let i = base; i < base + BREAKER_WORDS; i++) {
+      if (Atomics.load(i32, i) !== 0) Atomics.store(i32, i, 0)
+    }
+    this.histograms.resetDatabase(d)
+    return true
+  }
+
+  /** As clearPool(), for user slot `u`: both its semaphores. */
+  clearUser(u: number): boolean {
+    return this.user(u).clear() && this.userClients(u).clear()
   }
 
   flag(name: SharedFlag): number {
@@ -395,15 +416,37 @@ export class SharedMemory {
 
   /** Coordinator only, once worker `w` is dead: every permit back, its gauges zeroed. */
   reclaimWorker(worker: number): number {
+    const { maxPools, maxDatabases, maxUsers } = this.layout
+    const o = this.#offsets
     let n = 0
-    for (let p = 0; p < this.layout.maxPools; p++) n += this.pool(p).reclaim(worker)
-    for (let d = 0; d < this.layout.maxDatabases; d++) n += this.database(d).reclaim(worker)
-    for (let u = 0; u < this.layout.maxUsers; u++) n += this.user(u).reclaim(worker)
+    // Every slot, through a passing view: caching a view per slot would keep thousands.
+    const sweep = (cache: Map<number, Semaphore>, region: number, count: number) => {
+      for (let slot = 0; slot < count; slot++)
+        n += (cache.get(slot) ?? this.#semaphore(region, slot)).reclaim(worker)
+    }
+    sweep(this.#pools, o.pools, maxPools)
+    sweep(this.#databases, o.databases, maxDatabases)
+    sweep(this.#users, o.users, maxUsers)
     n += this.clients().reclaim(worker)
-    for (let d = 0; d < this.layout.maxDatabases; d++) n += this.databaseClients(d).reclaim(worker)
-    for (let u = 0; u < this.layout.maxUsers; u++) n += this.userClients(u).reclaim(worker)
+    sweep(this.#dbClients, o.dbClients, maxDatabases)
+    sweep(this.#userClients, o.userClients, maxUsers)
     this.counters.resetWorker(worker)
     return n
+  }
+
+  #view(
+    cache: Map<number, Semaphore>,
+    region: number,
+    slot: number,
+    max: number,
+    what: string,
+  ): Semaphore {
+    let sem = cache.get(slot)
+    if (sem === undefined) {
+      sem = this.#semaphore(region, this.#slot(slot, max, what))
+      cache.set(slot, sem)
+    }
+    return sem
   }
 
   #semaphore(region: number, slot: number): Semaphore {

@@ -22,7 +22,7 @@ import { ClientAuth } from './auth.ts'
 import type { Lookup } from './auth-query.ts'
 import { clockNow } from './clock.ts'
 import type { AuthType, DatabaseConfig, PoolMode, WorkerConfig } from './config-types.ts'
-import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
+import { errorMessage, fatal, SlotError, SqlState, Texts } from './errors.ts'
 import { matchHba } from './hba.ts'
 import {
   parseOptions,
@@ -89,7 +89,7 @@ export interface SessionHost extends AdminContext {
   admitToLimits(
     db: DatabaseConfig,
     user: string,
-  ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user'>
+  ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user' | SlotError>
   releaseCounted(session: ClientSession): void
   clientClosed(session: ClientSession, admitted: boolean): void
   isAdminDatabase(name: string): boolean
@@ -863,7 +863,11 @@ export class ClientSession implements ConnectionOwner {
     else this.onAdmitted(db, admitted)
   }
 
-  private onAdmitted(db: DatabaseConfig, admitted: ClientSlots | 'db' | 'user'): void {
+  private onAdmitted(db: DatabaseConfig, admitted: ClientSlots | 'db' | 'user' | SlotError): void {
+    if (admitted instanceof SlotError) {
+      this.fail(fatal(admitted.message, admitted.sqlstate))
+      return
+    }
     if (admitted === 'db' || admitted === 'user') {
       this.fail(
         fatal(admitted === 'db' ? Texts.maxDbClientConnections : Texts.maxUserClientConnections),
@@ -1008,7 +1012,8 @@ export class ClientSession implements ConnectionOwner {
     if (pool instanceof Promise) {
       void pool.then(
         (opened) => this.joinPool(db, opened, scramKeys),
-        (err: Error) => this.fail(fatal(err.message)),
+        (err: Error) =>
+          this.fail(fatal(err.message, err instanceof SlotError ? err.sqlstate : undefined)),
       )
       return
     }

@@ -14,6 +14,17 @@ export const SqlState = {
   FeatureNotSupported: '0A000',
 } as const
 
+/** A login the coordinator could give no pool slot to: its text and SQLSTATE, for the client. */
+export class SlotError extends Error {
+  readonly sqlstate: string
+
+  constructor(message: string, sqlstate: string) {
+    super(message)
+    this.name = 'SlotError'
+    this.sqlstate = sqlstate
+  }
+}
+
 export function fatal(message: string, code: string = SqlState.ProtocolViolation): Buffer {
   return errorResponse({ severity: 'FATAL', code, message })
 }

@@ -247,6 +247,27 @@ export class Pool {
     return this.waiting.length - this.waitingHead
   }
 
+  /**
+   * Anything of the pool still alive in this worker: a server (a closing one
+   * still holds its permit), a client waiting, a wait for a permit. A pool in
+   * use is never let go ('release-database').
+   */
+  get inUse(): boolean {
+    return (
+      this.servers.size > 0 ||
+      this.waitingCount > 0 ||
+      this.permitLoop ||
+      this.connecting > 0 ||
+      this.sem.held(this.worker.id) > 0
+    )
+  }
+
+  /** Let go (its database is freed): no timer of it may run on. */
+  dispose(): void {
+    if (this.giveBackTimer !== null) clearTimeout(this.giveBackTimer)
+    this.giveBackTimer = null
+  }
+
   /** Servers between open() and the end of their login (SHOW POOLS sv_login). */
   get loginCount(): number {
     return this.loggingIn.size
@@ -871,6 +892,8 @@ export class Pool {
   // ---- housekeeping (called by the worker's janitor) ---------------------------
 
   tick(now: number): void {
+    // Most pools of a host with thousands of databases have nothing to look after.
+    if (this.servers.size === 0 && this.waitingCount === 0 && this.minPoolSize === 0) return
     const settings = this.worker.settings
     if (this.waitingCount > 0) this.grow()
     // Idle servers past their lifetime or idle timeout, never below min_pool_size.

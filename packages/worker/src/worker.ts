@@ -31,7 +31,7 @@ import type {
   WorkerData,
   WorkerSettings,
 } from './config-types.ts'
-import { fatal, SqlState, Texts } from './errors.ts'
+import { fatal, SlotError, SqlState, Texts } from './errors.ts'
 import { FigurePublisher } from './figures.ts'
 import { Janitor } from './janitor.ts'
 import { createLogger, flushLogger, type Logger } from './log.ts'
@@ -42,6 +42,11 @@ import type { Server } from './server.ts'
 import { acceptConnections, type ClientSocket, TcpConnection } from './socket-io.ts'
 import { releaseStartupMemory } from './startup-memory.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
+
+/** The database name of a pool key (poolKey: database, NUL, user). */
+function databaseOfKey(key: string): string {
+  return key.slice(0, key.indexOf('\u0000'))
+}
 
 /** A per-database or per-user limit overrides the global one when above 0; 0 means none. */
 function limitOf(own: number | undefined, global: number): number {
@@ -102,6 +107,11 @@ export class PoolerWorker {
   /** Per (database, user): the slots of their client counts, asked of the coordinator once. */
   private readonly clientSlotRequests = new Map<string, PromiseWithResolvers<ClientSlots>>()
   private readonly clientSlotsKnown = new Map<string, ClientSlots>()
+  /**
+   * By database name: its pools and the keys of its known client slots, so
+   * that letting a database go ('release-database') touches only its own.
+   */
+  private readonly byDatabase = new Map<string, { pools: Set<Pool>; clientSlots: Set<string> }>()
   // The last pool key made: the next login is most often to the same database
   // and user, and a key made again is a new string to hash at each lookup.
   private lastKeyDatabase = ''
@@ -288,7 +298,7 @@ export class PoolerWorker {
   admitToLimits(
     db: DatabaseConfig,
     user: string,
-  ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user'> {
+  ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user' | SlotError> {
     const slots = this.clientSlotsKnown.get(this.poolKeyOf(db.name, user))
     return slots !== undefined
       ? this.takeClientSlots(db, user, slots)
@@ -299,7 +309,7 @@ export class PoolerWorker {
   private async askClientSlots(
     db: DatabaseConfig,
     user: string,
-  ): Promise<ClientSlots | 'db' | 'user'> {
+  ): Promise<ClientSlots | 'db' | 'user' | SlotError> {
     const key = poolKey(db.name, user)
     let request = this.clientSlotRequests.get(key)
     if (request === undefined) {
@@ -307,7 +317,13 @@ export class PoolerWorker {
       this.clientSlotRequests.set(key, request)
       this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user })
     }
-    return this.takeClientSlots(db, user, await request.promise)
+    let slots: ClientSlots
+    try {
+      slots = await request.promise
+    } catch (err) {
+      return err as SlotError
+    }
+    return this.takeClientSlots(db, user, slots)
   }
 
   private takeClientSlots(
@@ -399,7 +415,13 @@ export class PoolerWorker {
         message: 'bouncer config error',
       }
     }
-    const pool = await this.getPool(authDb, authUser)
+    let pool: Pool
+    try {
+      pool = await this.getPool(authDb, authUser)
+    } catch (err) {
+      const e = err as SlotError
+      return { kind: 'error', sqlstate: e.sqlstate, message: e.message }
+    }
     const lookup = await new AuthQuery(pool, db.authQuery ?? this.settings.authQuery, user).run()
     const key = poolKey(db.name, user)
     if (lookup.kind === 'found' && lookup.secret !== null)
@@ -462,8 +484,59 @@ export class PoolerWorker {
       pool = new Pool(this, db, user, this.poolModeFor(db, user), slots)
       pool.paused = this.admin.isPaused(db.name) || this.shutdownMode === 'wait-for-servers'
       this.pools.set(key, pool)
+      this.databaseIndex(db.name).pools.add(pool)
     }
     return pool
+  }
+
+  private databaseIndex(name: string): { pools: Set<Pool>; clientSlots: Set<string> } {
+    let index = this.byDatabase.get(name)
+    if (index === undefined) {
+      index = { pools: new Set(), clientSlots: new Set() }
+      this.byDatabase.set(name, index)
+    }
+    return index
+  }
+
+  /**
+   * The coordinator would free an unused automatic database (pool-slots.ts):
+   * its pools and slots are let go here, unless anything of it still lives
+   * in this worker. Every session of the database is counted in its client
+   * slot from its admission to its close, and a login on its way waits for
+   * an answer to its slot request; a pool is in use while it has a server
+   * (a closing one holds its permit), a waiting client or a wait for a permit.
+   * Once let go, nothing here refers to the slots, which may then count for
+   * another database: the next login to this one asks for slots again.
+   */
+  private releaseDatabase(name: string): boolean {
+    const kept = (why: string) => {
+      this.log.debug({ database: name, reason: why }, 'automatic database still in use here')
+      return false
+    }
+    for (const key of this.poolRequests.keys())
+      if (databaseOfKey(key) === name) return kept('a login waits for its pool slot')
+    for (const key of this.clientSlotRequests.keys())
+      if (databaseOfKey(key) === name) return kept('a login waits for its client slots')
+    const index = this.byDatabase.get(name)
+    if (index !== undefined) {
+      for (const pool of index.pools) if (pool.inUse) return kept(`pool ${pool.user} in use`)
+      for (const key of index.clientSlots) {
+        const slot = this.clientSlotsKnown.get(key)?.databaseSlot ?? -1
+        if (slot >= 0 && this.shared.databaseClients(slot).held(this.id) > 0)
+          return kept('a client is connected')
+      }
+      for (const pool of index.pools) {
+        pool.dispose()
+        this.pools.delete(pool.key)
+      }
+      for (const key of index.clientSlots) this.clientSlotsKnown.delete(key)
+      this.byDatabase.delete(name)
+    }
+    this.breakerErrors.delete(name)
+    for (const key of this.queriedSecrets.keys()) {
+      if (databaseOfKey(key) === name) this.queriedSecrets.delete(key)
+    }
+    return true
   }
 
   /**
@@ -650,11 +723,30 @@ export class PoolerWorker {
         const key = poolKey(msg.database, msg.user)
         const slots = { databaseSlot: msg.databaseSlot, userSlot: msg.userSlot }
         this.clientSlotsKnown.set(key, slots)
+        this.databaseIndex(msg.database).clientSlots.add(key)
         const request = this.clientSlotRequests.get(key)
         this.clientSlotRequests.delete(key)
         request?.resolve(slots)
         return
       }
+      case 'pool-slot-error': {
+        // The tables are full: every login waiting for these slots is refused.
+        const key = poolKey(msg.database, msg.user)
+        const error = new SlotError(msg.message, msg.sqlstate)
+        this.poolRequests.get(key)?.reject(error)
+        this.poolRequests.delete(key)
+        this.clientSlotRequests.get(key)?.reject(error)
+        this.clientSlotRequests.delete(key)
+        return
+      }
+      case 'release-database':
+        this.send({
+          type: 'database-released',
+          worker: this.id,
+          database: msg.database,
+          released: this.releaseDatabase(msg.database) ? 1 : 0,
+        })
+        return
       case 'cancel': {
         const { ref, from } = msg
         this.cancel(msg.pid, msg.secret, () =>

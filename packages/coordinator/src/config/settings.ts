@@ -186,7 +186,7 @@ const ROWS: Row[] = [
   ['auth_query', 'string', AUTH_QUERY, Y],
   ['auth_type', 'enum', 'md5', Y, { values: AUTH_TYPES }],
   ['auth_user', 'string', null, Y, NULLABLE],
-  ['autodb_idle_timeout', 'seconds', 3600, N],
+  ['autodb_idle_timeout', 'seconds', 3600, Y],
   ['cancel_wait_timeout', 'seconds', 10, Y],
   ['client_idle_timeout', 'seconds', 0, Y],
   ['client_login_timeout', 'seconds', 60, Y],

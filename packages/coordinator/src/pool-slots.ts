@@ -1,0 +1,261 @@
+import type { ControlMessage, ControlOf } from '@pgbouncer-cluster/protocol/control'
+import { Counter } from '@pgbouncer-cluster/protocol/counters'
+import type { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
+import type { Logger } from '@pgbouncer-cluster/worker/log'
+import type { DatabaseEntry, FullTable, SlotRegistry } from './registry.ts'
+
+/** What the slot service needs of the coordinator. */
+export interface PoolSlotsHost {
+  readonly registry: SlotRegistry
+  readonly shared: SharedMemory
+  readonly log: Logger
+  /** The name has a [databases] entry of its own: never freed, as in PgBouncer. */
+  configured(database: string): boolean
+  /** PAUSE (or KILL) of that database is in force: PgBouncer keeps a paused one too. */
+  paused(database: string): boolean
+  /** autodb_idle_timeout of the running configuration, in seconds; 0 or less: never by time. */
+  idleTimeout(): number
+  /** The workers alive now. */
+  workers(): number[]
+  send(worker: number, msg: ControlMessage): void
+  /** A database's slot is freed: what the coordinator kept about it goes too (its breaker). */
+  released(database: string): void
+}
+
+interface Request {
+  kind: 'pool' | 'client'
+  worker: number
+  database: string
+  user: string
+}
+
+/** How often automatic databases are looked at for autodb_idle_timeout. */
+const SWEEP_MS = 1000
+/** Unused automatic databases freed at once when a table is full. */
+const ROOM_BATCH = 16
+/** A database a worker would not let go is not asked again for room this soon. */
+const REFUSED_MS = 1000
+/** No such SQLSTATE in PgBouncer, which has no fixed tables: configuration_limit_exceeded. */
+const TABLE_FULL = '53400'
+
+/**
+ * The coordinator's side of the pool slots: it answers the workers' requests
+ * from the registry and frees automatic databases (made by the '*' entry)
+ * that nobody uses, after autodb_idle_timeout as PgBouncer does, and at once
+ * when a table is full, so that a process serves any number of databases over
+ * its life on a fixed amount of shared memory.
+ *
+ * A slot is given to something else only once no worker can count against it
+ * any more: every worker is asked to let the database go ('release-database')
+ * and does so only if nothing of it is in use there (a client, a login on its
+ * way, a server, a permit, a wait); the database's requests meanwhile are held,
+ * and answered once the release is over. Only when all have let go, and shared
+ * memory shows no permit, waiter or client of it, are its slots zeroed
+ * (semaphores, counter rows, histograms, breaker words) and released. If any
+ * worker still uses it, it stays as it was and the workers that let go ask for
+ * its slots again when they need them.
+ */
+export class PoolSlots {
+  private readonly host: PoolSlotsHost
+  /** Requests for a database being released, by name: answered once it is over. */
+  private readonly held = new Map<string, Request[]>()
+  /** Releases under way: the workers that have not answered, and whether all let go. */
+  private readonly releases = new Map<string, { waiting: Set<number>; letGo: boolean }>()
+  /** Requests that found a table full while releases under way may make room. */
+  private waitingForRoom: Request[] = []
+  /** When a worker last kept a database (no room is sought there for a while). */
+  private readonly kept = new Map<string, number>()
+  private readonly timer: NodeJS.Timeout
+  /** Automatic databases freed so far (/metrics). */
+  freed = 0
+
+  constructor(host: PoolSlotsHost) {
+    this.host = host
+    this.timer = setInterval(() => this.sweep(Date.now()), SWEEP_MS)
+    this.timer.unref()
+  }
+
+  close(): void {
+    clearInterval(this.timer)
+  }
+
+  /** A worker's 'pool-slot-request' or 'client-slot-request'. */
+  request(msg: ControlOf<'pool-slot-request'> | ControlOf<'client-slot-request'>): void {
+    this.serve({
+      kind: msg.type === 'pool-slot-request' ? 'pool' : 'client',
+      worker: msg.worker,
+      database: msg.database,
+      user: msg.user,
+    })
+  }
+
+  /** A worker's answer to 'release-database'. */
+  onReleased(msg: ControlOf<'database-released'>): void {
+    const release = this.releases.get(msg.database)
+    if (release === undefined) return
+    release.waiting.delete(msg.worker)
+    if (msg.released === 0) release.letGo = false
+    if (release.waiting.size === 0) this.finish(msg.database)
+  }
+
+  /** A worker died: it uses nothing any more, and will not answer. */
+  workerGone(worker: number): void {
+    for (const [name, release] of [...this.releases]) {
+      if (release.waiting.delete(worker) && release.waiting.size === 0) this.finish(name)
+    }
+  }
+
+  /**
+   * Whether anything of the database is counted in shared memory: a client
+   * (every login is counted), a server or a permit (one closing included), a
+   * waiter on a semaphore or a queued client of any worker.
+   */
+  inUse(db: DatabaseEntry): boolean {
+    const shared = this.host.shared
+    if (shared.databaseClients(db.slot).used() > 0) return true
+    const dbSem = shared.database(db.slot)
+    if (dbSem.used() > 0 || dbSem.waiters() > 0) return true
+    for (const pool of db.pools.values()) {
+      const sem = shared.pool(pool)
+      if (sem.used() > 0 || sem.waiters() > 0) return true
+      if (shared.counters.sum(pool, Counter.cl_waiting) > 0) return true
+    }
+    return false
+  }
+
+  /** autodb_idle_timeout: an automatic database unused that long is freed. */
+  sweep(now: number): void {
+    for (const [name, at] of this.kept) if (now - at >= REFUSED_MS) this.kept.delete(name)
+    const timeout = this.host.idleTimeout() * 1000
+    for (const db of this.host.registry.allDatabases()) {
+      if (db.releasing) continue
+      if (!this.freeable(db) || this.inUse(db)) {
+        db.idleSince = 0
+        continue
+      }
+      if (db.idleSince === 0) db.idleSince = now
+      else if (timeout > 0 && now - db.idleSince >= timeout) this.release(db, 'autodb_idle_timeout')
+    }
+  }
+
+  private freeable(db: DatabaseEntry): boolean {
+    return !this.host.configured(db.name) && !this.host.paused(db.name)
+  }
+
+  private serve(req: Request): void {
+    const registry = this.host.registry
+    const known = registry.database(req.database)
+    if (known?.releasing) {
+      let held = this.held.get(req.database)
+      if (held === undefined) this.held.set(req.database, (held = []))
+      held.push(req)
+      return
+    }
+    const { database, user } = req
+    let reply: ControlMessage | FullTable
+    if (req.kind === 'pool') {
+      const slots = registry.slotsFor(database, user)
+      reply = typeof slots === 'string' ? slots : { type: 'pool-slot', database, user, ...slots }
+    } else {
+      const slots = registry.clientSlotsFor(database, user)
+      reply = typeof slots === 'string' ? slots : { type: 'client-slot', database, user, ...slots }
+    }
+    if (typeof reply === 'string') {
+      // Releases under way may make room; else unused automatic databases are freed for it.
+      if (this.releases.size > 0 || this.makeRoom()) this.waitingForRoom.push(req)
+      else this.refuse(req, reply)
+      return
+    }
+    registry.database(database)!.idleSince = 0
+    this.host.send(req.worker, reply)
+  }
+
+  /**
+   * A table is full: the automatic databases nobody uses are freed now,
+   * whatever autodb_idle_timeout says, those unused longest first. Whether
+   * any was found.
+   */
+  private makeRoom(): boolean {
+    const now = Date.now()
+    const candidates: DatabaseEntry[] = []
+    for (const db of this.host.registry.allDatabases()) {
+      if (db.releasing || !this.freeable(db) || now - (this.kept.get(db.name) ?? 0) < REFUSED_MS)
+        continue
+      if (!this.inUse(db)) candidates.push(db)
+    }
+    // Unused since longest first; those not yet seen unused after them, oldest first.
+    candidates.sort((a, b) => (a.idleSince || now) - (b.idleSince || now))
+    for (const db of candidates.slice(0, ROOM_BATCH)) this.release(db, 'tables full')
+    return candidates.length > 0
+  }
+
+  private release(db: DatabaseEntry, why: string): void {
+    db.releasing = true
+    const workers = this.host.workers()
+    this.releases.set(db.name, { waiting: new Set(workers), letGo: true })
+    this.host.log.debug({ database: db.name, reason: why }, 'releasing automatic database')
+    for (const worker of workers) {
+      this.host.send(worker, { type: 'release-database', database: db.name })
+    }
+    if (workers.length === 0) this.finish(db.name)
+  }
+
+  /** Every worker answered: free the database's slots if all let go, then serve who waited. */
+  private finish(name: string): void {
+    const release = this.releases.get(name)!
+    this.releases.delete(name)
+    const registry = this.host.registry
+    const db = registry.database(name)!
+    db.releasing = false
+    if (release.letGo && !this.inUse(db) && this.clear(db)) {
+      registry.release(name)
+      this.freed++
+      this.kept.delete(name)
+      this.host.released(name)
+      this.host.log.info({ database: name }, `automatic database ${name} freed: unused`)
+    } else {
+      db.idleSince = 0
+      this.kept.set(name, Date.now())
+    }
+    const held = this.held.get(name)
+    this.held.delete(name)
+    for (const req of held ?? []) this.serve(req)
+    const waiting = this.waitingForRoom
+    this.waitingForRoom = []
+    for (const req of waiting) this.serve(req)
+  }
+
+  /**
+   * Zeroes what the database's slots hold, for whatever gets them next. No
+   * worker refers to them any more; a semaphore that still counts something
+   * (which would mean a worker does) is left alone, and so is the database.
+   */
+  private clear(db: DatabaseEntry): boolean {
+    const shared = this.host.shared
+    const registry = this.host.registry
+    let clean = shared.clearDatabase(db.slot)
+    for (const pool of db.pools.values()) clean = shared.clearPool(pool) && clean
+    for (const user of registry.usersOnlyOf(db)) clean = shared.clearUser(user) && clean
+    if (!clean) {
+      this.host.log.error(
+        { database: db.name },
+        'automatic database kept: a slot of it still counts a permit or a waiter',
+      )
+    }
+    return clean
+  }
+
+  private refuse(req: Request, table: FullTable): void {
+    const { max } = this.host.registry.usage()[table]
+    const what = table.slice(0, -1)
+    const message = `no more ${table} allowed: all ${max} ${what} slots are in use`
+    this.host.log.warn({ database: req.database, user: req.user, table, max }, message)
+    this.host.send(req.worker, {
+      type: 'pool-slot-error',
+      database: req.database,
+      user: req.user,
+      sqlstate: TABLE_FULL,
+      message,
+    })
+  }
+}
