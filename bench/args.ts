@@ -8,6 +8,9 @@ export interface BenchArgs {
   rounds: number
   durationS: number | undefined
   memoryConnections: number | undefined
+  /** The autodb scenario (only with `--only autodb`): distinct databases, and its time bound. */
+  autodbCount: number
+  autodbSeconds: number
 }
 
 // yargs ships no types for its main entry; this is the little of it used here.
@@ -40,7 +43,7 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
     })
     .option('only', {
       type: 'string',
-      describe: 'comma-separated workloads to run (also: micro, memory)',
+      describe: 'comma-separated workloads to run (also: micro, memory, autodb)',
     })
     .option('targets', {
       type: 'string',
@@ -53,6 +56,16 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
       describe: 'round-robin rounds over the targets',
     })
     .option('duration', { type: 'number', describe: 'seconds per time-bound run' })
+    .option('autodb-count', {
+      type: 'number',
+      default: 100_000,
+      describe: 'distinct databases through * in the autodb scenario (--only autodb)',
+    })
+    .option('autodb-seconds', {
+      type: 'number',
+      default: 900,
+      describe: 'bound on the autodb scenario, per pooler, in seconds',
+    })
     .option('memory-connections', {
       type: 'number',
       describe: 'idle client connections held open in the memory scenario',
@@ -78,7 +91,21 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
       code: 'BENCH_BAD_ARGS',
     })
   }
+  const autodbCount = Number(a['autodb-count'])
+  const autodbSeconds = Number(a['autodb-seconds'])
+  if (!(Number.isInteger(autodbCount) && autodbCount >= 10 && autodbCount <= 1_000_000)) {
+    throw Object.assign(new Error(`--autodb-count must be 10..1000000, got ${autodbCount}`), {
+      code: 'BENCH_BAD_ARGS',
+    })
+  }
+  if (!(autodbSeconds >= 10 && autodbSeconds <= 7200)) {
+    throw Object.assign(new Error(`--autodb-seconds must be 10..7200, got ${autodbSeconds}`), {
+      code: 'BENCH_BAD_ARGS',
+    })
+  }
   return {
+    autodbCount,
+    autodbSeconds,
     quick: a.quick === true,
     only: list(a.only),
     targets: list(a.targets),

@@ -45,3 +45,12 @@ test('startupMessage is a protocol 3.0 StartupMessage', () => {
   assert.equal(m.readInt32BE(4), 196608)
   assert.equal(m.subarray(8).toString(), 'user\0postgres\0database\0db\0\0')
 })
+
+test("a scenario's settings and '*' keys come after the common ones", () => {
+  const ini = poolerIni(
+    { ...OPTS, fallback: 'dbname=postgres', settings: { autodb_idle_timeout: 2 } },
+    6001,
+  )
+  assert.match(ini, /^\* = host=127\.0\.0\.1 port=5432 dbname=postgres$/m)
+  assert.match(ini, /^autodb_idle_timeout = 2$/m)
+})

@@ -43,7 +43,7 @@ async function main(): Promise<number> {
   const wants = (name: string) => !args.only || args.only.includes(name)
   const workloads = selectWorkloads(
     { quick: args.quick, durationS: args.durationS },
-    args.only?.filter((n) => n !== 'micro' && n !== 'memory'),
+    args.only?.filter((n) => n !== 'micro' && n !== 'memory' && n !== 'autodb'),
   ).filter((w) => wants(w.name))
   const targetIds = args.targets ?? allTargetIds()
   const memoryCount = args.memoryConnections ?? (args.quick ? 5000 : 10_000)
@@ -53,6 +53,12 @@ async function main(): Promise<number> {
     log('micro benchmarks (tinybench)...')
     micro = await runMicro({ quick: args.quick })
     process.stdout.write(`\n## Micro benchmarks\n\n${microTable(micro)}\n\n`)
+  }
+
+  // Long, and a PostgreSQL of its own: only when asked for by name.
+  if (args.only?.includes('autodb')) {
+    const { runAutodb } = await import('./autodb-run.ts')
+    await runAutodb(args, startedAt, log)
   }
 
   const runsE2E = workloads.length > 0 || wants('memory')

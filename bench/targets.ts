@@ -13,7 +13,7 @@ import { trackDir, trackPid } from './cleanup.ts'
 import { clusterCli } from './cluster-build.ts'
 import type { Endpoint } from './endpoint.ts'
 import { withNofile } from './pgbench.ts'
-import { poolerIni, userlist } from './pooler-config.ts'
+import { type PoolerConfigOptions, poolerIni, userlist } from './pooler-config.ts'
 
 export type TargetKind = 'direct' | 'pgbouncer' | 'cluster' | 'relay'
 
@@ -28,6 +28,8 @@ export interface Target {
   allocDir: string | null
   status: 'ready' | 'skipped' | 'failed'
   reason?: string
+  /** The pooler's log (PgBouncer's first process's). */
+  logFile?: string
   /** null while the process runs (always for direct); else how it ended, with its log's tail. */
   exitNote(): string | null
   stop(): Promise<void>
@@ -166,6 +168,8 @@ export interface StartTargetsOptions {
   ids: readonly string[]
   pg: PostgresInfo
   log?: (line: string) => void
+  /** A scenario's own settings and '*' keys, in every pooler's ini (autodb.ts). */
+  config?: Pick<PoolerConfigOptions, 'settings' | 'fallback'>
 }
 
 export interface TargetSet {
@@ -192,6 +196,7 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
     authFile,
     maxClientConn: MAX_CLIENT_CONN,
     poolSize: POOL_SIZE,
+    ...o.config,
   }
   const endpoint = (port: number): Endpoint => ({ ...o.pg, host: '127.0.0.1', port })
   const targets: Target[] = []
@@ -339,7 +344,7 @@ async function startPgbouncer(
       return notReady(id, label, 'pgbouncer', ep, 'failed', `${err}\n${tail(logFile)}`)
     }
   }
-  return running(id, label, 'pgbouncer', ep, procs, 3000)
+  return { ...running(id, label, 'pgbouncer', ep, procs, 3000), logFile: procs[0]!.logFile }
 }
 
 async function startCluster(
@@ -369,7 +374,7 @@ async function startCluster(
     await stopSpawned(s, 2000)
     return notReady(id, label, 'cluster', ep, 'failed', `failed to start: ${err}\n${tail(logFile)}`)
   }
-  return running(id, label, 'cluster', ep, [s], 5000, allocDir)
+  return { ...running(id, label, 'cluster', ep, [s], 5000, allocDir), logFile }
 }
 
 /**
