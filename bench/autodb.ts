@@ -17,7 +17,7 @@ import pg from 'pg'
 import { SLOT_TABLES } from 'pgbouncer-cluster/registry'
 import type { Endpoint } from './endpoint.ts'
 import { startupMessage } from './idle-conns.ts'
-import { memoryBytes, resetPeakRss, rssBytes } from './proc-stats.ts'
+import { cpuSeconds, memoryBytes, resetPeakRss, rssBytes } from './proc-stats.ts'
 import { type LatencySummary, summarize } from './stats.ts'
 import type { Target } from './targets.ts'
 
@@ -48,6 +48,8 @@ export interface AutodbSample {
   failed: number
   seconds: number
   newPerSecond: number
+  /** The pooler's CPU time (all threads, user + system) per new database, in ms. */
+  cpuMsPerNew: number
   /** From connect to the first SELECT's answer, for a database never used before. */
   firstAnswerMs: LatencySummary
   /** SHOW LISTS' databases, at most, over the run. */
@@ -191,6 +193,7 @@ export async function autodbScenario(
   let next = 0
   let aliveMax = 0
   let sharedRssPeakBytes = sharedBytes === null ? null : (sharedRss(pid, sharedBytes) ?? null)
+  const cpu0 = t.pids.reduce((sum, p) => sum + cpuSeconds(p), 0)
   const t0 = performance.now()
   const sample = async () => {
     aliveMax = Math.max(aliveMax, await aliveDatabases(admin).catch(() => 0))
@@ -227,6 +230,7 @@ export async function autodbScenario(
   }
   await Promise.all(Array.from({ length: o.inFlight }, loop))
   const seconds = (performance.now() - t0) / 1000
+  const cpu = t.pids.reduce((sum, p) => sum + cpuSeconds(p), 0) - cpu0
   clearInterval(sampler)
   await sampling
   await sample()
@@ -240,6 +244,7 @@ export async function autodbScenario(
     failed,
     seconds,
     newPerSecond: latencies.length / seconds,
+    cpuMsPerNew: (cpu * 1000) / latencies.length,
     firstAnswerMs: summarize(latencies),
     aliveMax,
     freed: countLines(t.logFile, FREED_LINE),
@@ -262,6 +267,7 @@ export function autodbTable(samples: readonly AutodbSample[], labels: Map<string
     'databases',
     's',
     'new/s',
+    'pooler CPU ms/new',
     'first answer p50 ms',
     'p99 ms',
     'alive at most',
@@ -274,6 +280,7 @@ export function autodbTable(samples: readonly AutodbSample[], labels: Map<string
     `${count(s.opened)}${s.failed > 0 ? ` (${count(s.failed)} failed)` : ''}`,
     s.seconds.toFixed(0),
     s.newPerSecond.toFixed(0),
+    s.cpuMsPerNew.toFixed(2),
     s.firstAnswerMs.p50.toFixed(2),
     s.firstAnswerMs.p99.toFixed(2),
     count(s.aliveMax),

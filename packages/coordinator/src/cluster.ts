@@ -532,7 +532,7 @@ export class Cluster {
       case 'client-slot-request':
         this.poolSlots.request({ ...msg, worker: id })
         return
-      case 'database-released':
+      case 'databases-released':
         this.poolSlots.onReleased({ ...msg, worker: id })
         return
       case 'cancel': {

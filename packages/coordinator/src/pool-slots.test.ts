@@ -44,7 +44,12 @@ function setup(opts: { workers?: number[]; configured?: string[]; idleTimeout?: 
     return out as { worker: number; msg: ControlOf<T> }[]
   }
   const answer = (database: string, released: number, worker: number) =>
-    slots.onReleased({ type: 'database-released', worker, database, released })
+    slots.onReleased({
+      type: 'databases-released',
+      worker,
+      released: released ? [database] : [],
+      kept: released ? [] : [database],
+    })
   return {
     shared,
     registry,
@@ -89,14 +94,14 @@ describe('pool slots: freeing automatic databases', () => {
     shared.breaker(0).setState(BreakerState.open)
     slots.sweep(1000)
     slots.sweep(5000)
-    assert.equal(take('release-database').length, 0, 'released before autodb_idle_timeout')
+    assert.equal(take('release-databases').length, 0, 'released before autodb_idle_timeout')
     slots.sweep(11_000)
-    const asked = take('release-database')
+    const asked = take('release-databases')
     assert.deepEqual(
-      asked.map((s) => [s.worker, s.msg.database]),
+      asked.map((s) => [s.worker, s.msg.databases]),
       [
-        [0, 'a'],
-        [1, 'a'],
+        [0, ['a']],
+        [1, ['a']],
       ],
     )
     answer('a', 1, 0)
@@ -122,7 +127,7 @@ describe('pool slots: freeing automatic databases', () => {
     take('pool-slot')
     slots.sweep(1000)
     slots.sweep(3000)
-    assert.equal(take('release-database').length, 2)
+    assert.equal(take('release-databases').length, 2)
     ask('a', 'u', 0) // a login on worker 0 meanwhile: held until the release is over
     assert.equal(take('pool-slot').length, 0)
     answer('a', 1, 0)
@@ -142,19 +147,42 @@ describe('pool slots: freeing automatic databases', () => {
     shared.databaseClients(a!.msg.databaseSlot).tryAcquire(100, 1) // a client of worker 1
     slots.sweep(1000)
     slots.sweep(5000)
-    assert.equal(take('release-database').length, 0)
+    assert.equal(take('release-databases').length, 0)
     shared.databaseClients(a!.msg.databaseSlot).release(1)
     shared.pool(a!.msg.pool).tryAcquire(1, 0) // a server (or one closing)
     slots.sweep(6000)
     slots.sweep(9000)
-    assert.equal(take('release-database').length, 0)
+    assert.equal(take('release-databases').length, 0)
     shared.pool(a!.msg.pool).release(0)
     slots.sweep(10_000)
     slots.sweep(12_000)
     assert.deepEqual(
-      take('release-database').map((s) => s.msg.database),
+      take('release-databases').flatMap((s) => s.msg.databases),
       ['a', 'a'],
     )
+  })
+
+  it('databases due together are asked for in one message per worker', () => {
+    const { registry, slots, ask, take, answer } = setup({ idleTimeout: 1 })
+    ask('a')
+    ask('b')
+    take('pool-slot')
+    slots.sweep(1000)
+    slots.sweep(3000)
+    assert.deepEqual(
+      take('release-databases').map((s) => s.msg.databases),
+      [
+        ['a', 'b'],
+        ['a', 'b'],
+      ],
+    )
+    for (const worker of [0, 1]) {
+      slots.onReleased({ type: 'databases-released', worker, released: ['a'], kept: ['b'] })
+    }
+    assert.equal(registry.database('a'), undefined)
+    assert.ok(registry.database('b'))
+    answer('b', 1, 0) // a late or repeated answer changes nothing
+    assert.ok(registry.database('b'))
   })
 
   it('a worker that dies while asked counts as having let go', () => {
@@ -163,7 +191,7 @@ describe('pool slots: freeing automatic databases', () => {
     take('pool-slot')
     slots.sweep(1000)
     slots.sweep(3000)
-    take('release-database')
+    take('release-databases')
     answer('a', 1, 0)
     setWorkers([0])
     slots.workerGone(1)
@@ -187,10 +215,10 @@ describe('pool slots: freeing automatic databases', () => {
     shared.databaseClients(b!.msg.databaseSlot).release(0)
     ask('c', 'u', 1)
     assert.equal(take('pool-slot').length, 0)
-    const asked = take('release-database')
+    const asked = take('release-databases')
     assert.deepEqual(
-      asked.map((s) => s.msg.database),
-      ['b', 'b'],
+      asked.map((s) => s.msg.databases),
+      [['b'], ['b']],
     )
     answer('b', 1, 0)
     answer('b', 1, 1)

@@ -27,6 +27,8 @@ interface Request {
   worker: number
   database: string
   user: string
+  /** With a client request: the pool's user, whose pool slot comes with the answer. */
+  poolUser?: string
 }
 
 /** How often automatic databases are looked at for autodb_idle_timeout. */
@@ -46,7 +48,7 @@ const TABLE_FULL = '53400'
  * its life on a fixed amount of shared memory.
  *
  * A slot is given to something else only once no worker can count against it
- * any more: every worker is asked to let the database go ('release-database')
+ * any more: every worker is asked to let the database go ('release-databases')
  * and does so only if nothing of it is in use there (a client, a login on its
  * way, a server, a permit, a wait); the database's requests meanwhile are held,
  * and answered once the release is over. Only when all have let go, and shared
@@ -81,21 +83,28 @@ export class PoolSlots {
 
   /** A worker's 'pool-slot-request' or 'client-slot-request'. */
   request(msg: ControlOf<'pool-slot-request'> | ControlOf<'client-slot-request'>): void {
-    this.serve({
+    const req: Request = {
       kind: msg.type === 'pool-slot-request' ? 'pool' : 'client',
       worker: msg.worker,
       database: msg.database,
       user: msg.user,
-    })
+    }
+    if (msg.type === 'client-slot-request' && msg.poolUser !== undefined)
+      req.poolUser = msg.poolUser
+    this.serve(req)
   }
 
-  /** A worker's answer to 'release-database'. */
-  onReleased(msg: ControlOf<'database-released'>): void {
-    const release = this.releases.get(msg.database)
-    if (release === undefined) return
-    release.waiting.delete(msg.worker)
-    if (msg.released === 0) release.letGo = false
-    if (release.waiting.size === 0) this.finish(msg.database)
+  /** A worker's answer to 'release-databases'. */
+  onReleased(msg: ControlOf<'databases-released'>): void {
+    for (const name of msg.kept) this.answered(String(name), msg.worker, false)
+    for (const name of msg.released) this.answered(String(name), msg.worker, true)
+  }
+
+  private answered(name: string, worker: number, letGo: boolean): void {
+    const release = this.releases.get(name)
+    if (release === undefined || !release.waiting.delete(worker)) return
+    if (!letGo) release.letGo = false
+    if (release.waiting.size === 0) this.finish(name)
   }
 
   /** A worker died: it uses nothing any more, and will not answer. */
@@ -127,6 +136,7 @@ export class PoolSlots {
   sweep(now: number): void {
     for (const [name, at] of this.kept) if (now - at >= REFUSED_MS) this.kept.delete(name)
     const timeout = this.host.idleTimeout() * 1000
+    const due: DatabaseEntry[] = []
     for (const db of this.host.registry.allDatabases()) {
       if (db.releasing) continue
       if (!this.freeable(db) || this.inUse(db)) {
@@ -134,8 +144,9 @@ export class PoolSlots {
         continue
       }
       if (db.idleSince === 0) db.idleSince = now
-      else if (timeout > 0 && now - db.idleSince >= timeout) this.release(db, 'autodb_idle_timeout')
+      else if (timeout > 0 && now - db.idleSince >= timeout) due.push(db)
     }
+    if (due.length > 0) this.release(due, 'autodb_idle_timeout')
   }
 
   private freeable(db: DatabaseEntry): boolean {
@@ -158,7 +169,19 @@ export class PoolSlots {
       reply = typeof slots === 'string' ? slots : { type: 'pool-slot', database, user, ...slots }
     } else {
       const slots = registry.clientSlotsFor(database, user)
-      reply = typeof slots === 'string' ? slots : { type: 'client-slot', database, user, ...slots }
+      if (typeof slots === 'string') reply = slots
+      else {
+        const answer: ControlOf<'client-slot'> = { type: 'client-slot', database, user, ...slots }
+        // The pool's too, when there is room: else the worker asks when it opens the pool.
+        const poolUser = req.poolUser
+        const pool = poolUser === undefined ? 'none' : registry.slotsFor(database, poolUser)
+        if (typeof pool !== 'string') {
+          answer.poolUser = poolUser
+          answer.pool = pool.pool
+          answer.poolUserSlot = pool.userSlot
+        }
+        reply = answer
+      }
     }
     if (typeof reply === 'string') {
       // Releases under way may make room; else unused automatic databases are freed for it.
@@ -185,19 +208,23 @@ export class PoolSlots {
     }
     // Unused since longest first; those not yet seen unused after them, oldest first.
     candidates.sort((a, b) => (a.idleSince || now) - (b.idleSince || now))
-    for (const db of candidates.slice(0, ROOM_BATCH)) this.release(db, 'tables full')
+    if (candidates.length > 0) this.release(candidates.slice(0, ROOM_BATCH), 'tables full')
     return candidates.length > 0
   }
 
-  private release(db: DatabaseEntry, why: string): void {
-    db.releasing = true
+  /** Asks every worker, in one message each, to let these databases go. */
+  private release(dbs: DatabaseEntry[], why: string): void {
     const workers = this.host.workers()
-    this.releases.set(db.name, { waiting: new Set(workers), letGo: true })
-    this.host.log.debug({ database: db.name, reason: why }, 'releasing automatic database')
-    for (const worker of workers) {
-      this.host.send(worker, { type: 'release-database', database: db.name })
+    const names = dbs.map((db) => db.name)
+    for (const db of dbs) {
+      db.releasing = true
+      this.releases.set(db.name, { waiting: new Set(workers), letGo: true })
     }
-    if (workers.length === 0) this.finish(db.name)
+    this.host.log.debug({ databases: names.length, reason: why }, 'releasing automatic databases')
+    for (const worker of workers) {
+      this.host.send(worker, { type: 'release-databases', databases: names })
+    }
+    if (workers.length === 0) for (const name of names) this.finish(name)
   }
 
   /** Every worker answered: free the database's slots if all let go, then serve who waited. */

@@ -19,8 +19,25 @@ const EVERY_TYPE: ControlMessage[] = [
     sqlstate: '08P01',
     message: 'no such database: nope',
   },
-  { type: 'release-database', database: 'tenant_42' },
-  { type: 'database-released', worker: 1, database: 'tenant_42', released: 1 },
+  {
+    type: 'client-slot-request',
+    worker: 1,
+    database: 'tenant_42',
+    user: 'alice',
+    poolUser: 'owner',
+  },
+  {
+    type: 'client-slot',
+    database: 'tenant_42',
+    user: 'alice',
+    databaseSlot: 4,
+    userSlot: 2,
+    poolUser: 'owner',
+    pool: 9,
+    poolUserSlot: 3,
+  },
+  { type: 'release-databases', databases: ['tenant_42', 'tenant_43'] },
+  { type: 'databases-released', worker: 1, released: ['tenant_42'], kept: ['tenant_43'] },
   {
     type: 'config',
     config: {

@@ -36,22 +36,43 @@ export type ControlMessage =
    * worker → coordinator: first login to a database, or of a user, on this
    * worker: the slots their client counts live in.
    */
-  | { type: 'client-slot-request'; worker: number; database: string; user: string }
-  /** coordinator → worker: those slots (-1: not counted). */
-  | { type: 'client-slot'; database: string; user: string; databaseSlot: number; userSlot: number }
+  | {
+      type: 'client-slot-request'
+      worker: number
+      database: string
+      user: string
+      /** The user the login's pool will be of: its slots come back with the answer. */
+      poolUser?: string
+    }
+  /**
+   * coordinator → worker: those slots (-1: not counted), and those of the
+   * (database, poolUser) pool when asked for, so a first login needs one
+   * round trip, not two.
+   */
+  | {
+      type: 'client-slot'
+      database: string
+      user: string
+      databaseSlot: number
+      userSlot: number
+      poolUser?: string
+      pool?: number
+      poolUserSlot?: number
+    }
   /**
    * coordinator → worker: no slot for that (database, user), the tables being
    * full of databases in use: the logins waiting for it are refused with this.
    */
   | { type: 'pool-slot-error'; database: string; user: string; sqlstate: string; message: string }
   /**
-   * coordinator → workers: an automatic database unused for autodb_idle_timeout
-   * (or while the tables are full) is to be freed: let its pools and slots go,
-   * unless something of it is still in use here. Answered by 'database-released'.
+   * coordinator → workers: automatic databases unused for autodb_idle_timeout
+   * (or while the tables are full) are to be freed: let their pools and slots
+   * go, unless something of one is still in use here. Answered by
+   * 'databases-released'. Many at once: a sweep finds them together.
    */
-  | { type: 'release-database'; database: string }
-  /** worker → coordinator: whether it let the database go (1) or still uses it (0). */
-  | { type: 'database-released'; worker: number; database: string; released: number }
+  | { type: 'release-databases'; databases: string[] }
+  /** worker → coordinator: the databases it let go, and those it still uses. */
+  | { type: 'databases-released'; worker: number; released: string[]; kept: string[] }
   /** coordinator → worker: the (re)loaded configuration, a plain object. */
   | { type: 'config'; config: unknown }
   /**
@@ -251,11 +272,24 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     databaseSlot: 'uint',
     userSlot: 'uint',
   },
-  'client-slot-request': { worker: 'uint', database: 'string', user: 'string' },
-  'client-slot': { database: 'string', user: 'string', databaseSlot: 'int', userSlot: 'int' },
+  'client-slot-request': {
+    worker: 'uint',
+    database: 'string',
+    user: 'string',
+    poolUser: 'string?',
+  },
+  'client-slot': {
+    database: 'string',
+    user: 'string',
+    databaseSlot: 'int',
+    userSlot: 'int',
+    poolUser: 'string?',
+    pool: 'uint?',
+    poolUserSlot: 'uint?',
+  },
   'pool-slot-error': { database: 'string', user: 'string', sqlstate: 'string', message: 'string' },
-  'release-database': { database: 'string' },
-  'database-released': { worker: 'uint', database: 'string', released: 'uint' },
+  'release-databases': { databases: 'array' },
+  'databases-released': { worker: 'uint', released: 'array', kept: 'array' },
   config: { config: 'object' },
   cancel: { pid: 'int', secret: 'int', ref: 'uint', from: 'uint' },
   'cancel-done': { worker: 'uint', ref: 'uint' },

@@ -250,7 +250,7 @@ export class Pool {
   /**
    * Anything of the pool still alive in this worker: a server (a closing one
    * still holds its permit), a client waiting, a wait for a permit. A pool in
-   * use is never let go ('release-database').
+   * use is never let go ('release-databases').
    */
   get inUse(): boolean {
     return (

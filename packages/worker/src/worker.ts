@@ -43,6 +43,12 @@ import { acceptConnections, type ClientSocket, TcpConnection } from './socket-io
 import { releaseStartupMemory } from './startup-memory.ts'
 import { connectTls, sslAnswer, type TlsSetups, tlsSetups } from './tls.ts'
 
+/** What this worker holds of one database: its pools, and the keys of its known slots. */
+interface DatabaseIndex {
+  pools: Set<Pool>
+  slotKeys: Set<string>
+}
+
 /** The database name of a pool key (poolKey: database, NUL, user). */
 function databaseOfKey(key: string): string {
   return key.slice(0, key.indexOf('\u0000'))
@@ -107,11 +113,13 @@ export class PoolerWorker {
   /** Per (database, user): the slots of their client counts, asked of the coordinator once. */
   private readonly clientSlotRequests = new Map<string, PromiseWithResolvers<ClientSlots>>()
   private readonly clientSlotsKnown = new Map<string, ClientSlots>()
+  /** Pool slots that came with client slots, for the pool a first login is about to open. */
+  private readonly poolSlotsKnown = new Map<string, PoolSlots>()
   /**
-   * By database name: its pools and the keys of its known client slots, so
-   * that letting a database go ('release-database') touches only its own.
+   * By database name: its pools and the keys of its known slots, so that
+   * letting a database go ('release-databases') touches only its own.
    */
-  private readonly byDatabase = new Map<string, { pools: Set<Pool>; clientSlots: Set<string> }>()
+  private readonly byDatabase = new Map<string, DatabaseIndex>()
   // The last pool key made: the next login is most often to the same database
   // and user, and a key made again is a new string to hash at each lookup.
   private lastKeyDatabase = ''
@@ -315,7 +323,9 @@ export class PoolerWorker {
     if (request === undefined) {
       request = Promise.withResolvers<ClientSlots>()
       this.clientSlotRequests.set(key, request)
-      this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user })
+      // The pool's slots come with the answer: its user is the entry's forced one, or this one.
+      const poolUser = db.user ?? user
+      this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user, poolUser })
     }
     let slots: ClientSlots
     try {
@@ -457,7 +467,12 @@ export class PoolerWorker {
 
   /** The pool for (database, user); its shared slots come from the coordinator once. */
   getPool(db: DatabaseConfig, user: string): Pool | Promise<Pool> {
-    return this.pools.get(this.poolKeyOf(db.name, user)) ?? this.openPool(db, user)
+    const key = this.poolKeyOf(db.name, user)
+    const pool = this.pools.get(key)
+    if (pool !== undefined) return pool
+    const known = this.poolSlotsKnown.get(key)
+    if (known !== undefined) return this.createPool(db, user, key, known)
+    return this.openPool(db, user)
   }
 
   private poolKeyOf(database: string, user: string): string {
@@ -479,20 +494,22 @@ export class PoolerWorker {
       this.send({ type: 'pool-slot-request', worker: this.id, database: db.name, user })
     }
     const slots = await request.promise
-    let pool = this.pools.get(key)
-    if (pool === undefined) {
-      pool = new Pool(this, db, user, this.poolModeFor(db, user), slots)
-      pool.paused = this.admin.isPaused(db.name) || this.shutdownMode === 'wait-for-servers'
-      this.pools.set(key, pool)
-      this.databaseIndex(db.name).pools.add(pool)
-    }
+    return this.pools.get(key) ?? this.createPool(db, user, key, slots)
+  }
+
+  private createPool(db: DatabaseConfig, user: string, key: string, slots: PoolSlots): Pool {
+    this.poolSlotsKnown.delete(key)
+    const pool = new Pool(this, db, user, this.poolModeFor(db, user), slots)
+    pool.paused = this.admin.isPaused(db.name) || this.shutdownMode === 'wait-for-servers'
+    this.pools.set(key, pool)
+    this.databaseIndex(db.name).pools.add(pool)
     return pool
   }
 
-  private databaseIndex(name: string): { pools: Set<Pool>; clientSlots: Set<string> } {
+  private databaseIndex(name: string): DatabaseIndex {
     let index = this.byDatabase.get(name)
     if (index === undefined) {
-      index = { pools: new Set(), clientSlots: new Set() }
+      index = { pools: new Set(), slotKeys: new Set() }
       this.byDatabase.set(name, index)
     }
     return index
@@ -520,7 +537,7 @@ export class PoolerWorker {
     const index = this.byDatabase.get(name)
     if (index !== undefined) {
       for (const pool of index.pools) if (pool.inUse) return kept(`pool ${pool.user} in use`)
-      for (const key of index.clientSlots) {
+      for (const key of index.slotKeys) {
         const slot = this.clientSlotsKnown.get(key)?.databaseSlot ?? -1
         if (slot >= 0 && this.shared.databaseClients(slot).held(this.id) > 0)
           return kept('a client is connected')
@@ -529,7 +546,10 @@ export class PoolerWorker {
         pool.dispose()
         this.pools.delete(pool.key)
       }
-      for (const key of index.clientSlots) this.clientSlotsKnown.delete(key)
+      for (const key of index.slotKeys) {
+        this.clientSlotsKnown.delete(key)
+        this.poolSlotsKnown.delete(key)
+      }
       this.byDatabase.delete(name)
     }
     this.breakerErrors.delete(name)
@@ -723,7 +743,23 @@ export class PoolerWorker {
         const key = poolKey(msg.database, msg.user)
         const slots = { databaseSlot: msg.databaseSlot, userSlot: msg.userSlot }
         this.clientSlotsKnown.set(key, slots)
-        this.databaseIndex(msg.database).clientSlots.add(key)
+        const index = this.databaseIndex(msg.database)
+        index.slotKeys.add(key)
+        if (
+          msg.pool !== undefined &&
+          msg.poolUser !== undefined &&
+          msg.poolUserSlot !== undefined
+        ) {
+          const poolKeyOfLogin = poolKey(msg.database, msg.poolUser)
+          if (!this.pools.has(poolKeyOfLogin)) {
+            this.poolSlotsKnown.set(poolKeyOfLogin, {
+              pool: msg.pool,
+              databaseSlot: msg.databaseSlot,
+              userSlot: msg.poolUserSlot,
+            })
+            index.slotKeys.add(poolKeyOfLogin)
+          }
+        }
         const request = this.clientSlotRequests.get(key)
         this.clientSlotRequests.delete(key)
         request?.resolve(slots)
@@ -739,14 +775,16 @@ export class PoolerWorker {
         this.clientSlotRequests.delete(key)
         return
       }
-      case 'release-database':
-        this.send({
-          type: 'database-released',
-          worker: this.id,
-          database: msg.database,
-          released: this.releaseDatabase(msg.database) ? 1 : 0,
-        })
+      case 'release-databases': {
+        const released: string[] = []
+        const kept: string[] = []
+        for (const name of msg.databases) {
+          if (typeof name !== 'string') continue
+          ;(this.releaseDatabase(name) ? released : kept).push(name)
+        }
+        this.send({ type: 'databases-released', worker: this.id, released, kept })
         return
+      }
       case 'cancel': {
         const { ref, from } = msg
         this.cancel(msg.pid, msg.secret, () =>
