@@ -185,6 +185,21 @@ describe('pool slots: freeing automatic databases', () => {
     assert.ok(registry.database('b'))
   })
 
+  it('a worker that never answers keeps the database; the logins held meanwhile are served', () => {
+    const { registry, slots, ask, take, answer } = setup({ idleTimeout: 1 })
+    ask('a')
+    take('pool-slot')
+    slots.sweep(1000)
+    slots.sweep(3000)
+    take('release-databases')
+    answer('a', 1, 0)
+    ask('a', 'u', 0)
+    assert.equal(take('pool-slot').length, 0)
+    slots.sweep(Date.now() + 6000)
+    assert.ok(registry.database('a'))
+    assert.equal(take('pool-slot').length, 1)
+  })
+
   it('a worker that dies while asked counts as having let go', () => {
     const { registry, slots, ask, take, answer, setWorkers } = setup({ idleTimeout: 1 })
     ask('a')

@@ -35,6 +35,8 @@ interface Request {
 const SWEEP_MS = 1000
 /** Unused automatic databases freed at once when a table is full. */
 const ROOM_BATCH = 16
+/** A release some worker has not answered within this is given up: the database stays. */
+const ANSWER_MS = 5000
 /** A database a worker would not let go is not asked again for room this soon. */
 const REFUSED_MS = 1000
 /** No such SQLSTATE in PgBouncer, which has no fixed tables: configuration_limit_exceeded. */
@@ -61,8 +63,11 @@ export class PoolSlots {
   private readonly host: PoolSlotsHost
   /** Requests for a database being released, by name: answered once it is over. */
   private readonly held = new Map<string, Request[]>()
-  /** Releases under way: the workers that have not answered, and whether all let go. */
-  private readonly releases = new Map<string, { waiting: Set<number>; letGo: boolean }>()
+  /** Releases under way: the workers that have not answered, whether all let go, since when. */
+  private readonly releases = new Map<
+    string,
+    { waiting: Set<number>; letGo: boolean; since: number }
+  >()
   /** Requests that found a table full while releases under way may make room. */
   private waitingForRoom: Request[] = []
   /** When a worker last kept a database (no room is sought there for a while). */
@@ -135,6 +140,12 @@ export class PoolSlots {
   /** autodb_idle_timeout: an automatic database unused that long is freed. */
   sweep(now: number): void {
     for (const [name, at] of this.kept) if (now - at >= REFUSED_MS) this.kept.delete(name)
+    // A worker that does not answer (stuck, or its answer lost) keeps the database.
+    for (const [name, release] of [...this.releases]) {
+      if (now - release.since < ANSWER_MS) continue
+      release.letGo = false
+      this.finish(name)
+    }
     const timeout = this.host.idleTimeout() * 1000
     const due: DatabaseEntry[] = []
     for (const db of this.host.registry.allDatabases()) {
@@ -218,7 +229,7 @@ export class PoolSlots {
     const names = dbs.map((db) => db.name)
     for (const db of dbs) {
       db.releasing = true
-      this.releases.set(db.name, { waiting: new Set(workers), letGo: true })
+      this.releases.set(db.name, { waiting: new Set(workers), letGo: true, since: Date.now() })
     }
     this.host.log.debug({ databases: names.length, reason: why }, 'releasing automatic databases')
     for (const worker of workers) {
