@@ -3,6 +3,7 @@
 // parameters, CancelRequests. Built by hand (not with our serializer) so that
 // the pooler is never tested against its own idea of the protocol.
 
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto'
 import net from 'node:net'
 
 export interface BackendMessage {
@@ -225,6 +226,42 @@ export class RawConnection {
     return seen
   }
 
+  /**
+   * Logs in with a password, answering a cleartext, md5 or SCRAM-SHA-256
+   * request by hand: unlike libpq and pg, it sends an empty password when told
+   * to. The error that refused it, or null once ReadyForQuery came.
+   */
+  async passwordLogin(
+    params: Record<string, string>,
+    password: string,
+    timeoutMs = 5000,
+  ): Promise<ErrorFields | null> {
+    this.send(startupPacket(params))
+    let scram: ScramClient | null = null
+    for (;;) {
+      const msg = await this.next(timeoutMs)
+      if (msg === null) return { severity: '', code: '', message: 'connection closed' }
+      if (msg.type === 'E') return errorFields(msg.body)
+      if (msg.type === 'Z') return null
+      if (msg.type !== 'R') continue
+      const kind = msg.body.readInt32BE(0)
+      if (kind === AUTH_CLEARTEXT) this.send(frontend('p', cstr(password)))
+      else if (kind === AUTH_MD5) {
+        const salt = msg.body.subarray(4, 8)
+        const inner = md5Hex(Buffer.from(password + params.user))
+        this.send(frontend('p', cstr(`md5${md5Hex(Buffer.concat([Buffer.from(inner), salt]))}`)))
+      } else if (kind === AUTH_SASL) {
+        scram = new ScramClient(password)
+        const first = Buffer.from(scram.clientFirst())
+        const length = Buffer.alloc(4)
+        length.writeInt32BE(first.length)
+        this.send(frontend('p', Buffer.concat([cstr('SCRAM-SHA-256'), length, first])))
+      } else if (kind === AUTH_SASL_CONTINUE && scram !== null) {
+        this.send(frontend('p', Buffer.from(scram.clientFinal(msg.body.toString('utf8', 4)))))
+      }
+    }
+  }
+
   /** Runs one simple Query; resolves with its rows as text (NULL as null), rejects on an error. */
   async query(sql: string, timeoutMs = 5000): Promise<(string | null)[][]> {
     this.send(queryMessage(sql))
@@ -240,6 +277,50 @@ export class RawConnection {
 
   destroy(): void {
     this.socket.destroy()
+  }
+}
+
+const AUTH_CLEARTEXT = 3
+const AUTH_MD5 = 5
+const AUTH_SASL = 10
+const AUTH_SASL_CONTINUE = 11
+
+function md5Hex(data: Buffer): string {
+  return createHash('md5').update(data).digest('hex')
+}
+
+function hmac(key: Buffer, text: string): Buffer {
+  return createHmac('sha256', key).update(text).digest()
+}
+
+/** RFC 5802's client side, without channel binding (as libpq over plain TCP). */
+class ScramClient {
+  private readonly password: string
+  private readonly nonce = randomBytes(18).toString('base64')
+
+  constructor(password: string) {
+    this.password = password
+  }
+
+  private get firstBare(): string {
+    return `n=,r=${this.nonce}`
+  }
+
+  clientFirst(): string {
+    return `n,,${this.firstBare}`
+  }
+
+  clientFinal(serverFirst: string): string {
+    const fields = new Map(serverFirst.split(',').map((f) => [f[0], f.slice(2)] as const))
+    const salt = Buffer.from(fields.get('s')!, 'base64')
+    const salted = pbkdf2Sync(this.password, salt, Number(fields.get('i')), 32, 'sha256')
+    const clientKey = hmac(salted, 'Client Key')
+    const storedKey = createHash('sha256').update(clientKey).digest()
+    const withoutProof = `c=biws,r=${fields.get('r')}`
+    const signature = hmac(storedKey, `${this.firstBare},${serverFirst},${withoutProof}`)
+    const proof = Buffer.alloc(32)
+    for (let i = 0; i < 32; i++) proof[i] = clientKey[i]! ^ signature[i]!
+    return `${withoutProof},p=${proof.toString('base64')}`
   }
 }
 

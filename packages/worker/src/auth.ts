@@ -37,9 +37,15 @@ export type AuthStep =
       /** Recovered when auth_file holds a SCRAM secret: lets the pool log in to PostgreSQL. */
       scramKeys: { clientKey: Buffer; serverKey: Buffer } | null
     }
-  | { kind: 'fail' }
+  | {
+      kind: 'fail'
+      /** The client sent an empty password: PgBouncer names that apart, before any check. */
+      empty?: true
+    }
 
 const OK: AuthStep = { kind: 'ok', final: null, scramKeys: null }
+const FAIL: AuthStep = { kind: 'fail' }
+const EMPTY: AuthStep = { kind: 'fail', empty: true }
 
 type Method = 'none' | 'plain' | 'md5' | 'scram'
 
@@ -82,27 +88,34 @@ export class ClientAuth {
     }
   }
 
-  /** A PasswordMessage / SASL message arrived. Throws ProtocolError/ScramError on malformed input. */
+  /**
+   * A PasswordMessage / SASL message arrived. Throws ProtocolError/ScramError on malformed input.
+   * An empty password never logs in, whichever side has it, as in PgBouncer's
+   * check_client_passwd: an empty auth_file entry (or auth_query answer) is no password.
+   */
   next(msg: Buffer): AuthStep {
-    if (msg[0] !== FrontendCode.PasswordMessage) return { kind: 'fail' }
+    if (msg[0] !== FrontendCode.PasswordMessage) return FAIL
     switch (this.method) {
-      case 'plain':
-        return this.checkPlain(parsePasswordMessage(msg))
-      case 'md5':
-        if (this.stored === undefined) return { kind: 'fail' }
-        return md5Verify(this.user, this.stored, this.salt!, parsePasswordMessage(msg))
-          ? OK
-          : { kind: 'fail' }
+      case 'plain': {
+        const given = parsePasswordMessage(msg)
+        return given === '' ? EMPTY : this.checkPlain(given)
+      }
+      case 'md5': {
+        const given = parsePasswordMessage(msg)
+        if (given === '') return EMPTY
+        if (this.stored === undefined || this.stored === '') return FAIL
+        return md5Verify(this.user, this.stored, this.salt!, given) ? OK : FAIL
+      }
       case 'scram':
         return this.scramStep(msg)
       default:
-        return { kind: 'fail' }
+        return FAIL
     }
   }
 
   private checkPlain(given: string): AuthStep {
     const stored = this.stored
-    if (stored === undefined) return { kind: 'fail' }
+    if (stored === undefined || stored === '') return FAIL
     let ok: boolean
     if (isMd5Hash(stored)) ok = equal(md5Hash(this.user, given), stored)
     else if (isScramSecret(stored)) {
@@ -112,14 +125,14 @@ export class ClientAuth {
       )!
       ok = timingSafeEqual(derived.storedKey, secret.storedKey)
     } else ok = equal(given, stored)
-    return ok ? OK : { kind: 'fail' }
+    return ok ? OK : FAIL
   }
 
   private scramStep(msg: Buffer): AuthStep {
     if (this.scramStage === 0) {
       this.scramStage = 1
       const { mechanism, data } = parseSASLInitialResponse(msg)
-      if (mechanism !== 'SCRAM-SHA-256') return { kind: 'fail' }
+      if (mechanism !== 'SCRAM-SHA-256') return FAIL
       this.scram = this.makeScramServer()
       // Unknown users still get a full exchange (with a throwaway secret) so the
       // answer does not reveal which user names exist.
@@ -128,12 +141,10 @@ export class ClientAuth {
         message: authenticationSASLContinue(this.scram.handleClientFirst(data)),
       }
     }
-    if (this.scramStage !== 1 || this.scram === null || this.stored === undefined) {
-      return { kind: 'fail' }
-    }
+    if (this.scramStage !== 1 || this.scram === null || this.stored === undefined) return FAIL
     this.scramStage = 2
     const result = this.scram.handleClientFinal(parseSASLResponse(msg))
-    if (!result.ok) return { kind: 'fail' }
+    if (!result.ok) return FAIL
     const secret = this.scramFromSecret ? parseScramSecret(this.stored)! : null
     return {
       kind: 'ok',
@@ -149,8 +160,10 @@ export class ClientAuth {
       return new ScramServer(parseScramSecret(stored)!)
     }
     const iterations = this.iterations
-    if (stored !== undefined && !isMd5Hash(stored))
+    if (stored !== undefined && stored !== '' && !isMd5Hash(stored))
       return ScramServer.fromPassword(stored, { iterations })
+    // Nothing to check against (an unknown user, an md5 hash, an empty
+    // password): a throwaway secret no proof matches, after a full exchange.
     return ScramServer.fromPassword(randomBytes(16).toString('hex'), { iterations })
   }
 }

@@ -984,7 +984,11 @@ export class ClientSession implements ConnectionOwner {
       return
     }
     if (step.kind === 'fail') {
-      this.fail(fatal(Texts.passwordFailed(this.user), SqlState.InvalidPassword))
+      this.fail(
+        step.empty === true
+          ? fatal(Texts.emptyPassword)
+          : fatal(Texts.passwordFailed(this.user), SqlState.InvalidPassword),
+      )
       return
     }
     const login = this.login!

@@ -50,6 +50,8 @@ export const Texts = {
   noSuchDatabase: (db: string) => `no such database: ${db}`,
   noSuchUser: (user: string) => `no such user: ${user}`,
   passwordFailed: (user: string) => `password authentication failed for user "${user}"`,
+  /** A PasswordMessage with nothing in it (PgBouncer and PostgreSQL's recv_password_packet). */
+  emptyPassword: 'empty password returned by client',
   maxClientConn: 'no more connections allowed (max_client_conn)',
   maxDbClientConnections: 'client connections exceeded (max_db_client_connections)',
   maxUserClientConnections: 'client connections exceeded (max_user_client_connections)',
