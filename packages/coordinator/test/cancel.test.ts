@@ -4,9 +4,11 @@ import { after, before, describe, test } from 'node:test'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import pg from 'pg'
 import { cancelRequestPacket, RawConnection, sendCancel } from './raw-protocol.ts'
+import { NO_PGBOUNCER, startPgBouncer } from './reference-pgbouncer.ts'
 import {
   type CancelRelay,
   cancelRelay,
+  type IniSpec,
   type Pooler,
   startPooler,
   until,
@@ -121,6 +123,72 @@ for (const mode of ['transaction', 'session'] as const) {
           assert.equal((await otherRun).rowCount, 1)
         })
       })
+    })
+  })
+}
+
+// A cancel key must not be guessable from another: PgBouncer's is 64 random
+// bits; ours keeps the worker in the pid's top byte (routing) and draws every
+// other bit from the CSPRNG. Over 64 logins each such bit takes both values
+// (a fair bit stays fixed with probability 2^-63), where a counter in the pid
+// or a secret with its sign bit cleared would not.
+const KEY_TARGETS: {
+  name: string
+  start: (spec: IniSpec) => Promise<Pooler>
+  /** Bits of the pid that route the cancel, not random. */
+  routing: number
+  skip: string | false
+}[] = [
+  {
+    name: 'pgbouncer-cluster',
+    start: (spec) => startPooler(writeIni(spec), { workers: 2 }),
+    routing: 0xff000000,
+    skip: false,
+  },
+  { name: 'PgBouncer', start: startPgBouncer, routing: 0, skip: NO_PGBOUNCER },
+]
+for (const target of KEY_TARGETS) {
+  describe(`${target.name}: cancel keys`, { skip: target.skip }, () => {
+    let pooler: Pooler
+    before(async () => {
+      pooler = await target.start({
+        databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+        pgbouncer: { pool_mode: 'transaction', default_pool_size: 2 },
+      })
+    })
+    after(() => pooler.stop())
+
+    test('every bit of the key that does not route it is random', {
+      timeout: TEST_TIMEOUT,
+    }, async () => {
+      const keys: { pid: number; secret: number }[] = []
+      for (let i = 0; i < 64; i++) {
+        const conn = await RawConnection.connect(pooler.host, pooler.port)
+        try {
+          const key = (await conn.login({ user: 'postgres', database: 'app' })).find(
+            (m) => m.type === 'K',
+          )
+          assert.ok(key, 'no BackendKeyData')
+          keys.push({ pid: key.body.readInt32BE(0), secret: key.body.readInt32BE(4) })
+        } finally {
+          conn.destroy()
+        }
+      }
+      assert.equal(new Set(keys.map((k) => `${k.pid}/${k.secret}`)).size, keys.length)
+      const fixed: string[] = []
+      for (let bit = 0; bit < 32; bit++) {
+        const mask = (1 << bit) >>> 0
+        const pidOnes = keys.filter((k) => (k.pid >>> 0) & mask).length
+        if ((target.routing & mask) === 0 && (pidOnes === 0 || pidOnes === keys.length))
+          fixed.push(`pid bit ${bit}`)
+        const secretOnes = keys.filter((k) => (k.secret >>> 0) & mask).length
+        if (secretOnes === 0 || secretOnes === keys.length) fixed.push(`secret bit ${bit}`)
+      }
+      assert.deepEqual(fixed, [], 'bits that never changed over 64 logins')
+      if (target.routing !== 0) {
+        // The routing byte names one of the two workers, with the sign bit clear.
+        for (const k of keys) assert.ok([1, 2].includes(k.pid >>> 24), `pid ${k.pid}`)
+      }
     })
   })
 }

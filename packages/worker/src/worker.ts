@@ -135,7 +135,8 @@ export class PoolerWorker {
   readonly peers: PeerForwarder
   private readonly queriedSecrets = new Map<string, string>()
   readonly admin: WorkerAdmin
-  private nextPid = 1
+  /** Numbers the sessions (their id); the cancel key is drawn apart from it. */
+  private nextId = 1
   private clients = 0
   private ticker: NodeJS.Timeout | null = null
   private readonly janitor = new Janitor(this)
@@ -276,12 +277,11 @@ export class PoolerWorker {
       refused.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
       return
     }
-    const serial = this.nextPid++
-    const id = ((this.id + 1) << 24) | (serial & 0xffffff)
-    // With peer_id the key has fewer bits of its own: draw again on the rare clash.
-    let key = issueKey(this.id, this.settings.peerId, serial, random32(), random32())
+    const id = ((this.id + 1) << 24) | (this.nextId++ & 0xffffff)
+    // Random keys may clash (with peer_id they have fewer bits of their own): draw again.
+    let key = issueKey(this.id, this.settings.peerId, random32(), random32())
     while (this.cancelKeys.has(lookupKey(key.pid, key.secret)))
-      key = issueKey(this.id, this.settings.peerId, serial, random32(), random32())
+      key = issueKey(this.id, this.settings.peerId, random32(), random32())
     const session = new ClientSession(this, socket, id, key, unix)
     this.sessions.set(id, session)
     this.cancelKeys.set(lookupKey(key.pid, key.secret), session)
