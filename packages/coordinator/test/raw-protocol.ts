@@ -21,11 +21,11 @@ export interface ErrorFields {
 const PROTOCOL_3_0 = 196608
 const CANCEL_REQUEST_CODE = 80877102
 
-/** StartupMessage (protocol 3.0) with the given parameters. */
-export function startupPacket(params: Record<string, string>): Buffer {
+/** StartupMessage (protocol 3.0) with the given parameters; a Buffer value goes as its bytes. */
+export function startupPacket(params: Record<string, string | Buffer>): Buffer {
   const parts: Buffer[] = []
   for (const [name, value] of Object.entries(params)) {
-    parts.push(Buffer.from(`${name}\0${value}\0`))
+    parts.push(Buffer.from(`${name}\0`), Buffer.from(value), Buffer.from([0]))
   }
   parts.push(Buffer.from([0]))
   const body = Buffer.concat(parts)
@@ -232,7 +232,7 @@ export class RawConnection {
    * to. The error that refused it, or null once ReadyForQuery came.
    */
   async passwordLogin(
-    params: Record<string, string>,
+    params: Record<string, string | Buffer>,
     password: string,
     timeoutMs = 5000,
   ): Promise<ErrorFields | null> {
@@ -248,7 +248,7 @@ export class RawConnection {
       if (kind === AUTH_CLEARTEXT) this.send(frontend('p', cstr(password)))
       else if (kind === AUTH_MD5) {
         const salt = msg.body.subarray(4, 8)
-        const inner = md5Hex(Buffer.from(password + params.user))
+        const inner = md5Hex(Buffer.concat([Buffer.from(password), Buffer.from(params.user ?? '')]))
         this.send(frontend('p', cstr(`md5${md5Hex(Buffer.concat([Buffer.from(inner), salt]))}`)))
       } else if (kind === AUTH_SASL) {
         scram = new ScramClient(password)

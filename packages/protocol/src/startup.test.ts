@@ -103,6 +103,38 @@ describe('parseStartupPacket', () => {
     rejects(packet(v(3, 0), Buffer.alloc(10000)), /length 10008/)
   })
 
+  it('takes a user or database name only as the UTF-8 it must be, never decoded into another', () => {
+    const named = (user: Buffer, database: Buffer = Buffer.from('app')) =>
+      packet(
+        v(3, 0),
+        Buffer.concat([
+          Buffer.from('user\0'),
+          user,
+          Buffer.from('\0database\0'),
+          database,
+          Buffer.from('\0\0'),
+        ]),
+      )
+    const got = parseStartupPacket(named(Buffer.from('üser ☃ 𝄞'), Buffer.from('ŝ')))
+    assert.ok(got.kind === 'startup')
+    assert.deepEqual(Buffer.from(got.params.user!), Buffer.from('üser ☃ 𝄞'))
+    for (const [user, database, shown] of [
+      [Buffer.from([0x75, 0xff]), Buffer.from('app'), '0xff'],
+      [Buffer.from('u'), Buffer.from([0x61, 0xc3, 0x28]), '0xc3 0x28'],
+      [Buffer.from([0xed, 0xa0, 0x80]), Buffer.from('app'), '0xed 0xa0 0x80'], // a surrogate
+      [Buffer.from([0xc0, 0xaf]), Buffer.from('app'), '0xc0 0xaf'], // overlong '/'
+      [Buffer.from([0x75, 0xe2, 0x98]), Buffer.from('app'), '0xe2 0x98'], // cut short
+    ] as const) {
+      assert.throws(
+        () => parseStartupPacket(named(user, database)),
+        (e: unknown) =>
+          e instanceof ProtocolError &&
+          e.sqlstate === '22021' &&
+          e.message === `invalid byte sequence for encoding "UTF8": ${shown}`,
+      )
+    }
+  })
+
   it('random bodies only raise ProtocolError', () => {
     fc.assert(
       fc.property(

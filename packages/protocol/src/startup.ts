@@ -1,5 +1,6 @@
 // The untyped packets a client sends before its session starts.
 
+import { isUtf8 } from 'node:buffer'
 import { ProtocolError } from './errors.ts'
 import { MAX_STARTUP_PACKET_SIZE, StartupCode } from './messages.ts'
 
@@ -19,6 +20,39 @@ export type StartupPacket =
 
 function bad(why: string): never {
   throw new ProtocolError(`invalid startup packet layout: ${why}`)
+}
+
+/** SQLSTATE character_not_in_repertoire, as PostgreSQL reports bytes invalid in the encoding. */
+const INVALID_ENCODING = '22021'
+
+/**
+ * PostgreSQL's report_invalid_encoding text for the first bad sequence in
+ * packet[start, end): its lead byte and the bytes the lead byte announces.
+ */
+function invalidEncoding(packet: Buffer, start: number, end: number): never {
+  let pos = start
+  while (pos < end) {
+    const length = utf8Length(packet[pos]!)
+    if (length === 0 || pos + length > end || !isUtf8(packet.subarray(pos, pos + length))) break
+    pos += length
+  }
+  const shown = Math.max(1, Math.min(utf8Length(packet[pos]!), end - pos))
+  const bytes: string[] = []
+  for (let i = pos; i < pos + shown; i++)
+    bytes.push(`0x${packet[i]!.toString(16).padStart(2, '0')}`)
+  throw new ProtocolError(
+    `invalid byte sequence for encoding "UTF8": ${bytes.join(' ')}`,
+    INVALID_ENCODING,
+  )
+}
+
+/** The length a UTF-8 lead byte announces; 0 for a byte that cannot lead. */
+function utf8Length(lead: number): number {
+  if (lead < 0x80) return 1
+  if ((lead & 0xe0) === 0xc0) return 2
+  if ((lead & 0xf0) === 0xe0) return 3
+  if ((lead & 0xf8) === 0xf0) return 4
+  return 0
 }
 
 /**
@@ -61,6 +95,11 @@ export function parseStartupPacket(packet: Buffer): StartupPacket {
     // The name's NUL was the last byte: a name without a value.
     if (valueEnd < 0) bad('parameter without value')
     const name = packet.toString('utf8', pos, nameEnd)
+    // The names that pick a role and a database are compared with auth_file,
+    // hba and the config, and sent to PostgreSQL: one that is not UTF-8 would
+    // be decoded into another name (U+FFFD for each bad byte), so it is refused.
+    if ((name === 'user' || name === 'database') && !isUtf8(packet.subarray(nameEnd + 1, valueEnd)))
+      invalidEncoding(packet, nameEnd + 1, valueEnd)
     const value = packet.toString('utf8', nameEnd + 1, valueEnd)
     if (name.startsWith('_pq_.')) {
       if (protocolOptions.includes(name)) bad(`duplicate parameter "${name}"`)
