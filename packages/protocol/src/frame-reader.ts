@@ -32,11 +32,16 @@ function int32(b: Uint8Array, p: number): number {
   return (b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!
 }
 
-function checkLength(type: number, length: number, max: number): void {
+/**
+ * Throws, as the readers do, for a typed message's length field (`length`,
+ * which counts itself) below 4, or a message (type byte included, as
+ * PgBouncer counts a packet) larger than max_packet_size.
+ */
+export function checkLength(type: number, length: number, max: number): void {
   if (length < 4)
     throw new ProtocolError(`invalid message length ${length} for type ${typeName(type)}`)
-  if (length > max)
-    throw new ProtocolError(`message length ${length} exceeds max_packet_size ${max}`)
+  if (length >= max)
+    throw new ProtocolError(`message of ${length + 1} bytes exceeds max_packet_size ${max}`)
 }
 
 function checkStartupLength(length: number): void {
@@ -62,7 +67,7 @@ function join(head: Buffer | null, parts: Buffer[], size: number): Buffer {
  * Two framings, switched by the public `startup` flag (initially
  * `opts.startup ?? false`):
  * - typed (default): type byte + int32 length (including itself) + body;
- *   length must be 4..maxLength.
+ *   length must be 4..maxLength - 1 (the whole message at most maxLength bytes).
  * - startup: untyped int32 length (including itself) + body, as sent by a
  *   client before its StartupMessage is accepted (SSLRequest, GSSENCRequest,
  *   CancelRequest, StartupMessage); length must be 8..MAX_STARTUP_PACKET_SIZE.
@@ -327,7 +332,7 @@ export class FrameScanner {
     while (pos + 5 <= len) {
       const type = chunk[pos]!
       const length = int32(chunk, pos + 1)
-      if (length < 4 || length > max) checkLength(type, length, max)
+      if (length < 4 || length >= max) checkLength(type, length, max)
       const end = pos + 1 + length
       if (end > len) {
         this.#partialStart = pos

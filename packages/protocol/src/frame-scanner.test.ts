@@ -223,8 +223,8 @@ describe('FrameScanner', () => {
                 e instanceof ProtocolError &&
                 e.code === 'ERR_PG_PROTOCOL' &&
                 e.message ===
-                  (length > 64
-                    ? `message length ${length} exceeds max_packet_size 64`
+                  (length >= 64
+                    ? `message of ${length + 1} bytes exceeds max_packet_size 64`
                     : `invalid message length ${length} for type 'Q'`),
             )
           }
