@@ -59,6 +59,7 @@ import {
 } from './socket-io.ts'
 import { type KnownStartup, StartupPackets } from './startup-cache.ts'
 import { acceptTls, type TlsSetup, type TlsSetups, tlsRequired } from './tls.ts'
+import { HOLD_LIMIT, type HoldPolicy, sizeAt, Unfinished } from './unfinished.ts'
 
 /** Shared-memory slots of a database's and a user's client counts; -1: not counted. */
 export interface ClientSlots {
@@ -101,6 +102,9 @@ export interface SessionHost extends AdminContext {
   /** A login began or ended: client_login_timeout is the janitor's (janitor.ts). */
   loginStarted(session: ClientSession): void
   loginEnded(session: ClientSession): void
+  /** A message of the client's began and did not end in its read, or ended (janitor.ts). */
+  unfinishedStarted(session: ClientSession): void
+  unfinishedEnded(session: ClientSession): void
   /** A CancelRequest: carried out here or routed to the worker that owns the key; `done` once it is over. */
   cancel(pid: number, secret: number, done: () => void): void
 }
@@ -215,7 +219,7 @@ class Login {
  * One client connection: startup, authentication, then the pass-through loop
  * that links it to a server for as long as the pool mode says.
  */
-export class ClientSession implements ConnectionOwner {
+export class ClientSession implements ConnectionOwner, HoldPolicy {
   readonly worker: SessionHost
   /**
    * The client's connection: a bare TCP handle as accepted, a net.Socket from
@@ -284,8 +288,8 @@ export class ClientSession implements ConnectionOwner {
   /** A list written and emptied, for the next read that needs one. */
   private spareEdits: EditList | null = null
   private lastBound: LastBound | null = null
-  /** The start of a message the pooler must see whole, kept until the rest arrives. */
-  private held: Buffer | null = null
+  /** A message begun and not ended: held back, or on its way to the server (unfinished.ts). */
+  unfinished: Unfinished | null = null
   private requested = false
   private action = 0
   /** disable_pqexec (not reloadable): only the extended protocol is served. */
@@ -333,11 +337,16 @@ export class ClientSession implements ConnectionOwner {
     this.fail(fatal(this.state === 'welcome' ? Texts.clientLoginTimeout : 'client_login_timeout'))
   }
 
-  /** Linked to a server with a transaction open or a request unanswered. */
+  /** Linked to a server with a transaction open, a request unanswered or one half-sent. */
   get busy(): boolean {
     const server = this.server
     if (server === null) return false
-    return this.outstanding > 0 || this.extended || server.txStatus !== TxStatus.Idle
+    return (
+      this.outstanding > 0 ||
+      this.extended ||
+      server.txStatus !== TxStatus.Idle ||
+      this.unfinished !== null
+    )
   }
 
   get remote(): string {
@@ -365,11 +374,33 @@ export class ClientSession implements ConnectionOwner {
     this.bytesReceived += bytes.length
     this.lastRequest = this.worker.now
     this.idleTxSince = 0
-    let chunk = bytes
-    if (this.held !== null) {
-      chunk = Buffer.concat([this.held, bytes])
-      this.held = null
+    const unfinished = this.unfinished
+    if (unfinished?.held) {
+      this.addToHeld(unfinished, bytes)
+      return
     }
+    this.forward(bytes)
+  }
+
+  /** The next read of a message held back: nothing is scanned until its last byte is in. */
+  private addToHeld(unfinished: Unfinished, bytes: Buffer): void {
+    let whole: Buffer | null
+    try {
+      whole = unfinished.add(bytes, this.worker.settings.maxPacketSize, this)
+    } catch (err) {
+      this.failUnfinished(err as Error)
+      return
+    }
+    if (whole === null) return
+    this.endUnfinished()
+    const rest = unfinished.rest
+    this.forward(whole)
+    if (rest !== null && this.state === 'active') this.forward(rest)
+  }
+
+  /** Scans what the client sent and sends the whole messages on (or queues them for a server). */
+  private forward(bytes: Buffer): void {
+    let chunk = bytes
     this.action = 0
     this.edits = null
     let end: number
@@ -381,16 +412,10 @@ export class ClientSession implements ConnectionOwner {
       this.fail(fatal((err as Error).message))
       return
     }
-    if (this.prepared) {
-      // A Parse (and, once the client has statements, a Bind, Describe or
-      // Close) split across reads is held back and scanned again whole.
-      const partial = this.scanner.partial
-      if (partial !== null && partial.start >= 0 && this.mustSeeWhole(partial.type)) {
-        this.held = Buffer.from(chunk.subarray(partial.start))
-        chunk = chunk.subarray(0, partial.start)
-        this.scanner.reset()
-      }
-    }
+    if (!this.scanner.atBoundary) {
+      chunk = this.onUnfinished(chunk)
+      if (this.state === 'closed') return
+    } else if (this.unfinished !== null) this.endUnfinished()
     const edits = this.edits
     if (this.action === ACTION_PQEXEC) {
       // As PgBouncer: the whole packet is refused and the client dropped.
@@ -403,7 +428,59 @@ export class ClientSession implements ConnectionOwner {
       this.close('client close request', true)
       return
     }
-    this.toServer(chunk, edits)
+    // Everything was held back: no server is asked for a message not yet whole.
+    if (chunk.length > 0) this.toServer(chunk, edits)
+  }
+
+  /**
+   * The read ended inside a message. A new one is held back when its header
+   * is not all there, when the pooler must see it whole (a Parse it rewrites),
+   * or when no server is linked and it is small: a client that stops in the
+   * middle then holds no server. Otherwise it goes on to the server as it
+   * comes. Either way it counts as a request in flight from its first byte.
+   * Returns what to forward now.
+   */
+  private onUnfinished(chunk: Buffer): Buffer {
+    const partial = this.scanner.partial!
+    const start = partial.start
+    // Begun in an earlier read and streamed since then: it goes on.
+    if (start < 0) return chunk
+    const need = sizeAt(chunk, start)
+    const hold = need === 0 || this.holds(partial.type, need)
+    let unfinished: Unfinished
+    try {
+      unfinished = new Unfinished(this.worker.now, hold ? chunk.subarray(start) : null, need)
+    } catch (err) {
+      this.failUnfinished(err as Error)
+      return EMPTY
+    }
+    if (this.unfinished === null) this.worker.unfinishedStarted(this)
+    this.unfinished = unfinished
+    if (!hold) return chunk
+    // Scanned again, whole, with the read that completes it.
+    this.scanner.reset()
+    return chunk.subarray(0, start)
+  }
+
+  /** Whether a message whose header is in is held back whole rather than streamed. */
+  holds(type: number, need: number): boolean {
+    return (
+      (this.prepared && this.mustSeeWhole(type)) || (this.server === null && need <= HOLD_LIMIT)
+    )
+  }
+
+  /** A held message's length field refused, or its buffer not to be had. */
+  private failUnfinished(err: Error): void {
+    this.fail(
+      err instanceof RangeError
+        ? fatal(Texts.outOfMemory, SqlState.OutOfMemory)
+        : fatal(err.message),
+    )
+  }
+
+  private endUnfinished(): void {
+    this.unfinished = null
+    this.worker.unfinishedEnded(this)
   }
 
   /** Named prepared statements the client has (SHOW CLIENTS). */
@@ -416,7 +493,7 @@ export class ClientSession implements ConnectionOwner {
   }
 
   private mustSeeWhole(type: number): boolean {
-    if (type === FrontendCode.Parse || type < 0) return true
+    if (type === FrontendCode.Parse) return true
     return (
       this.hasStatements &&
       (type === FrontendCode.Bind || type === FrontendCode.Describe || type === FrontendCode.Close)
@@ -528,7 +605,17 @@ export class ClientSession implements ConnectionOwner {
     if (!this.requested) {
       this.requested = true
       this.pool!.request(this)
+    } else if (this.queuedCount > 1 && this.queuedBytes() > HOLD_LIMIT) {
+      // A client that keeps sending while it waits for a server: the kernel
+      // holds the rest (attachServer reads on), not this thread's memory.
+      pauseReading(this.socket)
     }
+  }
+
+  private queuedBytes(): number {
+    let n = 0
+    for (let i = 0; i < this.queuedCount; i++) n += this.queued![i]!.length
+    return n
   }
 
   /** Our bytes to the server, with the prepared-statement edits made for it. */
@@ -601,8 +688,9 @@ export class ClientSession implements ConnectionOwner {
       this.idleTxSince = this.worker.now
     }
     if (this.mode === 'session') return false
-    if (this.outstanding > 0 || this.extended || !this.scanner.atBoundary || this.held !== null)
-      return false
+    // A message held back has not reached the server, which stays clean; one
+    // streamed in part has.
+    if (this.outstanding > 0 || this.extended || this.unfinished?.held === false) return false
     if (status === TxStatus.Idle) return true
     if (this.mode === 'statement') {
       queueMicrotask(() => this.fail(fatal(Texts.statementModeTransaction)))
@@ -652,6 +740,8 @@ export class ClientSession implements ConnectionOwner {
       }
     }
     if (this.queuedCount === 0) return
+    // Reading stopped if the client sent much while it waited (toServer).
+    if (!this.readPaused) resumeReading(this.socket)
     const queued = this.queued!
     const queuedEdits = this.queuedEdits!
     for (let i = 0; i < this.queuedCount; i++) {
@@ -693,6 +783,8 @@ export class ClientSession implements ConnectionOwner {
     if (reader === null) {
       login.early ??= []
       login.early.push(chunk)
+      // Sent before the welcome: kept in the kernel, as toServer does, past a bound.
+      if (login.early.length > 1 && byteLength(login.early) > HOLD_LIMIT) pauseReading(this.socket)
       return
     }
     try {
@@ -1091,7 +1183,10 @@ export class ClientSession implements ConnectionOwner {
     if (rest !== undefined && rest.length > 0) (early ??= []).unshift(rest)
     this.state = 'active'
     this.lastRequest = this.worker.now
-    if (early !== null) for (const chunk of early) this.onData(chunk)
+    if (early === null) return
+    // Reading stopped if the client sent much before its welcome (onLoginData).
+    if (login.early !== null) resumeReading(this.socket)
+    for (const chunk of early) this.onData(chunk)
   }
 
   /**
@@ -1219,6 +1314,11 @@ export class ClientSession implements ConnectionOwner {
     if (this.requested && this.server === null) this.pool?.cancelWait(this)
     const server = this.server
     if (server !== null) this.detachOnClose(server)
+    // What a held message kept goes with the client.
+    if (this.unfinished !== null) {
+      this.unfinished.drop()
+      this.endUnfinished()
+    }
     this.worker.clientClosed(this, this.admitted)
     if (logged) this.worker.log.info({ client: this.id, remote, reason }, 'closing client')
   }
@@ -1237,8 +1337,7 @@ export class ClientSession implements ConnectionOwner {
     const clean =
       this.outstanding === 0 &&
       !this.extended &&
-      this.scanner.atBoundary &&
-      this.held === null &&
+      this.unfinished?.held !== false &&
       server.swallow === 0 &&
       server.txStatus === TxStatus.Idle
     if (!clean) {
@@ -1257,6 +1356,13 @@ export class ClientSession implements ConnectionOwner {
   }
 }
 
+function byteLength(chunks: Buffer[]): number {
+  let n = 0
+  for (const chunk of chunks) n += chunk.length
+  return n
+}
+
+const EMPTY = Buffer.alloc(0)
 const NO_ENCRYPTION = Buffer.from('N')
 /** auth_type values that check a password; auth_query can supply it. */
 const PASSWORD_AUTH = new Set(['plain', 'md5', 'scram-sha-256'])

@@ -11,6 +11,7 @@ export const SqlState = {
   TooManyConnections: '53300',
   AdminShutdown: '57P01',
   CannotConnectNow: '57P03',
+  OutOfMemory: '53200',
   FeatureNotSupported: '0A000',
 } as const
 
@@ -72,6 +73,10 @@ export const Texts = {
   clientIdleTimeout: 'client_idle_timeout',
   configurationChanged: 'database configuration changed',
   clientLoginTimeout: 'client_login_timeout (server down)',
+  /** A client that stopped in the middle of a message (PostgreSQL's text for a message cut short). */
+  incompleteMessage: 'incomplete message from client',
+  /** A message too large for this host's memory to hold whole. */
+  outOfMemory: 'out of memory',
   serverConnCrashed: 'server conn crashed?',
   serverLoginRetry: 'server login has been failing, try again later (server_login_retry)',
   cannotConnect: 'pgbouncer cannot connect to server',

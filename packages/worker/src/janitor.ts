@@ -13,6 +13,8 @@ export interface JanitorHost {
   readonly sessions: ReadonlyMap<number, ClientSession>
   /** Sessions still logging in, in the order they connected. */
   readonly loggingIn: ReadonlySet<ClientSession>
+  /** Sessions in the middle of a message. */
+  readonly unfinished: ReadonlySet<ClientSession>
   /** CancelRequests on their way to PostgreSQL, by when they were sent. */
   readonly cancels: Map<{ destroy(): void }, number>
 }
@@ -52,7 +54,10 @@ interface Limits {
  * - cancel_wait_timeout: a CancelRequest PostgreSQL has not taken by then is dropped.
  * - client_login_timeout: a client not logged in that long after it connected.
  *   Only the clients still logging in are visited, oldest first, up to the
- *   first within its time: a login costs no timer.
+ *   first within its time: a login costs no timer. The same bound closes a
+ *   logged-in client that stopped in the middle of a message: sent nothing
+ *   for that long since (PgBouncer has no such bound, and a client stopped
+ *   halfway through a message on a linked server held it for ever).
  * Each ends the client with PgBouncer's FATAL (08P01) text; a linked server is
  * closed with it, never handed to another client.
  */
@@ -91,6 +96,19 @@ export class Janitor {
     if (s.cancelWaitTimeout > 0 && this.host.cancels.size > 0) this.cancels(now)
     if (s.clientLoginTimeout > 0 && this.host.loggingIn.size > 0) {
       this.logins(now, s.clientLoginTimeout * 1000)
+    }
+    if (s.clientLoginTimeout > 0 && this.host.unfinished.size > 0) {
+      this.stalled(now, s.clientLoginTimeout * 1000)
+    }
+  }
+
+  /** Clients silent for `limit` in the middle of a message: what they hold goes back. */
+  private stalled(now: number, limit: number): void {
+    for (const session of this.host.unfinished) {
+      // One waiting for a server is not read meanwhile; query_wait_timeout bounds it.
+      if (now - session.lastRequest <= limit || session.waitingSince !== 0) continue
+      // Closing the client takes it out of the set; a linked server, not clean, closes too.
+      session.disconnect(Texts.incompleteMessage)
     }
   }
 
@@ -161,7 +179,10 @@ export class Janitor {
       }
       let reason: string | null = null
       if (session.busy) {
-        if (limits.query > 0 && now - session.lastRequest > limits.query * 1000) {
+        // A message still arriving is a request in flight from its first byte,
+        // as PgBouncer times a query from its packet's header.
+        const asked = session.unfinished?.since ?? session.lastRequest
+        if (limits.query > 0 && now - asked > limits.query * 1000) {
           reason = Texts.queryTimeout
         } else if (
           limits.idleTransaction > 0 &&

@@ -129,6 +129,8 @@ export class PoolerWorker {
   readonly sessions = new Map<number, ClientSession>()
   /** Sessions not yet past their login, oldest first (client_login_timeout, janitor.ts). */
   readonly loggingIn = new Set<ClientSession>()
+  /** Sessions in the middle of a message (janitor.ts: a client that stops there). */
+  readonly unfinished = new Set<ClientSession>()
   /** By cancel key (lookupKey): where a CancelRequest finds its session. */
   private readonly cancelKeys = new Map<number, ClientSession>()
   /** CancelRequests for keys another peer issued ([peers]). */
@@ -365,6 +367,14 @@ export class PoolerWorker {
 
   loginEnded(session: ClientSession): void {
     this.loggingIn.delete(session)
+  }
+
+  unfinishedStarted(session: ClientSession): void {
+    this.unfinished.add(session)
+  }
+
+  unfinishedEnded(session: ClientSession): void {
+    this.unfinished.delete(session)
   }
 
   /** Gives back a session's client-count slots, once. */
