@@ -73,6 +73,56 @@ for (const target of TARGETS) {
     })
   })
 
+  describe(`${target.name}: a client sending while it waits for a server`, {
+    skip: target.skip,
+    timeout: 60_000,
+  }, () => {
+    let pooler: Pooler
+    before(async () => {
+      // One worker: a login to a worker whose pool never had a server would wait for one.
+      const start =
+        target.name === 'PgBouncer'
+          ? target.start
+          : (spec: IniSpec) => startPooler(writeIni(spec), { workers: 1 })
+      pooler = await start({
+        databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+        pgbouncer: { pool_mode: 'transaction', default_pool_size: 1 },
+      })
+    })
+    after(() => pooler.stop())
+
+    test('is read no further than its first bytes until a server comes', {
+      timeout: 45_000,
+    }, async () => {
+      // The one server is busy: the client's queries wait for it.
+      const blocker = pooler.client({ database: 'app' })
+      await blocker.connect()
+      await blocker.query('BEGIN')
+      await blocker.query('SELECT 1')
+      const conn = await loggedIn(pooler)
+      try {
+        const query = queryMessage(`SELECT 'sent' /* ${'q'.repeat(320 * 1024)} */`)
+        const count = 100 // 32 MB, more than the kernel's socket buffers hold
+        for (let i = 0; i < count; i++) conn.socket.write(query)
+        await new Promise((r) => setTimeout(r, 2000))
+        // Read by the pooler, these bytes would have left the client's socket.
+        const unsent = conn.socket.writableLength
+        assert.ok(unsent > 16 * 1024 * 1024, `only ${unsent} bytes left unsent: the pooler read on`)
+        await blocker.query('COMMIT')
+        let ready = 0
+        while (ready < count) {
+          const msg = await conn.next(20_000)
+          assert.ok(msg !== null, `${ready} of ${count} answered`)
+          if (msg.type === 'E') assert.fail(JSON.stringify(errorFields(msg.body)))
+          if (msg.type === 'Z') ready++
+        }
+      } finally {
+        conn.destroy()
+        await blocker.end().catch(() => {})
+      }
+    })
+  })
+
   describe(`${target.name}: max_packet_size`, { skip: target.skip, timeout: 60_000 }, () => {
     const MAX = 100_000
     let pooler: Pooler
