@@ -82,6 +82,17 @@ export interface PgServer {
   halt(mode?: 'fast' | 'immediate'): Promise<void>
   /** Starts the server again on the same port (after halt(), or stopping it first). */
   restart(): Promise<void>
+  /**
+   * `pg_ctl restart -m fast`, as an operator restarts a server: one command,
+   * the same port and log; resolves once it accepts connections again.
+   */
+  bounce(): Promise<void>
+  /**
+   * Asks for a smart shutdown and returns at once: while the sessions already
+   * open last, new connections get 57P03 "the database system is shutting
+   * down". restart() completes it (the sessions end) and starts the server again.
+   */
+  beginShutdown(): Promise<void>
 }
 
 const DEFAULT_HOST = '127.0.0.1'
@@ -180,6 +191,21 @@ class Cluster implements PgServer {
     const args = ['-D', this.dataDir, '-m', mode, '-w', '-t', '30', 'stop']
     await run(join(this.binDir, 'pg_ctl'), args, { user: serverOsUser(), cwd: this.socketDir })
     this.tracked.running = false
+  }
+
+  async bounce(): Promise<void> {
+    if (this.#stopping) throw new HarnessError('PG_HARNESS_STOPPED', 'bounce(): server was stopped')
+    const args = ['-D', this.dataDir, '-l', this.logPath, '-m', 'fast', '-w', '-t', '60']
+    args.push('-o', `-p ${this.port}`, 'restart')
+    await run(join(this.binDir, 'pg_ctl'), args, { user: serverOsUser(), cwd: this.socketDir })
+    await waitForConnections(this)
+  }
+
+  async beginShutdown(): Promise<void> {
+    if (this.#stopping)
+      throw new HarnessError('PG_HARNESS_STOPPED', 'beginShutdown(): server was stopped')
+    const args = ['-D', this.dataDir, '-m', 'smart', '-W', 'stop']
+    await run(join(this.binDir, 'pg_ctl'), args, { user: serverOsUser(), cwd: this.socketDir })
   }
 
   async restart(): Promise<void> {
