@@ -6,8 +6,9 @@ import {
   createSharedMemory,
   SharedMemory,
 } from '@pgbouncer-cluster/protocol/shared-memory'
+import { LoginFailureKind } from '@pgbouncer-cluster/worker/server-restart'
 import pino from 'pino'
-import { BREAKER_THRESHOLD, Breakers } from './breaker.ts'
+import { BREAKER_THRESHOLD, Breakers, FIRST_RETRY_MS } from './breaker.ts'
 
 const LAYOUT = { maxWorkers: 4, maxPools: 8, maxDatabases: 4, maxUsers: 4 }
 
@@ -167,4 +168,111 @@ describe('circuit breakers', () => {
     assert.equal(words.hostState(1), BreakerState.halfOpen)
     breakers.close()
   })
+
+  describe('a restarting database', () => {
+    const { restarting, unreachable, refused: wrong } = LoginFailureKind
+    const startingUp: [string, string] = ['57P03', 'the database system is starting up']
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+    /** Opens the breaker, then fails `rounds` probes: the cool-down before each probe, in ms. */
+    async function coolDowns(
+      breakers: Breakers,
+      words: ReturnType<typeof setup>['words'],
+      rounds: number,
+    ): Promise<number[]> {
+      for (let i = 0; i < BREAKER_THRESHOLD; i++)
+        breakers.loginFailed(1, 'app', ...startingUp, undefined, restarting)
+      const out: number[] = []
+      for (let round = 0; round < rounds; round++) {
+        const opened = performance.now()
+        await waitHalfOpen(words)
+        out.push(performance.now() - opened)
+        assert.equal(words.claimProbe(), true)
+        breakers.loginFailed(1, 'app', ...startingUp, undefined, restarting)
+      }
+      return out
+    }
+
+    it('is tried again after 100 ms, then 200, 400, where server_login_retry would wait 10 s', async () => {
+      const { breakers, words } = setup(10)
+      const ms = await coolDowns(breakers, words, 3)
+      ms.forEach((got, i) => {
+        const expected = FIRST_RETRY_MS * 2 ** i
+        // Late under load, never early; far from 10 s either way.
+        assert.ok(
+          got >= expected - 5,
+          `cool-down ${i}: ${Math.round(got)} ms, expected ${expected}`,
+        )
+        assert.ok(got < 3000, `cool-down ${i}: ${Math.round(got)} ms, expected ${expected}`)
+      })
+      // A success starts the backoff over.
+      await waitHalfOpen(words)
+      assert.equal(words.claimProbe(), true)
+      breakers.loginSucceeded(1, 'app')
+      for (let i = 0; i < BREAKER_THRESHOLD; i++)
+        breakers.loginFailed(1, 'app', ...refused, undefined, unreachable)
+      const opened = performance.now()
+      await waitHalfOpen(words)
+      assert.ok(performance.now() - opened < 3000, 'the backoff did not start over')
+      breakers.close()
+    })
+
+    it('the backoff stops doubling at server_login_retry', async () => {
+      const { breakers, words } = setup(0.25)
+      const ms = await coolDowns(breakers, words, 5)
+      // 100, 200, then 250 each time (doubling would make it 400, 800, 1600).
+      assert.ok(ms[2]! >= 245 && ms[4]! >= 245, ms.map(Math.round).join(', '))
+      assert.ok(ms[4]! < 1200, `${Math.round(ms[4]!)} ms: doubled past server_login_retry`)
+      breakers.close()
+    })
+
+    it('a refused login (a password) waits the whole server_login_retry', async () => {
+      const { breakers, words } = setup(0.5)
+      for (let i = 0; i < BREAKER_THRESHOLD; i++)
+        breakers.loginFailed(1, 'app', '28P01', 'password authentication failed', undefined, wrong)
+      await sleep(300)
+      assert.equal(words.state(), BreakerState.open, 'half-open before server_login_retry')
+      await waitHalfOpen(words)
+      breakers.close()
+    })
+
+    it('keeps clients waiting, through the refusals of its restart gap, until the grace is over', async () => {
+      const { breakers, words } = setup(0.3) // the grace is at most server_login_retry
+      assert.equal(words.clientsWait(), false)
+      breakers.loginFailed(1, 'app', ...startingUp, undefined, restarting)
+      assert.equal(words.clientsWait(), true)
+      breakers.loginFailed(1, 'app', ...refused, undefined, unreachable)
+      assert.equal(words.clientsWait(), true, 'a refusal right after the restart began')
+      await sleep(150)
+      breakers.loginFailed(1, 'app', ...refused, undefined, unreachable)
+      assert.equal(words.clientsWait(), true, 'the grace counts from the first refusal')
+      await sleep(250)
+      assert.equal(words.clientsWait(), false, 'down for longer than the grace')
+      // Starting up again: clients wait; a login makes it all over.
+      breakers.loginFailed(1, 'app', ...startingUp, undefined, restarting)
+      assert.equal(words.clientsWait(), true)
+      breakers.loginSucceeded(1, 'app')
+      assert.equal(words.clientsWait(), false)
+      breakers.close()
+    })
+
+    it('refusals with no restart before them, or a refused login, give clients the error', () => {
+      const { breakers, words } = setup()
+      breakers.loginFailed(1, 'app', ...refused, undefined, unreachable)
+      assert.equal(words.clientsWait(), false)
+      breakers.loginFailed(1, 'app', ...startingUp, undefined, restarting)
+      breakers.loginFailed(1, 'app', '28P01', 'password authentication failed', undefined, wrong)
+      assert.equal(words.clientsWait(), false)
+      breakers.close()
+    })
+  })
 })
+
+async function waitHalfOpen(words: { state(): number }): Promise<boolean> {
+  const deadline = performance.now() + 5000
+  while (words.state() !== BreakerState.halfOpen) {
+    if (performance.now() > deadline) assert.fail('not half-open within 5 s')
+    await new Promise((r) => setTimeout(r, 5))
+  }
+  return true
+}

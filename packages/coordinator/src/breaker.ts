@@ -5,6 +5,7 @@ import {
   type SharedMemory,
 } from '@pgbouncer-cluster/protocol/shared-memory'
 import type { Logger } from '@pgbouncer-cluster/worker/log'
+import { LoginFailureKind, retrySoon } from '@pgbouncer-cluster/worker/server-restart'
 
 /**
  * Server login failures in a row that open a database's breaker. PgBouncer
@@ -12,6 +13,19 @@ import type { Logger } from '@pgbouncer-cluster/worker/log'
  * connection from locking a database out for the whole cool-down.
  */
 export const BREAKER_THRESHOLD = 3
+
+/**
+ * The first cool-down after a failure that may be retried soon (a restart, a
+ * refused connection): doubled at each reopening, up to server_login_retry.
+ */
+export const FIRST_RETRY_MS = 100
+
+/**
+ * How long a database that said it was restarting may refuse connections
+ * before its clients get the error (at most server_login_retry): the gap
+ * between the old postmaster and the new one, about 0.2 s for `pg_ctl restart`.
+ */
+export const RESTART_GRACE_MS = 5000
 
 export interface BreakerOptions {
   shared: SharedMemory
@@ -27,10 +41,17 @@ interface Entry {
   readonly database: string
   sqlstate: string
   message: string
+  /** What the last failure said of the server (worker/src/server-restart.ts). */
+  kind: number
   seq: number
   timer: NodeJS.Timeout | null
+  /** Openings since the breaker last closed: how often the next cool-down is doubled. */
+  opens: number
+  /** Runs while a database that said it was restarting refuses connections (RESTART_GRACE_MS). */
+  graceTimer: NodeJS.Timeout | null
   /** Per host of a host list: the cool-down of a host that is down. */
   readonly hostTimers: (NodeJS.Timeout | null)[]
+  readonly hostOpens: number[]
 }
 
 /** Which host of a database's list a login went to, and how many the list has. */
@@ -50,7 +71,13 @@ export interface HostOf {
  *      └────── probe logs in ─────────┴──── probe fails ─── probing ◀┘ the one probe
  *
  * While open, clients get the last error the server gave (broadcast once per
- * opening as a `breaker` message, matched to the shared error sequence).
+ * opening as a `breaker` message, matched to the shared error sequence),
+ * unless the database is restarting (57P03 and the like; then the refusals of
+ * the restart's gap, for RESTART_GRACE_MS): then they wait, within
+ * query_wait_timeout, as the `clients wait` word says. After a failure that
+ * may be retried soon, the cool-down is 100 ms, doubled at each reopening up
+ * to server_login_retry, so a restart of 0.2 s costs clients well under a
+ * second; after a refused login (a password, a role) it is server_login_retry.
  *
  * A database with a host list has a breaker per host besides, in the same
  * shared words. One failed login opens a host's breaker (the worker that saw
@@ -67,17 +94,21 @@ export class Breakers {
     this.options = options
   }
 
+  /** `kind`: what the failure says of the server; absent, the last failure's again. */
   loginFailed(
     slot: number,
     database: string,
     sqlstate: string,
     message: string,
     host?: HostOf,
+    kind?: number,
   ): void {
     const entry = this.entry(slot, database)
     entry.sqlstate = sqlstate
     entry.message = message
+    if (kind !== undefined) entry.kind = kind
     const words = this.options.shared.breaker(slot)
+    this.noteRestart(entry, kind)
     if (host !== undefined && host.count > 1) {
       this.hostFailed(entry, host.index, sqlstate, message)
       // Another host may still answer: the database's breaker is not concerned.
@@ -95,13 +126,35 @@ export class Breakers {
       this.open(entry, failures)
   }
 
+  /**
+   * A worker saw PostgreSQL end a logged-in server in a shutdown or a crash
+   * (and already set the `clients wait` word): the refusals that may follow
+   * are the restart's gap, within the grace.
+   */
+  restarting(slot: number, database: string, sqlstate: string, message: string): void {
+    const entry = this.entry(slot, database)
+    this.clearGrace(entry)
+    this.options.shared.breaker(slot).setClientsWait(true)
+    this.options.log.info(
+      { database, sqlstate, error: message },
+      'database restarting: clients wait for its servers',
+    )
+  }
+
   loginSucceeded(slot: number, database: string, host?: HostOf): void {
     const words = this.options.shared.breaker(slot)
+    const known = this.entries.get(database)
+    if (known !== undefined) {
+      known.opens = 0
+      this.clearGrace(known)
+    }
+    if (words.clientsWait()) words.setClientsWait(false)
     if (host !== undefined && host.count > 1) {
       const entry = this.entry(slot, database)
       const timer = entry.hostTimers[host.index]
       if (timer) clearTimeout(timer)
       entry.hostTimers[host.index] = null
+      entry.hostOpens[host.index] = 0
       if (words.hostState(host.index) !== BreakerState.closed) {
         words.setHostState(host.index, BreakerState.closed)
         this.options.log.info(
@@ -148,9 +201,13 @@ export class Breakers {
       if (entry === undefined) continue
       this.clearTimer(entry)
       this.clearHostTimers(entry)
+      this.clearGrace(entry)
+      entry.opens = 0
+      entry.hostOpens.fill(0)
       const words = this.options.shared.breaker(entry.slot)
       for (let h = 0; h < MAX_HOSTS; h++) words.setHostState(h, BreakerState.closed)
       words.setFailures(0)
+      words.setClientsWait(false)
       if (words.state() !== BreakerState.closed) {
         words.setState(BreakerState.closed)
         this.options.log.info({ database }, 'circuit breaker closed: configuration reloaded')
@@ -164,6 +221,7 @@ export class Breakers {
     if (entry === undefined) return
     this.clearTimer(entry)
     this.clearHostTimers(entry)
+    this.clearGrace(entry)
     this.entries.delete(database)
   }
 
@@ -176,7 +234,56 @@ export class Breakers {
     for (const e of this.entries.values()) {
       this.clearTimer(e)
       this.clearHostTimers(e)
+      this.clearGrace(e)
     }
+  }
+
+  /**
+   * Whether waiting clients keep waiting. A database that says it is starting
+   * up or shutting down will take logins again soon: its clients wait. A
+   * restart also has a gap in which nothing listens; refusals that follow the
+   * restart's errors keep them waiting for RESTART_GRACE_MS (at most
+   * server_login_retry), after which the database is down and they get the
+   * error. Any other failure gives them the error at once.
+   */
+  private noteRestart(entry: Entry, kind: number | undefined): void {
+    const words = this.options.shared.breaker(entry.slot)
+    if (kind === undefined) return
+    if (kind === LoginFailureKind.restarting) {
+      // The worker set the word already; set again, it is the coordinator's.
+      this.clearGrace(entry)
+      words.setClientsWait(true)
+      return
+    }
+    if (kind === LoginFailureKind.unreachable && words.clientsWait()) {
+      if (entry.graceTimer !== null) return
+      const grace = Math.min(RESTART_GRACE_MS, this.options.retrySeconds() * 1000)
+      entry.graceTimer = setTimeout(() => {
+        entry.graceTimer = null
+        if (!words.clientsWait()) return
+        words.setClientsWait(false)
+        this.options.log.warn(
+          { database: entry.database, error: entry.message, grace_ms: grace },
+          'database did not come back after its restart: clients get the error',
+        )
+      }, grace)
+      entry.graceTimer.unref()
+      return
+    }
+    this.clearGrace(entry)
+    words.setClientsWait(false)
+  }
+
+  private clearGrace(entry: Entry): void {
+    if (entry.graceTimer !== null) clearTimeout(entry.graceTimer)
+    entry.graceTimer = null
+  }
+
+  /** The cool-down before the next login: a backoff from FIRST_RETRY_MS where that is safe. */
+  private coolDownMs(kind: number, opens: number): number {
+    const retry = this.options.retrySeconds() * 1000
+    if (!retrySoon(kind)) return retry
+    return Math.min(FIRST_RETRY_MS * 2 ** Math.min(opens, 20), retry)
   }
 
   /**
@@ -192,14 +299,14 @@ export class Breakers {
     const old = entry.hostTimers[h]
     if (old) clearTimeout(old)
     words.setHostState(h, BreakerState.open)
-    const retry = this.options.retrySeconds()
+    const coolDown = this.coolDownMs(entry.kind, entry.hostOpens[h]!++)
     this.options.log.warn(
       {
         database: entry.database,
         host_index: h,
         sqlstate,
         error: message,
-        server_login_retry: retry,
+        retry_ms: coolDown,
       },
       'host breaker open: new server logins skip this host',
     )
@@ -211,7 +318,7 @@ export class Breakers {
         { database: entry.database, host_index: h },
         'host breaker half-open: next login to this host probes',
       )
-    }, retry * 1000)
+    }, coolDown)
     timer.unref()
     entry.hostTimers[h] = timer
   }
@@ -225,16 +332,18 @@ export class Breakers {
     entry.seq = words.bumpErrorSeq()
     this.options.broadcast(this.message(entry))
     words.setState(BreakerState.open)
-    const retry = this.options.retrySeconds()
+    const coolDown = this.coolDownMs(entry.kind, entry.opens++)
     this.options.log.warn(
       {
         database: entry.database,
         sqlstate: entry.sqlstate,
         error: entry.message,
         failures,
-        server_login_retry: retry,
+        retry_ms: coolDown,
       },
-      'circuit breaker open: clients get the server error until a probe logs in',
+      words.clientsWait()
+        ? 'circuit breaker open: clients wait while the database restarts, a probe logs in after the cool-down'
+        : 'circuit breaker open: clients get the server error until a probe logs in',
     )
     entry.timer = setTimeout(() => {
       entry.timer = null
@@ -244,7 +353,7 @@ export class Breakers {
         { database: entry.database },
         'circuit breaker half-open: next login probes',
       )
-    }, retry * 1000)
+    }, coolDown)
     entry.timer.unref()
   }
 
@@ -266,9 +375,13 @@ export class Breakers {
         database,
         sqlstate: '',
         message: '',
+        kind: LoginFailureKind.refused,
         seq: 0,
         timer: null,
+        opens: 0,
+        graceTimer: null,
         hostTimers: new Array<NodeJS.Timeout | null>(MAX_HOSTS).fill(null),
+        hostOpens: new Array<number>(MAX_HOSTS).fill(0),
       }
       this.entries.set(database, entry)
     }

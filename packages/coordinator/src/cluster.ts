@@ -572,6 +572,7 @@ export class Cluster {
             msg.sqlstate,
             msg.message,
             hostOf(msg),
+            msg.kind,
           )
         return
       }
@@ -591,6 +592,13 @@ export class Cluster {
       case 'paused':
         this.admin.onPaused(msg)
         return
+      case 'server-restarting': {
+        // A database freed since (pool-slots.ts) has no breaker to feed.
+        const slots = this.registry.lookup(msg.database, msg.user)
+        if (slots !== null)
+          this.breakers.restarting(slots.databaseSlot, msg.database, msg.sqlstate, msg.message)
+        return
+      }
       case 'server-login-ok': {
         const slots = this.registry.lookup(msg.database, msg.user)
         if (slots !== null)

@@ -71,6 +71,23 @@ const EVERY_TYPE: ControlMessage[] = [
     sqlstate: '28P01',
     message: 'password authentication failed for user "alice"',
   },
+  {
+    type: 'server-login-failed',
+    worker: 0,
+    database: 'app',
+    user: 'alice',
+    sqlstate: '57P03',
+    message: 'the database system is starting up',
+    kind: 0,
+  },
+  {
+    type: 'server-restarting',
+    worker: 1,
+    database: 'app',
+    user: 'alice',
+    sqlstate: '57P01',
+    message: 'terminating connection due to administrator command',
+  },
   { type: 'stats-request', id: 99 },
   { type: 'stats-request', id: 100, view: 'clients' },
   {

@@ -110,6 +110,11 @@ export type ControlMessage =
       user: string
       sqlstate: string
       message: string
+      /**
+       * What the failure says of the server (worker/src/server-restart.ts):
+       * 0 restarting, 1 unreachable, 2 refused. Absent: refused.
+       */
+      kind?: number
       /** With a host list: which host (index) of how many the login went to. */
       host?: number
       hosts?: number
@@ -160,6 +165,19 @@ export type ControlMessage =
    * memory); the error its clients get meanwhile, for error sequence `seq`.
    */
   | { type: 'breaker'; database: string; seq: number; sqlstate: string; message: string }
+  /**
+   * worker → coordinator: a logged-in server was ended by a shutdown or a
+   * crash of PostgreSQL (57P01, 57P02): the database is restarting, and its
+   * clients wait rather than get the refusals of the restart's gap.
+   */
+  | {
+      type: 'server-restarting'
+      worker: number
+      database: string
+      user: string
+      sqlstate: string
+      message: string
+    }
   /** worker → coordinator: a server login succeeded while the breaker counted failures. */
   | {
       type: 'server-login-ok'
@@ -305,6 +323,7 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     user: 'string',
     sqlstate: 'string',
     message: 'string',
+    kind: 'uint?',
     host: 'uint?',
     hosts: 'uint?',
   },
@@ -336,6 +355,13 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   'worker-stopped': { worker: 'uint' },
   'servers-released': { worker: 'uint' },
   breaker: { database: 'string', seq: 'uint', sqlstate: 'string', message: 'string' },
+  'server-restarting': {
+    worker: 'uint',
+    database: 'string',
+    user: 'string',
+    sqlstate: 'string',
+    message: 'string',
+  },
   'server-login-ok': {
     worker: 'uint',
     database: 'string',

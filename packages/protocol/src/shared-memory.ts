@@ -13,7 +13,7 @@
  *  6                              paused (PAUSE)     coordinator        (workers may)
  *  7                              shutdown           coordinator        (workers may)
  *  8..15                          spare
- *  ─── breakers, B = 84 words per database ───────────────────────────────────────
+ *  ─── breakers, B = 85 words per database ───────────────────────────────────────
  *  16 + Bd + 0                    state 0..3         coordinator; a     (workers may)
  *                                                    worker CASes 2→3
  *                                                    to claim the probe
@@ -27,6 +27,10 @@
  *                                 database's list    on its own failed  login)
  *                                 (h < MAX_HOSTS)    login, 2→3 to
  *                                                    claim the probe
+ *  16 + Bd + 84                   clients wait (1)   coordinator; a     (read on a
+ *                                 or get the error   worker sets 1 when failed login
+ *                                 (0) while logins   it sees PostgreSQL and while the
+ *                                 fail               restart            breaker is open)
  *  ─── semaphores, S words each (see semaphore.ts) ───────────────────────────────
  *  pools     + S*p + 0            used               workers (lock)     acquire()
  *            + S*p + 1            waiters            workers
@@ -120,16 +124,22 @@ export interface BreakerWords {
   markHostDown(h: number): void
   /** As claimProbe(), for host h. */
   claimHostProbe(h: number): boolean
+  /**
+   * While logins fail: whether waiting clients keep waiting for a server (the
+   * database is restarting) rather than get the error at once.
+   */
+  clientsWait(): boolean
+  setClientsWait(on: boolean): void
 }
 
 /** Hosts per database entry whose state lives in shared memory. */
 export const MAX_HOSTS = 16
 
 const MAGIC = 0x50474243 // 'PGBC'
-const VERSION = 2
+const VERSION = 3
 const HEADER_WORDS = 16
 const BREAKER_TEXT_WORDS = 64
-const BREAKER_WORDS = 4 + BREAKER_TEXT_WORDS + MAX_HOSTS
+const BREAKER_WORDS = 4 + BREAKER_TEXT_WORDS + MAX_HOSTS + 1
 const BREAKER_TEXT_BYTES = BREAKER_TEXT_WORDS * 4
 const FLAG_WORD = { paused: 6, shutdown: 7 } as const
 export const MAX_WORKERS = 64
@@ -319,6 +329,7 @@ export class SharedMemory {
       const textLength = state + 3
       const text = new Uint8Array(i32.buffer, (state + 4) * 4, BREAKER_TEXT_BYTES)
       const hosts = state + 4 + BREAKER_TEXT_WORDS
+      const wait = hosts + MAX_HOSTS
       const host = (h: number) => {
         if (!Number.isInteger(h) || h < 0 || h >= MAX_HOSTS) {
           throw new SharedMemoryError(`host index ${h} out of range 0..${MAX_HOSTS - 1}`)
@@ -336,6 +347,10 @@ export class SharedMemory {
         claimHostProbe: (h: number) =>
           Atomics.compareExchange(i32, host(h), BreakerState.halfOpen, BreakerState.probing) ===
           BreakerState.halfOpen,
+        clientsWait: () => Atomics.load(i32, wait) === 1,
+        setClientsWait: (on: boolean) => {
+          Atomics.store(i32, wait, on ? 1 : 0)
+        },
         state: () => Atomics.load(i32, state),
         setState: (s: number) => {
           Atomics.store(i32, state, s)

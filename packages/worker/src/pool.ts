@@ -22,6 +22,7 @@ import {
   type ServerHost,
   type ServerSecret,
 } from './server.ts'
+import { LoginFailureKind, loginFailureKind } from './server-restart.ts'
 
 /**
  * Whoever a server is linked to: a client session (client.ts), or the
@@ -59,9 +60,20 @@ export interface PoolHost extends ServerHost {
   /** The error clients get while the database's breaker is open. */
   breakerError(database: string, seq: number): Buffer
   breakerText(database: string): { sqlstate: string; message: string }
-  /** `host`: the index in the database's host list, -1 for the whole database. */
-  reportLoginFailure(pool: Pool, sqlstate: string, message: string, host?: number): void
+  /**
+   * `host`: the index in the database's host list, -1 for the whole database;
+   * `kind`: what the failure says of the server (server-restart.ts).
+   */
+  reportLoginFailure(
+    pool: Pool,
+    sqlstate: string,
+    message: string,
+    host?: number,
+    kind?: number,
+  ): void
   reportLoginOk(pool: Pool, host?: number): void
+  /** A server of `pool` was ended by PostgreSQL's shutdown or crash. */
+  reportRestart(pool: Pool, sqlstate: string, message: string): void
   /**
    * `pool` is at its database's (PERMIT_DATABASE) or user's (PERMIT_USER)
    * limit: close an idle server of another of this worker's pools that counts
@@ -491,9 +503,19 @@ export class Pool {
       }
       this.releasePermit(permits)
     }
-    if (this.connecting === 0) {
+    if (this.connecting === 0 && !this.breaker.clientsWait()) {
       this.failWaiting(this.breakerFailure())
     }
+  }
+
+  /**
+   * Whether clients keep waiting after a failed login: the database said it is
+   * restarting, or it refuses connections within the grace the coordinator
+   * gives a restart (its `clients wait` word, breaker.ts).
+   */
+  private restartWait(kind: number): boolean {
+    if (kind === LoginFailureKind.restarting) return true
+    return kind === LoginFailureKind.unreachable && this.breaker.clientsWait()
   }
 
   /**
@@ -503,6 +525,8 @@ export class Pool {
    */
   fastFailError(): Buffer | null {
     if (this.breaker.state() !== BreakerState.open || this.idle.length > 0) return null
+    // A restarting database: the client logs in and waits for a server like the others.
+    if (this.breaker.clientsWait()) return null
     return this.breakerFailure()
   }
 
@@ -703,6 +727,7 @@ export class Pool {
     if (
       this.breaker.failures() > 0 ||
       this.breaker.state() !== BreakerState.closed ||
+      this.breaker.clientsWait() ||
       (host >= 0 && this.breaker.hostState(host) !== BreakerState.closed)
     ) {
       this.worker.reportLoginOk(this, host)
@@ -715,6 +740,18 @@ export class Pool {
     this.release(server)
   }
 
+  /**
+   * PostgreSQL ended a logged-in server in a shutdown or a crash: the logins
+   * that follow may be refused for a moment (the restart's gap) and clients
+   * wait through it. Marked here at once, so no login of any worker fails
+   * its clients before the coordinator hears of it.
+   */
+  serverRestarting(sqlstate: string, message: string): void {
+    if (this.breaker.clientsWait()) return
+    this.breaker.setClientsWait(true)
+    this.worker.reportRestart(this, sqlstate, message)
+  }
+
   serverLoginFailed(server: Server, failure: LoginFailure): void {
     this.loggingIn.delete(server)
     if (this.probe === server) this.probe = null
@@ -722,9 +759,11 @@ export class Pool {
     this.lastLoginFailure = { at: Date.now(), failure }
     const { sqlstate, message } = this.clientError(server, failure)
     const host = this.hostOf(server)
+    const kind = loginFailureKind(failure)
     // Skipped by the next login of every worker, before the coordinator hears of it.
     if (host >= 0) this.breaker.markHostDown(host)
-    this.worker.reportLoginFailure(this, sqlstate, message, host)
+    if (kind === LoginFailureKind.restarting) this.breaker.setClientsWait(true)
+    this.worker.reportLoginFailure(this, sqlstate, message, host, kind)
     this.worker.log.error(
       {
         pool: this.key,
@@ -741,6 +780,9 @@ export class Pool {
       this.grow()
       return
     }
+    // A restarting database takes logins again soon: its clients wait for the
+    // next try (the janitor's tick, or the breaker's probe).
+    if (this.restartWait(kind)) return
     // Clients would otherwise wait for query_wait_timeout on a server that
     // refuses us: they get the server's own error now.
     this.failWaiting(fatal(message, sqlstate))

@@ -50,6 +50,17 @@ SERVER_FLAGS[BackendCode.ParseComplete] = 1
 
 let nextServerId = 1
 
+// The code field of the FATAL that ends a backend in a shutdown (57P01,
+// "terminating connection due to administrator command") or a crash of
+// another backend (57P02): found in place, as errors pass by on their way to
+// the client, without parsing the message.
+const SHUTDOWN_CODE = Buffer.from('C57P0')
+function endedByRestart(msg: Buffer): boolean {
+  const at = msg.indexOf(SHUTDOWN_CODE, 5)
+  if (at < 0 || (at > 5 && msg[at - 1] !== 0) || msg[at + 6] !== 0) return false
+  return msg[at + 5] === 0x31 || msg[at + 5] === 0x32
+}
+
 // The chunk being scanned, for the message handlers: scans run one at a time
 // per thread, synchronously.
 let scanned: Buffer
@@ -100,6 +111,8 @@ export interface ServerPool {
   serverSecret(): ServerSecret
   serverLoggedIn(server: Server): void
   serverLoginFailed(server: Server, failure: LoginFailure): void
+  /** A logged-in server was ended by PostgreSQL's shutdown or crash (57P01, 57P02). */
+  serverRestarting(sqlstate: string, message: string): void
   /** The linked client is done with it (transaction or session over). */
   release(server: Server): void
   serverGone(server: Server): void
@@ -480,6 +493,10 @@ export class Server implements PreparedServer {
       return false
     }
     // ErrorResponse
+    if (endedByRestart(msg!)) {
+      const fields = parseErrorFields(msg!)
+      this.pool.serverRestarting(fields.code, fields.message)
+    }
     if (this.swallow > 0) {
       const fields = parseErrorFields(msg!)
       this.pool.worker.log.warn(
@@ -534,6 +551,7 @@ export class Server implements PreparedServer {
     }
     if (type === BackendCode.ErrorResponse) {
       const fields = parseErrorFields(msg!)
+      if (endedByRestart(msg!)) this.pool.serverRestarting(fields.code, fields.message)
       if (this.checking) {
         this.pool.worker.log.warn(
           { server: this.id, sqlstate: fields.code, error: fields.message },

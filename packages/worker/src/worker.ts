@@ -573,7 +573,13 @@ export class PoolerWorker {
    * Feeds the coordinator's circuit breaker; sqlstate and message as clients
    * see them. `host`: the index in the database's host list, when it has one.
    */
-  reportLoginFailure(pool: Pool, sqlstate: string, message: string, host = -1): void {
+  reportLoginFailure(
+    pool: Pool,
+    sqlstate: string,
+    message: string,
+    host = -1,
+    kind?: number,
+  ): void {
     const msg: Extract<ControlMessage, { type: 'server-login-failed' }> = {
       type: 'server-login-failed',
       worker: this.id,
@@ -582,6 +588,7 @@ export class PoolerWorker {
       sqlstate,
       message,
     }
+    if (kind !== undefined) msg.kind = kind
     if (host >= 0) {
       msg.host = host
       msg.hosts = pool.database.hosts.length
@@ -602,6 +609,17 @@ export class PoolerWorker {
       msg.hosts = pool.database.hosts.length
     }
     this.send(msg)
+  }
+
+  reportRestart(pool: Pool, sqlstate: string, message: string): void {
+    this.send({
+      type: 'server-restarting',
+      worker: this.id,
+      database: pool.database.name,
+      user: pool.user,
+      sqlstate,
+      message,
+    })
   }
 
   /**
