@@ -64,6 +64,26 @@ describe('a message held back until its last byte', () => {
     }
   })
 
+  test('a read copied whole into a large message is given back at once; one whose rest is used is not', () => {
+    const msg = message('P', 3 * HOLD_LIMIT)
+    const held = new Unfinished(0, msg.subarray(0, 10), sizeAt(msg, 0))
+    const middle = Buffer.allocUnsafeSlow(HOLD_LIMIT)
+    msg.copy(middle, 0, 10)
+    assert.equal(held.add(middle, MAX, HOLD), null)
+    assert.equal(middle.buffer.byteLength, 0, 'the read was detached')
+    const tail = Buffer.concat([msg.subarray(10 + HOLD_LIMIT), message('S', 0)])
+    const last = Buffer.allocUnsafeSlow(tail.length)
+    tail.copy(last)
+    const out = held.add(last, MAX, HOLD)
+    assert.deepEqual(out, msg)
+    assert.equal(
+      last.buffer.byteLength,
+      tail.length,
+      'the read that carries the next message stays',
+    )
+    assert.deepEqual(held.rest, message('S', 0))
+  })
+
   test('held only for its header: given back at once when the header says it streams', () => {
     const msg = message('d', 2 * HOLD_LIMIT)
     const held = new Unfinished(0, msg.subarray(0, 3), 0)

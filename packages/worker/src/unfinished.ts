@@ -69,9 +69,10 @@ export class Unfinished {
       const take = Math.min(bytes.length, this.need - this.have)
       bytes.copy(whole, this.have, 0, take)
       this.have += take
+      if (take < bytes.length) this.rest = bytes.subarray(take)
+      else release(bytes)
       if (this.have < this.need) return null
       this.whole = null
-      if (take < bytes.length) this.rest = bytes.subarray(take)
       return whole
     }
     const parts = this.parts!
@@ -113,17 +114,37 @@ export class Unfinished {
    */
   private fill(): Buffer | null {
     const parts = this.parts!
-    this.whole = Buffer.allocUnsafeSlow(this.need)
+    const whole = Buffer.allocUnsafeSlow(this.need)
+    this.whole = whole
     this.parts = null
-    this.have = 0
+    let have = 0
+    // Copied, not given back: the caller may still cut the first part's read.
     // Only the last part can hold the message's end.
-    let done: Buffer | null = null
-    for (const part of parts) done = this.add(part, 0, NEVER)
-    return done
+    for (const part of parts) {
+      const take = Math.min(part.length, this.need - have)
+      part.copy(whole, have, 0, take)
+      have += take
+      if (take < part.length) this.rest = part.subarray(take)
+    }
+    this.have = have
+    if (have < this.need) return null
+    this.whole = null
+    return whole
   }
 }
 
-const NEVER: HoldPolicy = { holds: () => false }
+/**
+ * A read copied whole into a large message is given back at once, when it
+ * has a memory block of its own (a read of more than 4 kB is one, made for
+ * it; smaller ones share Node's pool and are left to the collector): a
+ * client streaming a huge message would otherwise leave as much again in
+ * reads the collector has not reached.
+ */
+function release(read: Buffer): void {
+  const block = read.buffer as ArrayBuffer
+  if (read.byteOffset === 0 && block.byteLength === read.length && read.length > 4096)
+    block.transfer(0)
+}
 
 /** A held message's size from the header at `start`, or 0 when its 5 bytes are not all there. */
 export function sizeAt(chunk: Buffer, start: number): number {
