@@ -559,11 +559,8 @@ export class Cluster {
         this.sendTo(this.slots[msg.worker]?.thread ?? null, msg)
         return
       case 'server-login-failed': {
-        this.log.warn(
-          { database: msg.database, user: msg.user, sqlstate: msg.sqlstate, error: msg.message },
-          'server login failed',
-        )
-        // A database freed since (pool-slots.ts) has no breaker to feed.
+        // The worker that failed logged it, with the host. A database freed
+        // since (pool-slots.ts) has no breaker to feed.
         const slots = this.registry.lookup(msg.database, msg.user)
         if (slots !== null)
           this.breakers.loginFailed(

@@ -58,6 +58,35 @@ describe('logging', { timeout: 120_000 }, () => {
   })
 
   for (const [name, start, skip] of targets) {
+    test(`${name}: a failed server login is logged once, naming the pool as db/user`, {
+      skip,
+    }, async () => {
+      const pooler = await start({
+        databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=nosuchdb` },
+        pgbouncer: { pool_mode: 'transaction' },
+      })
+      const c = pooler.client({ database: 'app' })
+      c.on('error', () => {})
+      await assert.rejects(c.connect(), { message: 'database "nosuchdb" does not exist' })
+      let lines: string[] = []
+      for (let i = 0; i < 30 && lines.length === 0; i++) {
+        await sleep(100)
+        lines = pooler
+          .output()
+          .split('\n')
+          .filter((l) => l.includes('server login failed'))
+      }
+      await sleep(300)
+      lines = pooler
+        .output()
+        .split('\n')
+        .filter((l) => l.includes('server login failed'))
+      assert.equal(lines.length, 1, pooler.output())
+      assert.match(pooler.output(), /app\/postgres/)
+      assert.doesNotMatch(pooler.output(), /\\u0000/, 'the internal pool key')
+      await pooler.stop()
+    })
+
     test(`${name}: log_stats logs the stats line every stats_period, with the traffic in it`, {
       skip,
     }, async () => {

@@ -96,6 +96,8 @@ export interface PoolSlots {
  */
 export class Pool {
   readonly key: string
+  /** `db/user`, as PgBouncer names a pool in its log lines. */
+  readonly label: string
   readonly worker: PoolHost
   /** Replaced on reload (reconfigure), so limits set in [databases] follow the file. */
   database: DatabaseConfig
@@ -182,6 +184,7 @@ export class Pool {
     this.user = user
     this.mode = mode
     this.key = poolKey(database.name, user)
+    this.label = `${database.name}/${user}`
     this.sem = worker.shared.pool(slots.pool)
     this.dbSem = worker.shared.database(slots.databaseSlot)
     this.userSem = worker.shared.user(slots.userSlot)
@@ -668,7 +671,7 @@ export class Pool {
     const server = new Server(this, permits, this.pickHost())
     this.loggingIn.add(server)
     this.servers.add(server)
-    this.worker.log.debug({ server: server.id, pool: this.key }, 'opening server connection')
+    this.worker.log.debug({ server: server.id, pool: this.label }, 'opening server connection')
     return server
   }
 
@@ -734,7 +737,7 @@ export class Pool {
     }
     if (this.welcomeParams === null) this.welcomeParams = new Map(server.params)
     this.worker.log.info(
-      { server: server.id, pool: this.key, backend_pid: server.pid },
+      { server: server.id, pool: this.label, backend_pid: server.pid },
       'server connection ready',
     )
     this.release(server)
@@ -764,9 +767,10 @@ export class Pool {
     if (host >= 0) this.breaker.markHostDown(host)
     if (kind === LoginFailureKind.restarting) this.breaker.setClientsWait(true)
     this.worker.reportLoginFailure(this, sqlstate, message, host, kind)
-    this.worker.log.error(
+    // The one line about it (the coordinator's breaker says only what it does), a warning as in PgBouncer.
+    this.worker.log.warn(
       {
-        pool: this.key,
+        pool: this.label,
         host: server.host,
         port: server.port,
         sqlstate: failure.code,
