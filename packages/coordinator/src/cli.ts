@@ -1,5 +1,5 @@
 import { startAllocStats } from '@pgbouncer-cluster/worker/alloc-stats'
-import { createLogger } from '@pgbouncer-cluster/worker/log'
+import { createLogger, LogFile } from '@pgbouncer-cluster/worker/log'
 import { releaseStartupMemory } from '@pgbouncer-cluster/worker/startup-memory'
 import type { Options } from 'yargs'
 import yargsParser from 'yargs-parser'
@@ -9,6 +9,7 @@ import { type Config, ConfigError, defaultConfig, loadConfig } from './config/co
 import { splitHostPort } from './config/listen.ts'
 import { describeConfig } from './config/summary.ts'
 import { defaultWorkers } from './default-workers.ts'
+import { planRunAs, type RunAs, rootWarning } from './privileges.ts'
 
 const VERSION = '0.1.0'
 
@@ -49,15 +50,31 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${describeConfig(config, options.workers).join('\n')}\n`)
     return 0
   }
-  for (const warning of config.warnings)
+  let runAs: RunAs | null
+  let logfile: LogFile | null
+  try {
+    runAs = planRunAs(config.settings.user)
+    logfile = config.settings.logfile ? LogFile.open(config.settings.logfile) : null
+  } catch (err) {
+    process.stderr.write(`pgbouncer-cluster: could not start: ${(err as Error).message}\n`)
+    return 1
+  }
+  // What the terminal is told on stderr, the logfile gets as records too.
+  const fileLog =
+    logfile === null
+      ? null
+      : createLogger({ level: options.logLevel, worker: 'coordinator', console: null, logfile })
+  for (const warning of config.warnings) {
     process.stderr.write(`pgbouncer-cluster: warning: ${warning}\n`)
+    fileLog?.warn(warning)
+  }
   startAllocStats(process.env.PGBC_ALLOC_STATS, 'coordinator')
-  const pretty = Boolean(process.stdout.isTTY)
+  const logConsole = process.stdout.isTTY ? 'pretty' : 'json'
   const log = createLogger({
     level: options.logLevel,
     worker: 'coordinator',
-    logfile: config.settings.logfile || null,
-    pretty,
+    console: logConsole,
+    logfile,
   })
   let cluster: Cluster
   try {
@@ -65,26 +82,32 @@ export async function main(argv: string[]): Promise<number> {
       config,
       workers: options.workers,
       logLevel: options.logLevel,
-      pretty,
+      logConsole,
+      logfile,
       log,
       metrics: options.metrics,
+      runAs,
       // SIGHUP reads the same file with the same flags winning over it.
       load: () => readConfig(options),
     })
   } catch (err) {
     // The shared memory it would make (PGBOUNCER_CLUSTER_SLOTS): one line, no stack.
-    process.stderr.write(`pgbouncer-cluster: could not start: ${(err as Error).message}
-`)
+    fileLog?.fatal({ err: (err as Error).message }, 'could not start')
+    process.stderr.write(`pgbouncer-cluster: could not start: ${(err as Error).message}\n`)
     return 1
   }
   try {
     await cluster.start()
   } catch (err) {
-    log.fatal({ err: (err as Error).message }, 'could not start')
+    // One line, on stderr; the logfile keeps it as a record.
+    fileLog?.fatal({ err: (err as Error).message }, 'could not start')
     process.stderr.write(`pgbouncer-cluster: could not start: ${(err as Error).message}\n`)
     await cluster.stop('immediate')
     return 1
   }
+  // Said once it listens, beside the other lines about how it runs.
+  const root = rootWarning(config.settings.user)
+  if (root !== null) log.warn(root)
   // The command's own thread: the library leaves an embedding process's heap alone.
   releaseStartupMemory()
   return cluster.run()

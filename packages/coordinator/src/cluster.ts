@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
-import { Worker } from 'node:worker_threads'
+import { MessageChannel, Worker } from 'node:worker_threads'
 import { keyWorker } from '@pgbouncer-cluster/protocol/cancel-key'
 import {
   type ControlMessage,
@@ -11,13 +11,14 @@ import {
 } from '@pgbouncer-cluster/protocol/control'
 import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
-import type { Logger } from '@pgbouncer-cluster/worker/log'
+import type { LineSink, LogFile, Logger } from '@pgbouncer-cluster/worker/log'
 import { AdminConsole } from './admin.ts'
 import type { ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError, resolveDatabase } from './config/config.ts'
 import type { MetricsServer } from './metrics-server.ts'
 import { PoolSlots } from './pool-slots.ts'
+import { dropPrivileges, type RunAs } from './privileges.ts'
 import { SLOT_TABLES, SlotRegistry } from './registry.ts'
 import { nextConfig } from './reload.ts'
 
@@ -25,8 +26,19 @@ export interface ClusterOptions {
   config: Config
   workers: number
   logLevel: string
-  pretty: boolean
+  /**
+   * Where the workers' lines go besides the logfile: stdout as JSON (default)
+   * or one human line each, or a program's own sink, which they reach through
+   * the coordinator's thread.
+   */
+  logConsole?: 'json' | 'pretty' | LineSink | null
+  /** The logfile, opened once for every thread (LogFile). */
+  logfile?: LogFile | null
+  /** Bindings of a program's own logger, for every worker's lines. */
+  logBase?: Record<string, unknown>
   log: Logger
+  /** `user =`: the account the process becomes once every worker listens (privileges.ts). */
+  runAs?: RunAs | null
   /** Reads the config file again with the same command-line overrides (SIGHUP); throws ConfigError. */
   load?: () => Config
   /** Answer SIGINT/SIGTERM/SIGHUP (the command); a program embedding the pooler keeps its own. */
@@ -94,6 +106,8 @@ export class Cluster {
   private listen = { host: '127.0.0.1', port: 6432 }
   private unixSocket: { path: string; mode: number; gid: number } | null = null
   private stopping: Promise<void> | null = null
+  /** start() got as far as listening: a failed start says why once, its caller does. */
+  private started = false
   private shutdownMode: ShutdownMode | null = null
   /** The wait a shutdown started with was cut short (a second signal, SHUTDOWN). */
   private hurried = false
@@ -181,9 +195,9 @@ export class Cluster {
     return this.metricsAddress
   }
 
-  /** Accepting clients: false from the first SIGINT/SIGTERM (or SHUTDOWN) on, as /ready says. */
+  /** Accepting clients: from the start's end until the first SIGINT/SIGTERM (or SHUTDOWN), as /ready says. */
   get accepting(): boolean {
-    return !this.draining
+    return this.started && !this.draining
   }
 
   /** The live thread of worker `id` (null while it is being replaced): for supervision tests. */
@@ -214,6 +228,8 @@ export class Cluster {
       await assertUnixSocketFree(path)
       this.unixSocket = { path, mode: unixSocketMode, gid }
     }
+    // Before the workers: a metrics port in use stops the start with nothing to undo.
+    if (this.options.metrics) await this.startMetrics(this.options.metrics)
     for (let id = 0; id < this.options.workers; id++) {
       this.slots.push({
         thread: null,
@@ -226,9 +242,12 @@ export class Cluster {
       this.spawn(id)
     }
     await Promise.all(this.slots.map((s) => s.ready!.promise))
-    if (this.options.metrics) await this.startMetrics(this.options.metrics)
+    // Every socket is bound and every file read: the rest runs as `user =`,
+    // and the pidfile is that user's, as PgBouncer's is.
+    if (this.options.runAs) dropPrivileges(this.options.runAs)
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) writeFileSync(pidfile, `${process.pid}\n`)
+    this.started = true
     const unix = this.unixSocket?.path ?? null
     this.log.info(
       {
@@ -428,25 +447,52 @@ export class Cluster {
     process.off('SIGTERM', this.onStopSignal)
     process.off('SIGQUIT', this.onStopSignal)
     const { pidfile } = this.config.settings as { pidfile?: string }
-    if (pidfile) rmSync(pidfile, { force: true })
-    if (this.unixSocket !== null) rmSync(this.unixSocket.path, { force: true })
+    if (pidfile && this.started) this.remove(pidfile)
+    if (this.unixSocket !== null) this.remove(this.unixSocket.path)
     await this.metricsServer?.close()
-    this.log.info('stopped')
+    if (this.started) this.log.info('stopped')
+  }
+
+  /** A file the pooler made, gone at the end; one it may no longer remove is said, not thrown. */
+  private remove(path: string): void {
+    try {
+      rmSync(path, { force: true })
+    } catch (err) {
+      this.log.warn({ path, err: (err as Error).message }, 'could not remove a file at exit')
+    }
   }
 
   private spawn(id: number): void {
     const slot = this.slots[id]
+    const { logConsole = 'json', logfile = null, runAs = null } = this.options
+    // A program's sink lives on this thread: a worker posts its lines here.
+    let console: WorkerData['log']['console']
+    const transferList = []
+    if (logConsole === null || typeof logConsole === 'string') console = logConsole
+    else {
+      const { port1, port2 } = new MessageChannel()
+      port1.on('message', (line: string) => logConsole.write(line))
+      port1.unref()
+      console = port2
+      transferList.push(port2)
+    }
     const data: WorkerData = {
       id,
       sab: this.sab,
       config: this.config,
       listen: this.listen,
       unixSocket: this.unixSocket,
-      logLevel: this.options.logLevel,
-      pretty: this.options.pretty,
+      listenOwner: runAs === null ? null : { uid: runAs.uid, gid: runAs.gid },
+      log: {
+        level: this.options.logLevel,
+        console,
+        logfileFd: logfile?.fd ?? null,
+        base: this.options.logBase,
+      },
     }
     const thread = new Worker(workerEntry, {
       workerData: data,
+      transferList,
       name: `pgbouncer-cluster worker ${id}`,
       resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     })
@@ -455,9 +501,14 @@ export class Cluster {
     slot.lastStart = Date.now()
     thread.on('message', (msg: Uint8Array) => this.onWorkerMessage(id, msg))
     thread.on('error', (err) => {
+      // A worker that cannot start fails start(), whose caller says why in one line.
+      if (slot.starting) {
+        this.log.debug({ thread: id, err: err.message, stack: err.stack }, 'worker did not start')
+        slot.ready?.reject(err)
+        return
+      }
+      // A restarted worker that fails is restarted again.
       this.log.error({ thread: id, err: err.message, stack: err.stack }, 'worker thread failed')
-      // Only start() waits on readiness; a restarted worker that fails is restarted again.
-      if (slot.starting) slot.ready?.reject(err)
     })
     thread.on('exit', (code) => this.onWorkerExit(id, thread, code))
     // Queued until the thread listens: the breakers open right now.
@@ -665,7 +716,10 @@ async function assertUnixSocketFree(path: string): Promise<void> {
     probe.once('error', () => resolve(false))
   })
   if (answered) {
-    throw new Error(`unix socket ${path} is in use by another process`)
+    throw Object.assign(
+      new Error(`cannot listen on unix socket ${path}: it is in use by another process`),
+      { code: 'EADDRINUSE' },
+    )
   }
   rmSync(path, { force: true })
 }

@@ -36,9 +36,18 @@ export class MetricsServer {
   listen(): Promise<AddressInfo> {
     const { host, port } = this.options
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject)
+      const fail = (err: NodeJS.ErrnoException) =>
+        reject(
+          Object.assign(
+            new Error(
+              `cannot listen on ${host}:${port} for --metrics: ${err.code === 'EADDRINUSE' ? 'the port is in use' : err.message}`,
+            ),
+            { code: err.code },
+          ),
+        )
+      this.server.once('error', fail)
       this.server.listen({ host, port }, () => {
-        this.server.off('error', reject)
+        this.server.off('error', fail)
         this.server.on('error', (err) =>
           this.options.log.error({ err: err.message }, 'metrics server error'),
         )

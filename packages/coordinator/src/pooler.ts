@@ -6,7 +6,7 @@
 // protocol packages: they are the published declarations, which must stand
 // alone.
 
-import { createLogger } from '@pgbouncer-cluster/worker/log'
+import { createLogger, LogFile } from '@pgbouncer-cluster/worker/log'
 import { Cluster } from './cluster.ts'
 import {
   type Config,
@@ -121,17 +121,14 @@ export async function startPooler(options: StartPoolerOptions = {}): Promise<Poo
         ? configFromObject(sections as ConfigSections, overrides)
         : defaultConfig(overrides)
   const config = read()
-  const log = createLogger({
-    level: logLevel,
-    worker: 'coordinator',
-    logfile: config.settings.logfile || null,
-  })
+  const logfile = config.settings.logfile ? LogFile.open(config.settings.logfile) : null
+  const log = createLogger({ level: logLevel, worker: 'coordinator', logfile })
   for (const warning of config.warnings) log.warn(warning)
   const cluster = new Cluster({
     config,
     workers,
     logLevel,
-    pretty: false,
+    logfile,
     log,
     load: read,
     signals: false,
@@ -140,6 +137,7 @@ export async function startPooler(options: StartPoolerOptions = {}): Promise<Poo
     await cluster.start()
   } catch (err) {
     await cluster.stop('immediate')
+    logfile?.close()
     throw err
   }
   const { host, port } = cluster
@@ -168,6 +166,7 @@ export async function startPooler(options: StartPoolerOptions = {}): Promise<Poo
     },
     async close(opts = {}) {
       await cluster.stop(opts.mode ?? 'immediate')
+      logfile?.close()
     },
   }
 }

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
 import { NO_PGBOUNCER, startPgBouncer } from './reference-pgbouncer.ts'
-import { type IniSpec, type Pooler, startPooler, writeIni } from './support.ts'
+import { type IniSpec, type Pooler, startPooler, tempDir, writeIni } from './support.ts'
 
 // log_stats, log_pooler_errors and disable_pqexec. Each body runs against
 // pgbouncer-cluster and against PgBouncer 1.18, which has all three.
@@ -55,6 +57,22 @@ describe('logging', { timeout: 120_000 }, () => {
     assert.match(output, new RegExp(`${remote}[^\\n]*"msg":"login"`))
     assert.match(output, new RegExp(`${remote}[^\\n]*"msg":"closing client"`))
     await pooler.stop()
+  })
+
+  test('pgbouncer-cluster: the start-up warnings reach the logfile too', async () => {
+    const dir = tempDir()
+    const logfile = join(dir, 'pooler.log')
+    const pooler = await startPooler(writeIni(spec({ logfile, dns_max_ttl: 10 })), { workers: 1 })
+    try {
+      assert.match(pooler.output(), /pgbouncer-cluster: warning: .*no effect: dns_max_ttl/)
+      const warning = readFileSync(logfile, 'utf8')
+        .split('\n')
+        .find((l) => l.includes('dns_max_ttl'))
+      assert.ok(warning, readFileSync(logfile, 'utf8'))
+      assert.equal(JSON.parse(warning).level, 40)
+    } finally {
+      await pooler.stop()
+    }
   })
 
   for (const [name, start, skip] of targets) {

@@ -38,7 +38,6 @@ describe('worker supervision', { timeout: 50_000 }, () => {
       config: loadConfig(ini),
       workers: 2,
       logLevel: 'error',
-      pretty: false,
       log,
     })
     await cluster.start()
@@ -244,7 +243,6 @@ describe('a worker dies while CancelRequests routed to it wait for PostgreSQL', 
       config: loadConfig(ini),
       workers: 2,
       logLevel: 'error',
-      pretty: false,
       log: pino({ level: 'silent' }),
     })
     await cluster.start()

@@ -1,3 +1,4 @@
+import type { MessagePort } from 'node:worker_threads'
 import type { HbaRule } from './hba.ts'
 
 /**
@@ -178,6 +179,20 @@ export interface WorkerData {
   listen: { host: string; port: number }
   /** unix_socket_dir's socket; worker 0 listens on it (a path has one listener). */
   unixSocket: { path: string; mode: number; gid: number } | null
-  logLevel: string
-  pretty: boolean
+  /**
+   * `user =`: who the listening sockets are handed to before the process
+   * drops to that user, so that a worker started afterwards joins the port
+   * (SO_REUSEPORT groups sockets of one user) and the socket file can be
+   * replaced and removed.
+   */
+  listenOwner: { uid: number; gid: number } | null
+  log: {
+    level: string
+    /** stdout as 'json' or 'pretty', a port to the coordinator, or none. */
+    console: 'json' | 'pretty' | MessagePort | null
+    /** The logfile's descriptor, opened once for the process by the coordinator. */
+    logfileFd: number | null
+    /** Bindings of a program's own logger. */
+    base?: Record<string, unknown>
+  }
 }

@@ -1,5 +1,7 @@
-import { fstatSync } from 'node:fs'
+import { closeSync, fstatSync, mkdirSync, openSync, writeSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { dirname } from 'node:path'
+import type { MessagePort } from 'node:worker_threads'
 import type Pino from 'pino'
 
 // pino is CommonJS. require() loads it as it is; an import would first have
@@ -10,43 +12,111 @@ const pino: typeof Pino = createRequire(import.meta.url)('pino')
 
 export type Logger = Pino.Logger
 
+/** Anything a JSON line can be written to: a pino destination, a stream, a program's own sink. */
+export interface LineSink {
+  write(line: string): unknown
+}
+
+/**
+ * Where a thread's lines go besides the logfile: stdout as JSON, stdout as one
+ * human line per record, a sink of the program that embeds the pooler (the
+ * coordinator's own thread), the port a worker forwards its lines through to
+ * that sink, or nowhere.
+ */
+export type LogConsole = 'json' | 'pretty' | LineSink | MessagePort | null
+
 export interface LoggerOptions {
   level: string
   /** Bound on every line: a worker's number, or 'coordinator'. */
   worker: number | string
-  logfile?: string | null
-  /** One human line per record instead of JSON (stdout is a terminal). */
-  pretty?: boolean
+  /** Default 'json'. */
+  console?: LogConsole
+  logfile?: LogFile | null
+  /** More bindings for every line (those of a program's own logger). */
+  base?: Record<string, unknown>
 }
 
 /**
- * One logger per thread, bindings fixed up front. JSON lines go straight to the
- * file descriptor (sonic-boom), so a worker thread does not route its logging
- * through the coordinator's stdout.
+ * One logger per thread, bindings fixed up front. JSON lines go straight to
+ * stdout's descriptor (sonic-boom) and the logfile's, so a worker thread does
+ * not route its logging through the coordinator's thread.
  */
 export function createLogger(opts: LoggerOptions): Logger {
-  const console = opts.pretty
-    ? prettyDestination()
-    : pino.destination({ dest: 1, sync: isRegularFile(1) })
+  const console = consoleSink(opts.console === undefined ? 'json' : opts.console)
   // Like PgBouncer in the foreground: a logfile gets every line, and so does stdout.
-  const destination = opts.logfile
-    ? pino.multistream([
-        { stream: console, level: 'trace' },
-        {
-          stream: pino.destination({ dest: opts.logfile, sync: true, mkdir: true }),
-          level: 'trace',
-        },
-      ])
-    : console
+  const sinks = [console, opts.logfile ?? null].filter((s): s is LineSink => s !== null)
+  const destination =
+    sinks.length === 0
+      ? { write() {} }
+      : sinks.length === 1
+        ? sinks[0]!
+        : pino.multistream(sinks.map((stream) => ({ stream, level: 'trace' as const })))
   return pino(
     {
       level: opts.level,
-      base: { worker: opts.worker },
+      base: { ...opts.base, worker: opts.worker },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { log: censorSecrets },
     },
     destination,
   )
+}
+
+function consoleSink(console: LogConsole): LineSink | null {
+  if (console === null) return null
+  if (console === 'json') return pino.destination({ dest: 1, sync: isRegularFile(1) })
+  if (console === 'pretty') return prettyDestination()
+  if (isPort(console)) return { write: (line: string) => console.postMessage(line) }
+  return console
+}
+
+function isPort(console: LineSink | MessagePort): console is MessagePort {
+  return typeof (console as MessagePort).postMessage === 'function'
+}
+
+/**
+ * The logfile: one descriptor for the whole process, opened by the coordinator
+ * before it drops privileges (`user =`) and written by every thread (a worker
+ * gets its number), so a worker started later, or a file only root may open,
+ * changes nothing. Opened for appending, each line is one write, whole.
+ */
+export class LogFile {
+  #fd: number
+
+  constructor(fd: number) {
+    this.#fd = fd
+  }
+
+  /** Opens (creating it and its directory if need be) the file for appending; throws one line. */
+  static open(path: string): LogFile {
+    try {
+      mkdirSync(dirname(path), { recursive: true })
+      return new LogFile(openSync(path, 'a'))
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException
+      throw new Error(`cannot open logfile ${path}: ${e.code ?? e.message}`)
+    }
+  }
+
+  get fd(): number {
+    return this.#fd
+  }
+
+  write(line: string): void {
+    if (this.#fd < 0) return
+    try {
+      writeSync(this.#fd, line)
+    } catch {
+      // A full disk or a file gone bad must not cost a client anything.
+    }
+  }
+
+  /** Only the opener closes it; lines written afterwards are dropped. */
+  close(): void {
+    if (this.#fd < 0) return
+    closeSync(this.#fd)
+    this.#fd = -1
+  }
 }
 
 // A regular file takes a write at once (into the page cache), so a line is

@@ -1,5 +1,5 @@
 import { randomFillSync } from 'node:crypto'
-import { chmodSync, chownSync, rmSync } from 'node:fs'
+import { chmodSync, chownSync, fchownSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import type { MessagePort } from 'node:worker_threads'
 import {
@@ -34,7 +34,7 @@ import type {
 import { fatal, SlotError, SqlState, Texts } from './errors.ts'
 import { FigurePublisher } from './figures.ts'
 import { Janitor } from './janitor.ts'
-import { createLogger, flushLogger, type Logger } from './log.ts'
+import { createLogger, flushLogger, LogFile, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
 import { PERMIT_DATABASE, Pool, type PoolSlots, poolKey } from './pool.ts'
@@ -58,6 +58,24 @@ function databaseOfKey(key: string): string {
 function limitOf(own: number | undefined, global: number): number {
   const limit = own !== undefined && own > 0 ? own : global
   return limit > 0 ? limit : 0x7fffffff
+}
+
+/**
+ * Why a listener could not be opened, as the one line the command prints; the
+ * code stays on it for a program that tells the cases apart.
+ */
+function listenFailure(where: string, err: NodeJS.ErrnoException): Error {
+  const why =
+    err.code === 'EADDRINUSE'
+      ? where.startsWith('unix')
+        ? 'it is in use by another process'
+        : 'the port is in use by a process that does not share it (so_reuseport shares a port only among sockets of one user that all set it)'
+      : err.code === 'EACCES' || err.code === 'EPERM'
+        ? 'permission denied'
+        : err.code === 'EADDRNOTAVAIL'
+          ? 'no such local address'
+          : err.message
+  return Object.assign(new Error(`cannot listen on ${where}: ${why}`), { code: err.code })
 }
 
 const JANITOR_INTERVAL_MS = 100
@@ -105,6 +123,7 @@ export class PoolerWorker {
   private readonly port: MessagePort
   private readonly listen: { host: string; port: number }
   private readonly unixSocket: { path: string; mode: number; gid: number } | null
+  private readonly listenOwner: { uid: number; gid: number } | null
   private unixListener: net.Server | null = null
   private readonly listener: net.Server
   /** Read by the admin console's views (admin-state.ts). */
@@ -168,21 +187,20 @@ export class PoolerWorker {
     trackParameters(data.config.settings.trackExtraParameters)
     this.listen = data.listen
     this.unixSocket = data.id === 0 ? data.unixSocket : null
+    this.listenOwner = data.listenOwner
     this.port = port
     this.log = createLogger({
-      level: data.logLevel,
+      level: data.log.level,
       worker: data.id,
-      logfile: data.config.settings.logfile || null,
-      pretty: data.pretty,
+      console: data.log.console,
+      logfile: data.log.logfileFd === null ? null : new LogFile(data.log.logfileFd),
+      base: data.log.base,
     })
     // Paused: a session reads through socket-io.ts, not through the stream.
     // Once listening, the listener hands over bare handles instead (start()).
     this.listener = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) =>
       this.onConnection(socket, false),
     )
-    this.listener.on('error', (err) => {
-      this.log.error({ err: err.message }, 'listener error')
-    })
     port.on('message', this.onControl)
     this.admin = new WorkerAdmin(this, (msg) => this.send(msg))
     this.peers = new PeerForwarder({
@@ -215,22 +233,42 @@ export class PoolerWorker {
 
   async start(): Promise<void> {
     const { host, port } = this.listen
-    await new Promise<void>((resolve, reject) => {
-      this.listener.once('error', reject)
-      this.listener.listen(
-        { host, port, reusePort: true, backlog: this.settings.listenBacklog },
-        () => {
-          this.listener.off('error', reject)
-          // Accepted clients get no net.Socket (socket-io.ts: TcpConnection).
-          acceptConnections(this.listener, (connection) => this.onConnection(connection, false))
-          resolve()
-        },
-      )
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.listener.once('error', reject)
+        this.listener.listen(
+          { host, port, reusePort: true, backlog: this.settings.listenBacklog },
+          () => {
+            this.listener.off('error', reject)
+            resolve()
+          },
+        )
+      })
+    } catch (err) {
+      // The coordinator says this once, as the reason the pooler cannot start.
+      throw listenFailure(`${host}:${port}`, err as NodeJS.ErrnoException)
+    }
+    this.listener.on('error', (err) => {
+      this.log.error({ err: err.message }, 'listener error')
     })
+    this.handOver((this.listener as unknown as { _handle: { fd: number } | null })._handle?.fd)
+    // Accepted clients get no net.Socket (socket-io.ts: TcpConnection).
+    acceptConnections(this.listener, (connection) => this.onConnection(connection, false))
     if (this.unixSocket !== null) await this.listenUnix(this.unixSocket)
     this.ticker = setInterval(this.tick, JANITOR_INTERVAL_MS)
     releaseStartupMemory()
     this.send({ type: 'worker-ready', worker: this.id, port })
+  }
+
+  /**
+   * `user =`, while the process is still root: the listening socket becomes
+   * the user's, as if that user had made it. A worker started after the drop
+   * makes its socket as that user, and the kernel lets it join the port only
+   * beside sockets of the same user.
+   */
+  private handOver(fd: number | undefined): void {
+    if (this.listenOwner === null || fd === undefined || fd < 0 || process.getuid?.() !== 0) return
+    fchownSync(fd, this.listenOwner.uid, this.listenOwner.gid)
   }
 
   /**
@@ -247,22 +285,29 @@ export class PoolerWorker {
     mode: number
     gid: number
   }): Promise<void> {
-    rmSync(path, { force: true })
     const listener = net.createServer({ pauseOnConnect: true }, (socket) =>
       this.onConnection(socket, true),
     )
-    await new Promise<void>((resolve, reject) => {
-      listener.once('error', reject)
-      listener.listen({ path, backlog: this.settings.listenBacklog }, () => {
-        listener.off('error', reject)
-        resolve()
+    try {
+      rmSync(path, { force: true })
+      await new Promise<void>((resolve, reject) => {
+        listener.once('error', reject)
+        listener.listen({ path, backlog: this.settings.listenBacklog }, () => {
+          listener.off('error', reject)
+          resolve()
+        })
       })
-    })
+    } catch (err) {
+      throw listenFailure(`unix socket ${path}`, err as NodeJS.ErrnoException)
+    }
     listener.on('error', (err) => {
       this.log.error({ err: err.message }, 'unix socket listener error')
     })
     chmodSync(path, mode)
-    if (gid >= 0) chownSync(path, -1, gid)
+    // Owned by `user =` as if it had made the file: it may replace and remove it.
+    const owner = process.getuid?.() === 0 ? this.listenOwner : null
+    if (gid >= 0 || owner !== null)
+      chownSync(path, owner?.uid ?? -1, gid >= 0 ? gid : (owner?.gid ?? -1))
     this.unixListener = listener
   }
 

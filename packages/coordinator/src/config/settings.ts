@@ -275,7 +275,7 @@ const ROWS: Row[] = [
   ['unix_socket_dir', 'string', '/tmp', Y, NO_RELOAD],
   ['unix_socket_group', 'string', '', Y, NO_RELOAD],
   ['unix_socket_mode', 'int', 0o777, Y, NO_RELOAD],
-  ['user', 'string', null, N, { nullable: true, reloadable: false }],
+  ['user', 'string', null, Y, { nullable: true, reloadable: false }],
   ['verbose', 'int', 0, N],
 ]
 

@@ -13,6 +13,8 @@ export function describeConfig(config: Config, workers: number): string[] {
     `listen: ${s.listenAddr}:${s.listenPort}${s.unixSocketDir ? ` and ${s.unixSocketDir}/.s.PGSQL.${s.listenPort}` : ''}, ${workers} worker${workers === 1 ? '' : 's'}`,
     `pool_mode ${s.poolMode}, auth_type ${s.authType}, max_client_conn ${s.maxClientConn}, default_pool_size ${s.defaultPoolSize}`,
   ]
+  if (s.user)
+    lines.push(`user ${s.user}: started as root, the pooler switches to it once it listens`)
   const users = Object.keys(config.authUsers).length
   if (s.authFile !== null)
     lines.push(`auth_file ${s.authFile}: ${users} user${users === 1 ? '' : 's'}`)
