@@ -235,17 +235,30 @@ describe('the packed tarball, installed alone', () => {
     }
   })
 
-  test('the host Node 20 is refused in one line', SLOW, () => {
-    const system = ['/usr/bin/node', '/usr/local/bin/node'].find((p) => existsSync(p))
-    const version = system && execFileSync(system, ['--version'], { encoding: 'utf8' }).trim()
-    if (!version || Number(version.slice(1).split('.')[0]) >= 22) return
-    const r = run(system!, [bin, '--version'])
-    assert.equal(r.status, 1)
-    assert.equal(
-      r.stderr,
-      `pgbouncer-cluster needs Node.js >= ${MIN_NODE} (this is ${version.slice(1)})\n`,
-    )
-  })
+  test(
+    'the host Node 20 is refused in one line, by the command and by an import of the API',
+    SLOW,
+    (t) => {
+      const system = ['/usr/bin/node', '/usr/local/bin/node'].find((p) => existsSync(p))
+      const version = system && execFileSync(system, ['--version'], { encoding: 'utf8' }).trim()
+      if (!version || Number(version.slice(1).split('.')[0]) >= 22) {
+        t.skip('no Node.js older than 22 at /usr/bin/node or /usr/local/bin/node')
+        return
+      }
+      const r = run(system!, [bin, '--version'])
+      assert.equal(r.status, 1)
+      const line = `pgbouncer-cluster needs Node.js >= ${MIN_NODE} (this is ${version.slice(1)})`
+      assert.equal(r.stderr, `${line}\n`)
+      // A program importing the API gets the same line as the import's error.
+      const program = join(app, 'old-node.mjs')
+      writeFileSync(
+        program,
+        "import('pgbouncer-cluster').then(() => console.log('imported'), (err) => console.log(err.message))\n",
+      )
+      const imported = run(system!, [program])
+      assert.equal(imported.stdout, `${line}\n`, imported.stderr)
+    },
+  )
 
   test('serves a query with --workers 2 on Node 24', SLOW, async () => {
     await serveOneQuery(process.execPath)

@@ -34,7 +34,7 @@ export async function buildPackage(out = join(root, 'build', 'package')): Promis
   await esbuild.build({
     absWorkingDir: root,
     entryPoints: {
-      index: 'packages/coordinator/src/index.ts',
+      api: 'packages/coordinator/src/index.ts',
       cli: 'packages/coordinator/src/cli.ts',
       thread: 'packages/worker/src/thread.ts',
     },
@@ -49,6 +49,7 @@ export async function buildPackage(out = join(root, 'build', 'package')): Promis
     logLevel: 'warning',
   })
   writeDeclarations(join(out, 'lib'))
+  writeEntry(join(out, 'lib'))
 
   // The bin stays the plain JavaScript version check; only its import target changes.
   const bin = readFileSync(join(coordinator, 'bin', 'pgbouncer-cluster.js'), 'utf8')
@@ -75,6 +76,30 @@ export async function buildPackage(out = join(root, 'build', 'package')): Promis
   }
   writeFileSync(join(out, 'package.json'), `${JSON.stringify(pkg, null, 2)}\n`)
   return out
+}
+
+/**
+ * lib/index.js, the API's entry: on a Node too old for the pooler, importing
+ * the package fails with the line the bin prints, before any of the API's
+ * code runs (an import's dependencies run in the order they are written, so
+ * the check, imported first, runs first). Both files are plain JavaScript
+ * that any Node parses.
+ */
+function writeEntry(lib: string): void {
+  const [major, minor] = MIN_NODE.split('.').map(Number)
+  writeFileSync(
+    join(lib, 'node-version.js'),
+    `// Throws on a Node.js older than the pooler needs, with the line the command prints.
+const [major, minor] = process.versions.node.split('.').map(Number)
+if (major < ${major} || (major === ${major} && minor < ${minor})) {
+  throw new Error(\`pgbouncer-cluster needs Node.js >= ${MIN_NODE} (this is \${process.versions.node})\`)
+}
+`,
+  )
+  writeFileSync(
+    join(lib, 'index.js'),
+    "// The API. The version check runs before the API's own code.\nimport './node-version.js'\nexport * from './api.js'\n",
+  )
 }
 
 /** The dependencies of the bundled workspace packages that are not themselves bundled. */

@@ -4,6 +4,7 @@ export type {
   LogLevel,
   Pooler,
   PoolerConfig,
+  PoolerLogger,
   PoolerStats,
   PoolMode,
   PoolStats,

@@ -6,7 +6,7 @@
 // protocol packages: they are the published declarations, which must stand
 // alone.
 
-import { createLogger, LogFile } from '@pgbouncer-cluster/worker/log'
+import { createLogger, type LineSink, LogFile } from '@pgbouncer-cluster/worker/log'
 import { Cluster } from './cluster.ts'
 import {
   type Config,
@@ -44,8 +44,33 @@ export interface StartPoolerOptions {
   listen?: string
   /** Over pool_mode (`--pool-mode`). */
   poolMode?: PoolMode
-  /** Default 'info' (`--log-level`); log lines go to stdout as JSON. */
+  /**
+   * Default 'info' (`--log-level`), or the level of `logger`. Lines go, as the
+   * command's do, to stdout (one human line per record on a terminal, JSON
+   * lines otherwise) and to the `logfile` setting's file, unless `logger` or
+   * `destination` says where instead of stdout.
+   */
   logLevel?: LogLevel
+  /**
+   * A pino logger (or any with the same methods): every record of the pooler
+   * and its worker threads goes through a child of it bound to `worker`, with
+   * the record's fields and message.
+   */
+  logger?: PoolerLogger
+  /** Where the JSON lines go instead of stdout: `pino.destination(...)`, `process.stderr`, any stream. */
+  destination?: { write(line: string): unknown }
+}
+
+/** What startPooler uses of a pino logger. */
+export interface PoolerLogger {
+  level: string
+  child(bindings: Record<string, unknown>): PoolerLogger
+  fatal(obj: object, msg?: string): void
+  error(obj: object, msg?: string): void
+  warn(obj: object, msg?: string): void
+  info(obj: object, msg?: string): void
+  debug(obj: object, msg?: string): void
+  trace(obj: object, msg?: string): void
 }
 
 /** One (database, user) pool, summed over the workers: SHOW POOLS and SHOW STATS in one. */
@@ -82,8 +107,10 @@ export interface Pooler {
   readonly port: number
   /**
    * Reads the configuration again (the file, or `config` when given) and hands
-   * it to the workers; connected clients stay. Throws ConfigError and keeps
-   * the running configuration when it is bad.
+   * it to the workers; connected clients stay. A section `config` leaves out
+   * keeps its current entries (`reload({ databases })` changes only the
+   * databases). Throws ConfigError and keeps the running configuration when
+   * it is bad.
    */
   reload(config?: PoolerConfig): void
   /** Asks every worker for its numbers (as SHOW POOLS does) and sums them. */
@@ -108,9 +135,12 @@ export async function startPooler(options: StartPoolerOptions = {}): Promise<Poo
   if (options.configFile !== undefined && options.config !== undefined) {
     throw new ConfigError('give configFile or config, not both', { key: 'config' })
   }
-  const logLevel = options.logLevel ?? 'info'
+  const logLevel = options.logLevel ?? (options.logger?.level as LogLevel | undefined) ?? 'info'
   if (!LOG_LEVELS.has(logLevel)) {
     throw new ConfigError(`must be one of ${[...LOG_LEVELS].join(', ')}`, { key: 'logLevel' })
+  }
+  if (options.logger !== undefined && options.destination !== undefined) {
+    throw new ConfigError('give logger or destination, not both', { key: 'logger' })
   }
   const overrides = commandLineSettings(options)
   let sections = options.config
@@ -122,12 +152,24 @@ export async function startPooler(options: StartPoolerOptions = {}): Promise<Poo
         : defaultConfig(overrides)
   const config = read()
   const logfile = config.settings.logfile ? LogFile.open(config.settings.logfile) : null
-  const log = createLogger({ level: logLevel, worker: 'coordinator', logfile })
+  // As the command: human lines on a terminal, JSON lines otherwise.
+  const logConsole: LineSink | 'pretty' | 'json' =
+    options.logger !== undefined
+      ? loggerSink(options.logger)
+      : (options.destination ?? (process.stdout.isTTY ? 'pretty' : 'json'))
+  const log = createLogger({ level: logLevel, worker: 'coordinator', console: logConsole, logfile })
   for (const warning of config.warnings) log.warn(warning)
+  if (config.settings.user) {
+    // The process is the program's: its user is the program's business.
+    log.warn(
+      `user = ${config.settings.user} is not applied by startPooler: the pooler runs inside this program, which keeps its own user`,
+    )
+  }
   const cluster = new Cluster({
     config,
     workers,
     logLevel,
+    logConsole,
     logfile,
     log,
     load: read,
@@ -150,7 +192,7 @@ export async function startPooler(options: StartPoolerOptions = {}): Promise<Poo
         if (options.configFile !== undefined) {
           throw new ConfigError('this pooler reads a file: change the file', { key: 'config' })
         }
-        sections = next
+        sections = { ...sections, ...definedSections(next) }
       }
       try {
         read() // throws the ConfigError the cluster would only log
@@ -167,6 +209,41 @@ export async function startPooler(options: StartPoolerOptions = {}): Promise<Poo
     async close(opts = {}) {
       await cluster.stop(opts.mode ?? 'immediate')
       logfile?.close()
+    },
+  }
+}
+
+/** The sections a reload gives; one left out (or undefined) keeps what runs. */
+function definedSections(config: PoolerConfig): PoolerConfig {
+  const out: PoolerConfig = {}
+  for (const [name, section] of Object.entries(config)) {
+    if (section !== undefined) (out as Record<string, unknown>)[name] = section
+  }
+  return out
+}
+
+const LEVEL_NAMES: Record<number, keyof PoolerLogger> = {
+  10: 'trace',
+  20: 'debug',
+  30: 'info',
+  40: 'warn',
+  50: 'error',
+  60: 'fatal',
+}
+
+/**
+ * A program's logger as a sink of the JSON lines every thread makes: each
+ * record goes through a child bound to its worker, with its fields and message.
+ */
+function loggerSink(logger: PoolerLogger): LineSink {
+  const children = new Map<string | number, PoolerLogger>()
+  return {
+    write(line: string) {
+      const { level, time: _time, msg, worker, ...fields } = JSON.parse(line)
+      let child = children.get(worker)
+      if (child === undefined) children.set(worker, (child = logger.child({ worker })))
+      const method = LEVEL_NAMES[level] ?? 'info'
+      ;(child[method] as (obj: object, msg?: string) => void).call(child, fields, msg)
     },
   }
 }

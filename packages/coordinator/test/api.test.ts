@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { execFile, spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { pathToFileURL } from 'node:url'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
+import pino from 'pino'
 import { ConfigError, startPooler } from '../src/index.ts'
-import { withClient } from './support.ts'
+import { until, withClient } from './support.ts'
 
 const db = usePostgres({ databases: ['app'] })
 
@@ -106,6 +107,130 @@ describe('startPooler', () => {
       startPooler({ workers: 0, logLevel: 'silent' }),
       (err: unknown) => err instanceof ConfigError && err.key === 'workers',
     )
+  })
+
+  test('reload({ databases }) keeps the running [pgbouncer] settings', async () => {
+    const pooler = await startPooler({
+      config: {
+        databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+        pgbouncer: { auth_type: 'trust', max_client_conn: 7, admin_users: 'postgres' },
+      },
+      listen: '127.0.0.1:0',
+      workers: 1,
+      logLevel: 'silent',
+    })
+    try {
+      pooler.reload({
+        databases: { other: `host=127.0.0.1 port=${db.server.port} dbname=postgres` },
+      })
+      // auth_type stays trust (no password asked); the databases are the new ones.
+      const client = { host: pooler.host, port: pooler.port, user: 'postgres' }
+      const name = await withClient(
+        { ...client, database: 'other' },
+        async (c) => (await c.query('select current_database() as d')).rows[0].d,
+      )
+      assert.equal(name, 'postgres')
+      await assert.rejects(
+        withClient({ ...client, database: 'app' }, async () => {}),
+        { message: 'no such database: app' },
+      )
+      const config = await withClient({ ...client, database: 'pgbouncer' }, async (c) => {
+        const { rows } = await c.query('SHOW CONFIG')
+        return new Map(rows.map((r: { key: string; value: string }) => [r.key, r.value]))
+      })
+      assert.equal(config.get('max_client_conn'), '7')
+      assert.equal(config.get('auth_type'), 'trust')
+    } finally {
+      await pooler.close()
+    }
+  })
+
+  test('a pino logger gets every record of the pooler and its workers, with its own bindings; the logfile too', async () => {
+    const dir = tempDir()
+    const logfile = join(dir, 'pooler.log')
+    const lines: Record<string, unknown>[] = []
+    const logger = pino(
+      { level: 'info', base: { app: 'mine' } },
+      { write: (line: string) => void lines.push(JSON.parse(line)) },
+    )
+    const pooler = await startPooler({
+      config: {
+        databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+        pgbouncer: { auth_type: 'trust', logfile },
+      },
+      listen: '127.0.0.1:0',
+      workers: 2,
+      logger,
+    })
+    try {
+      await withClient(
+        { host: pooler.host, port: pooler.port, user: 'postgres', database: 'app' },
+        (c) => c.query('select 1'),
+      )
+      await until('the login line', async () => lines.some((l) => l.msg === 'login'))
+    } finally {
+      await pooler.close()
+    }
+    const listening = lines.find((l) => String(l.msg).startsWith('listening on'))
+    assert.equal(listening?.worker, 'coordinator', JSON.stringify(lines))
+    assert.equal(listening?.app, 'mine')
+    const login = lines.find((l) => l.msg === 'login')!
+    assert.ok(login.worker === 0 || login.worker === 1, JSON.stringify(login))
+    assert.equal(login.app, 'mine')
+    assert.equal(login.db, 'app')
+    assert.equal(login.level, 30)
+    const file = readFileSync(logfile, 'utf8')
+    assert.match(file, /"msg":"listening on/)
+    assert.match(file, /"msg":"login"/)
+  })
+
+  test('a destination gets the JSON lines instead of stdout', async () => {
+    const lines: string[] = []
+    const pooler = await startPooler({
+      config: {
+        databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+        pgbouncer: { auth_type: 'trust' },
+      },
+      listen: '127.0.0.1:0',
+      workers: 1,
+      destination: { write: (line: string) => void lines.push(line) },
+    })
+    try {
+      await withClient(
+        { host: pooler.host, port: pooler.port, user: 'postgres', database: 'app' },
+        (c) => c.query('select 1'),
+      )
+      await until('the login line', async () => lines.some((l) => l.includes('"msg":"login"')))
+    } finally {
+      await pooler.close()
+    }
+    const records = lines.map((l) => JSON.parse(l))
+    assert.ok(records.some((r) => r.worker === 'coordinator' && /^listening on/.test(r.msg)))
+    assert.ok(records.some((r) => r.worker === 0 && r.msg === 'login'))
+  })
+
+  test('on a terminal it logs one human line per record, as the command does', async () => {
+    const dir = tempDir()
+    const script = join(dir, 'terminal.mjs')
+    const entry = pathToFileURL(new URL('../src/index.ts', import.meta.url).pathname).href
+    writeFileSync(
+      script,
+      `process.stdout.isTTY = true
+const { startPooler } = await import(${JSON.stringify(entry)})
+const pooler = await startPooler({
+  config: { databases: { '*': 'host=127.0.0.1 port=${db.server.port}' }, pgbouncer: { auth_type: 'trust' } },
+  listen: '127.0.0.1:0', workers: 1,
+})
+await pooler.close()
+`,
+    )
+    const out = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [script], { timeout: 60_000 }, (err, stdout, stderr) =>
+        err ? reject(new Error(`${err.message}\n${stdout}${stderr}`)) : resolve(stdout),
+      )
+    })
+    assert.match(out, /^\S+ INFO {2}\[coordinator\] listening on 127\.0\.0\.1:\d+/m)
+    assert.doesNotMatch(out, /"level":/)
   })
 
   test('after close() nothing keeps the process alive', async () => {
