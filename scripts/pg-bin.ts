@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process'
 import { accessSync, constants, readdirSync, realpathSync } from 'node:fs'
 import { delimiter, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { hiddenTools } from './optional-tools.ts'
 
 const SERVER_BINARIES = ['initdb', 'pg_ctl', 'postgres'] as const
 
@@ -101,8 +102,12 @@ export function findPgBinDir(): string {
   )
 }
 
-/** Full path of a PostgreSQL client tool such as `psql` or `pgbench`, or null when absent. */
+/**
+ * Full path of a PostgreSQL client tool such as `psql` or `pgbench`, or null when absent
+ * (or hidden by PGBC_TEST_WITHOUT, see optional-tools.ts).
+ */
 export function findPgTool(name: string): string | null {
+  if (hiddenTools().has(name)) return null
   for (const dir of pgSearchDirs()) {
     const path = join(dir, name)
     if (isExecutable(path)) return path

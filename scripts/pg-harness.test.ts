@@ -5,6 +5,7 @@ import { connect } from 'node:net'
 import { describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import pg from 'pg'
+import { skipWithout } from './optional-tools.ts'
 import { findPgTool, type PgServer, startPostgres, usePostgres } from './pg-harness.ts'
 
 const execFileAsync = promisify(execFile)
@@ -154,7 +155,7 @@ describe('roles, databases and settings', () => {
 
   it('runs psql against it through env()', async (t) => {
     const psql = findPgTool('psql')
-    if (!psql) return t.skip('psql not installed')
+    if (!psql) return t.skip(skipWithout('psql', psql) as string)
     const { stdout } = await execFileAsync(psql, ['-X', '-A', '-t', '-c', 'select 42'], {
       env: { ...process.env, ...db.server.env({ user: 'md5_user', password: 'md5-secret' }) },
     })
@@ -195,7 +196,9 @@ describe('tls', () => {
 })
 
 describe('lifecycle', () => {
-  it('initialises pgbench tables, and stop() removes the cluster and frees the port', async () => {
+  it('initialises pgbench tables, and stop() removes the cluster and frees the port', {
+    skip: skipWithout('pgbench', findPgTool('pgbench')),
+  }, async () => {
     const server = await startPostgres({ pgbenchInit: { scale: 1 } })
     let stopped = false
     try {

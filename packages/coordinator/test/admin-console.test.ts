@@ -3,6 +3,7 @@ import { execFile } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
@@ -372,7 +373,7 @@ describe('admin console', { timeout: 55_000 }, () => {
   })
 
   test('psql reads SHOW POOLS', {
-    skip: findPgTool('psql') === null && 'psql not installed',
+    skip: skipWithout('psql', findPgTool('psql')),
   }, async () => {
     const { stdout } = await run(findPgTool('psql')!, [
       '-X',

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 
@@ -52,7 +53,7 @@ for (const mode of ['session', 'transaction', 'statement'] as const) {
     })
 
     test('psql runs a query', {
-      skip: findPgTool('psql') === null && 'psql not installed',
+      skip: skipWithout('psql', findPgTool('psql')),
     }, async () => {
       const psql = findPgTool('psql')!
       const { stdout } = await run(psql, [

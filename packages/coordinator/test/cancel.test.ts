@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import pg from 'pg'
 import { cancelRequestPacket, RawConnection, sendCancel } from './raw-protocol.ts'
@@ -206,7 +207,7 @@ describe('psql interrupted with SIGINT', () => {
 
   test('psql sends a CancelRequest through the pooler and reports the cancelled statement', {
     timeout: TEST_TIMEOUT,
-    skip: PSQL === null && 'psql not installed',
+    skip: skipWithout('psql', PSQL),
   }, async () => {
     for (let round = 0; round < 3; round++) {
       const sql = `SELECT pg_sleep(10) /* psql ${round} */`

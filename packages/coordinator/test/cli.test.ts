@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
-import { chownSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -8,12 +8,12 @@ import { describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import { type CliOptions, parseArgs, parseArgsWithYargs } from '../src/cli.ts'
+import { NO_PGBOUNCER, PGBOUNCER } from './reference-pgbouncer.ts'
 import { startPooler, withClient } from './support.ts'
 
 const run = promisify(execFile)
 const BIN = new URL('../bin/pgbouncer-cluster.js', import.meta.url).pathname
 const CLI = new URL('../src/cli.ts', import.meta.url).href
-const PGBOUNCER = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer'].find((p) => existsSync(p))
 
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
@@ -138,7 +138,7 @@ describe('one pgbouncer.ini for PgBouncer and pgbouncer-cluster', () => {
   const db = usePostgres()
 
   test('the file that starts PgBouncer starts pgbouncer-cluster, and both serve the same query', {
-    skip: PGBOUNCER === undefined && 'PgBouncer not installed (apt-get install -y pgbouncer)',
+    skip: NO_PGBOUNCER,
   }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgbc-same-ini-'))
     process.on('exit', () => rmSync(dir, { recursive: true, force: true }))

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { findTool, skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import pg from 'pg'
 import { cancelRequestPacket } from './raw-protocol.ts'
@@ -13,9 +14,7 @@ import { freePort, type Pooler, startPooler, tempDir } from './support.ts'
 // front of two pgbouncer-cluster processes peered with [peers]. The files are
 // used as they are, only their ports moved to free ones.
 const DEPLOY = new URL('../../../deploy/haproxy/', import.meta.url).pathname
-const HAPROXY = ['/usr/sbin/haproxy', '/usr/bin/haproxy', '/usr/local/sbin/haproxy'].find((p) =>
-  existsSync(p),
-)
+const HAPROXY = findTool('haproxy')
 const TEST_TIMEOUT = 120_000
 const db = usePostgres({ databases: ['app'] })
 
@@ -48,7 +47,7 @@ async function waitUntilRunning(sql: string): Promise<void> {
 }
 
 describe('HAProxy in front of two peered poolers (deploy/haproxy)', {
-  skip: HAPROXY === undefined && 'haproxy not installed (.ci/run installs it)',
+  skip: skipWithout('haproxy', HAPROXY),
 }, () => {
   let balancer: number
   const poolers: Pooler[] = []

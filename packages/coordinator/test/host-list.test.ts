@@ -3,6 +3,7 @@ import { execFile } from 'node:child_process'
 import { type AddressInfo, createServer, type Socket } from 'node:net'
 import { after, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
@@ -18,12 +19,12 @@ describe('host lists', { timeout: 240_000 }, () => {
   const a = usePostgres({
     host: '127.0.0.2',
     databases: ['app'],
-    pgbenchInit: { scale: 1, database: 'app' },
+    ...(PGBENCH === null ? {} : { pgbenchInit: { scale: 1, database: 'app' } }),
   })
   const b = usePostgres({
     host: '127.0.0.3',
     databases: ['app'],
-    pgbenchInit: { scale: 1, database: 'app' },
+    ...(PGBENCH === null ? {} : { pgbenchInit: { scale: 1, database: 'app' } }),
   })
   const poolers: Pooler[] = []
   after(() => Promise.all(poolers.map((p) => p.stop())))
@@ -71,7 +72,7 @@ describe('host lists', { timeout: 240_000 }, () => {
   }
 
   test('round-robin (default): servers spread over both hosts; SHOW SERVERS names each real host; pgbench runs clean', {
-    skip: PGBENCH === null && 'pgbench not installed',
+    skip: skipWithout('pgbench', PGBENCH),
   }, async () => {
     const pooler = await start('', { pool_mode: 'transaction', default_pool_size: 4 })
     // Four open transactions on a fresh pooler: four logins, at least two of them
@@ -112,19 +113,23 @@ describe('host lists', { timeout: 240_000 }, () => {
     assert.equal(Number(/number of failed transactions: (\d+)/.exec(stdout)?.[1] ?? 0), 0)
   })
 
-  test('load_balance_hosts=disable: every server on the first host while it answers (psql, pg)', async () => {
+  test('load_balance_hosts=disable: every server on the first host while it answers', async () => {
     const pooler = await start('load_balance_hosts=disable', { pool_mode: 'session' })
     assert.deepEqual(new Set(await concurrentAddrs(pooler, 6)), new Set([a.server.host]))
-    if (PSQL !== null) {
-      const { stdout } = await run(PSQL, [
-        '-X',
-        '-At',
-        '-c',
-        'SELECT host(inet_server_addr())',
-        pooler.url({ database: 'app' }),
-      ])
-      assert.equal(stdout.trim(), a.server.host)
-    }
+  })
+
+  test('load_balance_hosts=disable: psql lands on the first host too', {
+    skip: skipWithout('psql', PSQL),
+  }, async () => {
+    const pooler = await start('load_balance_hosts=disable', { pool_mode: 'session' })
+    const { stdout } = await run(PSQL!, [
+      '-X',
+      '-At',
+      '-c',
+      'SELECT host(inet_server_addr())',
+      pooler.url({ database: 'app' }),
+    ])
+    assert.equal(stdout.trim(), a.server.host)
   })
 
   test('a host that refuses is skipped: no client error, the database breaker stays closed; back after server_login_retry', async () => {

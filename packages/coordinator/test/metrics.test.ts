@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import net from 'node:net'
 import { after, before, describe, test } from 'node:test'
+import { findTool, skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
 import {
@@ -16,16 +17,11 @@ import {
 } from './support.ts'
 
 // --metrics: real HTTP requests, bodies checked by Prometheus' own parser
-// (promtool, from Debian's prometheus package, which .ci/run installs).
+// (promtool, from Debian's prometheus package, which .ci/run installs; the
+// tests that need it skip without it).
 
-const PROMTOOL = (() => {
-  try {
-    execFileSync('promtool', ['--version'], { stdio: 'ignore' })
-    return 'promtool'
-  } catch {
-    return null
-  }
-})()
+const PROMTOOL = findTool('promtool')
+const NO_PROMTOOL = skipWithout('promtool', PROMTOOL)
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -42,9 +38,8 @@ async function get(base: string, path: string, init: RequestInit = {}): Promise<
 
 /** promtool check metrics: exit 0 means the text parsed and passed its lint. */
 function promtoolCheck(body: string): string {
-  if (PROMTOOL === null) throw new Error('promtool is not installed (apt-get install prometheus)')
   try {
-    return execFileSync(PROMTOOL, ['check', 'metrics'], { input: body, encoding: 'utf8' })
+    return execFileSync(PROMTOOL!, ['check', 'metrics'], { input: body, encoding: 'utf8' })
   } catch (err) {
     const e = err as { stdout?: string; stderr?: string }
     throw new Error(`promtool check metrics failed:\n${e.stdout ?? ''}${e.stderr ?? ''}`)
@@ -94,12 +89,16 @@ describe('--metrics', { timeout: 120_000 }, () => {
     assert.equal((await get(base, '/metrics', { method: 'POST' })).status, 405)
   })
 
-  test('/metrics is Prometheus text that promtool accepts, with the exporter names', async () => {
+  test('promtool accepts /metrics', { skip: NO_PROMTOOL }, async () => {
+    await app.query('SELECT 1')
+    promtoolCheck((await get(base, '/metrics')).body)
+  })
+
+  test('/metrics is Prometheus text with the exporter names', async () => {
     await app.query('SELECT 1')
     const res = await get(base, '/metrics')
     assert.equal(res.status, 200)
     assert.match(res.type, /^text\/plain; version=0\.0\.4/)
-    promtoolCheck(res.body)
     const s = parse(res.body)
     assert.equal(value(s, 'pgbouncer_up'), 1)
     assert.equal(value(s, 'pgbouncer_config_max_client_connections'), 77)
@@ -399,13 +398,21 @@ describe('--metrics with a host list', { timeout: 120_000 }, () => {
     )
     await openServers()
     const res = await get(base, '/metrics')
-    promtoolCheck(res.body)
     const s = parse(res.body)
     assert.equal(state(s, down, 'open'), 1)
     assert.equal(state(s, down, 'closed'), 0)
     assert.equal(state(s, up, 'closed'), 1)
     assert.equal(state(s, up, 'open'), 0)
     assert.equal(value(s, 'pgbouncer_cluster_breaker_state{database="app",state="closed"}'), 1)
+  })
+
+  test('promtool accepts /metrics with the host breakers in it', {
+    skip: NO_PROMTOOL,
+  }, async () => {
+    await openServers()
+    const body = (await get(base, '/metrics')).body
+    assert.match(body, /pgbouncer_cluster_host_breaker_state\{/)
+    promtoolCheck(body)
   })
 
   test('every metric the Grafana dashboard queries is in the body, with the labels it uses', async () => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import { type Pooler, startPooler, writeIni } from './support.ts'
 
@@ -10,7 +11,7 @@ const PGBENCH = findPgTool('pgbench')
 
 // pgbench through the pooler in transaction mode: every transaction must succeed.
 describe('pgbench through pgbouncer-cluster', {
-  skip: PGBENCH === null && 'pgbench not installed',
+  skip: skipWithout('pgbench', PGBENCH),
 }, () => {
   const db = usePostgres({ pgbenchInit: { scale: 1 } })
   let pooler: Pooler

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import pg from 'pg'
 import { dataRowValues, errorFields, extended, RawConnection } from './raw-protocol.ts'
@@ -9,7 +10,8 @@ import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 
 // Named prepared statements in transaction mode (max_prepared_statements):
 // a client's statements follow it from server to server.
-const db = usePostgres({ pgbenchInit: { scale: 1 } })
+const PGBENCH = findPgTool('pgbench')
+const db = usePostgres(PGBENCH === null ? {} : { pgbenchInit: { scale: 1 } })
 const run = promisify(execFile)
 
 function pooler(settings: Record<string, string | number> = {}, workers = 2): Promise<Pooler> {
@@ -56,9 +58,10 @@ describe('transaction mode, pool_size 3, 2 workers', () => {
   })
   after(() => p.stop())
 
-  test('pgbench -M prepared over 3 servers: not one failed transaction', async () => {
-    const pgbench = findPgTool('pgbench')
-    assert.ok(pgbench, 'pgbench not found')
+  test('pgbench -M prepared over 3 servers: not one failed transaction', {
+    skip: skipWithout('pgbench', PGBENCH),
+  }, async () => {
+    const pgbench = PGBENCH
     const env = {
       ...process.env,
       PGHOST: p.host,

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { after, before, describe, test } from 'node:test'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import { type Pooler, startPooler, withClient, writeIni } from './support.ts'
 
@@ -63,7 +64,7 @@ for (const mode of ['session', 'transaction', 'statement'] as const) {
     })
 
     test('COPY FROM STDIN and COPY TO STDOUT give the same bytes as direct PostgreSQL', {
-      skip: PSQL === null && 'psql not installed',
+      skip: skipWithout('psql', PSQL),
     }, async () => {
       const rows = Array.from(
         { length: 20_000 },

@@ -1,19 +1,18 @@
 import { execFileSync, spawn } from 'node:child_process'
-import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { findTool, skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import pg from 'pg'
 import type { IniSpec, Pooler } from './support.ts'
 
-/** The installed PgBouncer (1.18 on this project's machines), the reference some tests compare with. */
-export const PGBOUNCER = [
-  '/usr/sbin/pgbouncer',
-  '/usr/bin/pgbouncer',
-  '/usr/local/bin/pgbouncer',
-].find((p) => existsSync(p))
-export const NO_PGBOUNCER =
-  PGBOUNCER === undefined ? 'PgBouncer not installed (apt-get install -y pgbouncer)' : false
+/**
+ * The installed PgBouncer (1.18 on this project's machines), the reference some
+ * tests compare with; without it (or with PGBC_TEST_WITHOUT=pgbouncer) they skip.
+ */
+export const PGBOUNCER = findTool('pgbouncer') ?? undefined
+export const NO_PGBOUNCER = skipWithout('pgbouncer', PGBOUNCER)
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import {
   findPgTool,
   type PgServer,
@@ -128,8 +129,9 @@ describe('client_tls_sslmode = require', () => {
     assert.match(answer.toString('latin1'), /received unencrypted data after SSL request/)
   })
 
-  test('psql with sslmode=verify-full connects; with sslmode=disable it is refused', async () => {
-    assert.ok(psql, 'psql not found')
+  test('psql with sslmode=verify-full connects; with sslmode=disable it is refused', {
+    skip: skipWithout('psql', psql),
+  }, async () => {
     const env = { ...process.env, PGSSLROOTCERT: serverCert().certPath }
     const conninfo = (mode: string) =>
       `host=127.0.0.1 port=${pooler.port} user=postgres dbname=postgres sslmode=${mode}`

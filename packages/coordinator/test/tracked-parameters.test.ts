@@ -2,10 +2,13 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import type pg from 'pg'
 import { NO_PGBOUNCER, startPgBouncer } from './reference-pgbouncer.ts'
 import { type IniSpec, type Pooler, startPooler, writeIni } from './support.ts'
+
+const PSQL = findPgTool('psql')
 
 // track_extra_parameters (PgBouncer 1.20+), the `options` startup parameter
 // (-c name=value for tracked parameters, 1.20+) and application_name_add_host.
@@ -97,9 +100,13 @@ describe('track_extra_parameters: IntervalStyle by default', () => {
       form.message,
       "unsupported options startup parameter: only '-c config=val' and '--config=val' are allowed",
     )
-    // psql passes PGOPTIONS the same way.
-    const psql = findPgTool('psql')
-    assert.ok(psql, 'psql not found')
+  })
+
+  test('psql passes PGOPTIONS the same way: a tracked parameter is taken, another refused', {
+    timeout: TEST_TIMEOUT,
+    skip: skipWithout('psql', PSQL),
+  }, async () => {
+    const psql = PSQL
     const env = { ...process.env, PGOPTIONS: '--IntervalStyle=postgres_verbose' }
     const { stdout } = await run(
       psql!,

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { promisify } from 'node:util'
+import { skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import { findPgTool, usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
 import { startPooler, withClient, writeIni } from './support.ts'
 
@@ -12,6 +13,7 @@ import { startPooler, withClient, writeIni } from './support.ts'
 // libpq do by default.
 const db = usePostgres({ tls: true })
 const run = promisify(execFile)
+const PSQL = findPgTool('psql')
 
 function socketDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'pgbc-sock-'))
@@ -41,7 +43,7 @@ function ini(dir: string, extra: Record<string, string | number> = {}): string {
 }
 
 describe('unix_socket_dir', () => {
-  test('psql and node-postgres connect through .s.PGSQL.<port>; the file goes when the pooler stops', async () => {
+  test('node-postgres connects through .s.PGSQL.<port>; the file goes when the pooler stops', async () => {
     const dir = socketDir()
     // unix_socket_group by name: any group but our own (root may give the file to any).
     const group = otherGroup()
@@ -53,20 +55,6 @@ describe('unix_socket_dir', () => {
       assert.ok(statSync(path).isSocket())
       assert.equal(statSync(path).mode & 0o777, 0o770)
       if (group) assert.equal(statSync(path).gid, group.gid)
-      const psql = findPgTool('psql')
-      assert.ok(psql, 'psql not found')
-      const { stdout } = await run(psql!, [
-        '-h',
-        dir,
-        '-p',
-        String(pooler.port),
-        '-U',
-        'postgres',
-        '-Atc',
-        'SELECT 6 * 7',
-        'postgres',
-      ])
-      assert.equal(stdout.trim(), '42')
       const rows = await withClient(
         { host: dir, port: pooler.port, user: 'postgres', database: 'pgbouncer' },
         async (c) => (await c.query('SHOW CLIENTS')).rows,
@@ -79,6 +67,29 @@ describe('unix_socket_dir', () => {
       assert.equal(await pooler.stop('SIGTERM'), 0)
     }
     assert.ok(!existsSync(path))
+  })
+
+  test('psql connects through the socket file, as libpq does by default', {
+    skip: skipWithout('psql', PSQL),
+  }, async () => {
+    const dir = socketDir()
+    const pooler = await startPooler(ini(dir))
+    try {
+      const { stdout } = await run(PSQL!, [
+        '-h',
+        dir,
+        '-p',
+        String(pooler.port),
+        '-U',
+        'postgres',
+        '-Atc',
+        'SELECT 6 * 7',
+        'postgres',
+      ])
+      assert.equal(stdout.trim(), '42')
+    } finally {
+      await pooler.stop()
+    }
   })
 
   test('with client_tls_sslmode = require, unix socket clients need no TLS, as in PgBouncer', async () => {

@@ -14,6 +14,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
+import { findTool, skipWithout } from '@pgbouncer-cluster/scripts/optional-tools'
 import {
   type Config,
   ConfigError,
@@ -558,13 +559,11 @@ describe('defaultConfig', () => {
 
 // --- The same realistic file through PgBouncer's own parser ---------------
 
-const PGBOUNCER = ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer', '/usr/local/bin/pgbouncer'].find(
-  (p) => existsSync(p),
-)
+const PGBOUNCER = findTool('pgbouncer')
 const asRoot = process.getuid?.() === 0
-const runuser = ['/usr/sbin/runuser', '/sbin/runuser'].find((p) => existsSync(p))
+const runuser = findTool('runuser')
 const skipPgBouncer = !PGBOUNCER
-  ? 'no pgbouncer binary installed (apt-get install pgbouncer to run this test)'
+  ? skipWithout('pgbouncer', PGBOUNCER)
   : asRoot && (!runuser || spawnSync('id', ['postgres']).status !== 0)
     ? 'PgBouncer refuses to run as root and there is no runuser/postgres user to run it as'
     : false
