@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import { type ELDHistogram, monitorEventLoopDelay } from 'node:perf_hooks'
 import { getHeapStatistics } from 'node:v8'
 import { WorkerFigure, type WorkerFigures } from '@pgbouncer-cluster/protocol/latency'
@@ -37,7 +38,7 @@ export class FigurePublisher {
     f.set(w, WorkerFigure.loop_delay_p99_us, d.count > 0 ? d.percentile(99) / 1000 : 0)
     f.set(w, WorkerFigure.loop_delay_max_us, d.count > 0 ? d.max / 1000 : 0)
     d.reset()
-    const cpu = process.threadCpuUsage()
+    const cpu = threadCpuUsage()
     f.set(w, WorkerFigure.cpu_user_us, cpu.user)
     f.set(w, WorkerFigure.cpu_system_us, cpu.system)
     // This isolate's heap (process.memoryUsage() would also read the process's RSS).
@@ -49,5 +50,22 @@ export class FigurePublisher {
 
   close(): void {
     this.delay.disable()
+  }
+}
+
+/**
+ * This thread's CPU time in µs. process.threadCpuUsage came in Node.js 23.9
+ * (and a later 22); on the 22 releases before it, which the package supports
+ * from 22.12, the kernel's count for the calling thread is read instead, in
+ * clock ticks of 10 ms.
+ */
+function threadCpuUsage(): { user: number; system: number } {
+  if (typeof process.threadCpuUsage === 'function') return process.threadCpuUsage()
+  try {
+    const stat = readFileSync('/proc/thread-self/stat', 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return { user: Number(fields[11]) * 10_000, system: Number(fields[12]) * 10_000 }
+  } catch {
+    return { user: 0, system: 0 }
   }
 }
