@@ -12,7 +12,7 @@ import { freePort, type Pooler, startPooler, writeIni } from './support.ts'
 //
 // Linux resets the connections queued on a listening socket that closes
 // unless net.ipv4.tcp_migrate_req = 1 hands them to another socket of the
-// port; .ci/run sets it, and the README says why. On a host without it the
+// port; .ci/run sets it, and docs/RUNNING-MORE-THAN-ONE.md says why. On a host without it the
 // test is skipped (it would measure the kernel, not the pooler).
 const db = usePostgres({ databases: ['app'] })
 
@@ -27,7 +27,7 @@ function migrateReq(): string | null {
 const migrate = migrateReq()
 const skip =
   migrate !== '1' &&
-  `net.ipv4.tcp_migrate_req is ${migrate ?? 'missing (Linux < 5.14)'}: see the README's "Upgrade without downtime"`
+  `net.ipv4.tcp_migrate_req is ${migrate ?? 'missing (Linux < 5.14)'}: see "Upgrade without downtime" in docs/RUNNING-MORE-THAN-ONE.md`
 
 describe('rolling restart on one port with so_reuseport', () => {
   test('a fresh connection every few ms through start, SIGTERM and drain: zero errors', {
