@@ -65,6 +65,11 @@ test('renderSvg produces well-formed SVG with escaped text', () => {
   assert.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/)
   assertWellFormed(svg)
   assert.match(svg, /A &lt;b&gt; &amp; &quot;c&quot;/)
+  // The chart's own title, for screen readers and for linters of a copy kept in docs/.
+  assert.match(
+    svg,
+    /^<svg [^>]*>\n<title>A &lt;b&gt; &amp; &quot;c&quot;: PgBouncer 1\.18 &amp; Node&apos;s<\/title>/,
+  )
   // one bar per measured (workload, target) per panel: 3 rows × 2 panels, plus legend swatches
   assert.equal((svg.match(/<rect [^>]*><title>/g) ?? []).length, 6)
   assert.equal((svg.match(/>not run</g) ?? []).length, 2 * 3)
