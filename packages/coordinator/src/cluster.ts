@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, fchownSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 import { MessageChannel, Worker } from 'node:worker_threads'
@@ -76,6 +76,8 @@ interface WorkerSlot {
   restarts: number
   lastStart: number
   stopped: boolean
+  /** The worker's listening TCP socket, as its worker-ready said (`user =` hands it over). */
+  listenFd: number | null
 }
 
 /**
@@ -238,13 +240,17 @@ export class Cluster {
         restarts: 0,
         lastStart: 0,
         stopped: false,
+        listenFd: null,
       })
       this.spawn(id)
     }
     await Promise.all(this.slots.map((s) => s.ready!.promise))
     // Every socket is bound and every file read: the rest runs as `user =`,
     // and the pidfile is that user's, as PgBouncer's is.
-    if (this.options.runAs) dropPrivileges(this.options.runAs)
+    if (this.options.runAs) {
+      this.handListenersTo(this.options.runAs)
+      dropPrivileges(this.options.runAs)
+    }
     const { pidfile } = this.config.settings as { pidfile?: string }
     if (pidfile) writeFileSync(pidfile, `${process.pid}\n`)
     this.started = true
@@ -453,6 +459,19 @@ export class Cluster {
     if (this.started) this.log.info('stopped')
   }
 
+  /**
+   * The workers' listening sockets become the user's, as if it had made them.
+   * The kernel puts SO_REUSEPORT sockets in one group (among which it spreads
+   * connections) only when they belong to the same user when each binds: so
+   * this waits until every worker has bound as root, and a worker started
+   * after the switch, binding as the user, joins them.
+   */
+  private handListenersTo(to: RunAs): void {
+    for (const slot of this.slots) {
+      if (slot.listenFd !== null) fchownSync(slot.listenFd, to.uid, to.gid)
+    }
+  }
+
   /** A file the pooler made, gone at the end; one it may no longer remove is said, not thrown. */
   private remove(path: string): void {
     try {
@@ -573,6 +592,7 @@ export class Cluster {
     switch (msg.type) {
       case 'worker-ready': {
         const slot = this.slots[id]
+        slot.listenFd = msg.fd ?? null
         if (!slot.starting) this.log.info({ thread: id }, 'worker restarted')
         slot.starting = false
         slot.ready?.resolve()

@@ -17,6 +17,7 @@ import { join } from 'node:path'
 import { describe, test } from 'node:test'
 import { promisify } from 'node:util'
 import { usePostgres } from '@pgbouncer-cluster/scripts/pg-harness'
+import pg from 'pg'
 import { NO_PGBOUNCER, PGBOUNCER } from './reference-pgbouncer.ts'
 import { freePort, startPooler, until, withClient } from './support.ts'
 
@@ -101,6 +102,7 @@ function deployment(pgPort: number, listenPort: number) {
       `logfile = ${join(files, 'pooler.log')}`,
       `pidfile = ${join(files, 'pooler.pid')}`,
       'user = postgres',
+      'admin_users = postgres',
       '',
     ].join('\n')
   writeFileSync(ini, settings([]))
@@ -190,6 +192,27 @@ describe('user = postgres, started as root', { timeout: 120_000 }, () => {
           1,
         )
         assert.equal(readFileSync(d.pidfile, 'utf8').trim(), String(pooler.pid))
+        if (name === 'pgbouncer-cluster') {
+          // Both workers take clients: the sockets handed to postgres are still one group.
+          const held = await Promise.all(
+            Array.from({ length: 20 }, async () => {
+              const c = new pg.Client(address(pooler.port, 'postgres'))
+              await c.connect()
+              return c
+            }),
+          )
+          try {
+            const rows = await withClient(address(pooler.port, 'pgbouncer'), async (c) => {
+              return (await c.query('SHOW CLIENTS')).rows as { id: string; database: string }[]
+            })
+            const workers = new Set(
+              rows.filter((r) => r.database === 'postgres').map((r) => Number(r.id) >>> 24),
+            )
+            assert.equal(workers.size, 2, JSON.stringify(rows))
+          } finally {
+            await Promise.all(held.map((c) => c.end()))
+          }
+        }
 
         // SIGHUP: the file, read again as postgres, brings a new database.
         d.addDatabase(`other = host=127.0.0.1 port=${db.server.port} dbname=template1`)
@@ -305,6 +328,10 @@ process.stdout.write('\\n' + JSON.stringify(result))
     }
   })
 })
+
+function address(port: number, database: string): pg.ClientConfig {
+  return { host: '127.0.0.1', port, user: 'postgres', database }
+}
 
 function dirOf(path: string): string {
   return path.slice(0, path.lastIndexOf('/'))

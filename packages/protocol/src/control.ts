@@ -19,8 +19,11 @@
 import { Packr } from 'msgpackr/pack'
 
 export type ControlMessage =
-  /** worker → coordinator: listening, ready for clients. */
-  | { type: 'worker-ready'; worker: number; port: number }
+  /**
+   * worker → coordinator: listening, ready for clients; `fd` is the listening
+   * socket's descriptor (process-wide), which `user =` hands to that user.
+   */
+  | { type: 'worker-ready'; worker: number; port: number; fd?: number }
   /** worker → coordinator: first client of a (database, user) on this worker. */
   | { type: 'pool-slot-request'; worker: number; database: string; user: string }
   /** coordinator → worker: the shared-memory slots of that pool. */
@@ -281,7 +284,7 @@ type FieldTable<M> = { readonly [K in Exclude<keyof M, 'type'>]-?: FieldSpec }
 
 // Key order here is the wire order of each record.
 const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
-  'worker-ready': { worker: 'uint', port: 'uint' },
+  'worker-ready': { worker: 'uint', port: 'uint', fd: 'uint?' },
   'pool-slot-request': { worker: 'uint', database: 'string', user: 'string' },
   'pool-slot': {
     database: 'string',

@@ -180,10 +180,9 @@ export interface WorkerData {
   /** unix_socket_dir's socket; worker 0 listens on it (a path has one listener). */
   unixSocket: { path: string; mode: number; gid: number } | null
   /**
-   * `user =`: who the listening sockets are handed to before the process
-   * drops to that user, so that a worker started afterwards joins the port
-   * (SO_REUSEPORT groups sockets of one user) and the socket file can be
-   * replaced and removed.
+   * `user =`: who worker 0's socket file is given to, so that the pooler can
+   * replace and remove it once it runs as that user. (The TCP sockets the
+   * coordinator hands over itself, once every worker has bound its own.)
    */
   listenOwner: { uid: number; gid: number } | null
   log: {

@@ -1,5 +1,5 @@
 import { randomFillSync } from 'node:crypto'
-import { chmodSync, chownSync, fchownSync, rmSync } from 'node:fs'
+import { chmodSync, chownSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import type { MessagePort } from 'node:worker_threads'
 import {
@@ -251,24 +251,19 @@ export class PoolerWorker {
     this.listener.on('error', (err) => {
       this.log.error({ err: err.message }, 'listener error')
     })
-    this.handOver((this.listener as unknown as { _handle: { fd: number } | null })._handle?.fd)
     // Accepted clients get no net.Socket (socket-io.ts: TcpConnection).
     acceptConnections(this.listener, (connection) => this.onConnection(connection, false))
     if (this.unixSocket !== null) await this.listenUnix(this.unixSocket)
     this.ticker = setInterval(this.tick, JANITOR_INTERVAL_MS)
     releaseStartupMemory()
-    this.send({ type: 'worker-ready', worker: this.id, port })
-  }
-
-  /**
-   * `user =`, while the process is still root: the listening socket becomes
-   * the user's, as if that user had made it. A worker started after the drop
-   * makes its socket as that user, and the kernel lets it join the port only
-   * beside sockets of the same user.
-   */
-  private handOver(fd: number | undefined): void {
-    if (this.listenOwner === null || fd === undefined || fd < 0 || process.getuid?.() !== 0) return
-    fchownSync(fd, this.listenOwner.uid, this.listenOwner.gid)
+    // The coordinator hands this socket to `user =` once every worker has bound its own.
+    const fd = (this.listener as unknown as { _handle: { fd?: number } | null })._handle?.fd
+    this.send({
+      type: 'worker-ready',
+      worker: this.id,
+      port,
+      ...(fd !== undefined && fd >= 0 ? { fd } : {}),
+    })
   }
 
   /**
