@@ -39,7 +39,12 @@ const TARGETS: {
 function spec(settings: Record<string, string | number> = {}): IniSpec {
   return {
     databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
-    pgbouncer: { pool_mode: 'transaction', default_pool_size: 4, ...settings },
+    pgbouncer: {
+      pool_mode: 'transaction',
+      default_pool_size: 4,
+      admin_users: 'postgres',
+      ...settings,
+    },
   }
 }
 
@@ -77,6 +82,24 @@ async function holdShutdown(): Promise<pg.Client> {
   return session
 }
 
+/**
+ * Until the pooler has seen its idle servers ended: a query sent before it
+ * reads a server's FATAL would be linked to that dead server, and fail, with
+ * either pooler.
+ */
+async function serversGone(pooler: Pooler): Promise<void> {
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    const admin = pooler.client({ database: 'pgbouncer' })
+    await admin.connect()
+    const { rows } = await admin.query('SHOW SERVERS')
+    await admin.end()
+    if (rows.length === 0) return
+    if (Date.now() > deadline) assert.fail(`the pooler still lists ${rows.length} servers`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
 for (const target of TARGETS) {
   describe(`${target.name}: PostgreSQL shutting down and starting again`, {
     skip: target.skip,
@@ -93,6 +116,7 @@ for (const target of TARGETS) {
     }, async () => {
       const clients = await connected(pooler, 8)
       const session = await holdShutdown()
+      await serversGone(pooler)
       const answers = clients.map((c, i) =>
         c.query(`SELECT ${i} AS n`).then(
           (r) => ({ ok: Number(r.rows[0].n) === i, at: Date.now(), error: '' }),
