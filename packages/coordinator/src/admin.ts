@@ -42,6 +42,8 @@ export interface AdminHost {
   send(worker: number, msg: ControlMessage): void
   /** The RELOAD command: false when the file could not be used (logged, nothing changed). */
   reload(): boolean
+  /** The SET command (cluster.ts); throws when the setting or its value is refused. */
+  set(name: string, value: string): { notice: string | null }
   /** The SHUTDOWN command: stop in that mode, then exit 0. */
   shutdown(mode: ShutdownMode): void
   /** A shutdown is under way (listeners closed). */
@@ -205,9 +207,13 @@ export class AdminConsole {
       case 'KILL_CLIENT':
         return this.killClient(arg ?? '')
       case 'RELOAD':
-        // As PgBouncer: a file that cannot be used is logged, the command still succeeds.
-        this.host.reload()
+        this.host.log.info('RELOAD command issued')
+        // PgBouncer 1.22+: the file's error is logged, the command fails.
+        if (!this.host.reload())
+          return fail('RELOAD failed, see logs for additional details', 'F0000')
         return done('RELOAD')
+      case 'SET':
+        return this.set(arg ?? '')
       case 'SHUTDOWN': {
         const wait = arg?.toUpperCase()
         if (wait === 'WAIT_FOR_CLIENTS' || wait === 'WAIT_FOR_SERVERS') {
@@ -223,6 +229,21 @@ export class AdminConsole {
       default:
         return fail(`invalid command '${command}', use SHOW HELP;`)
     }
+  }
+
+  /** SET: the worker sends the name and the value, unquoted, with a NUL between them. */
+  private set(arg: string): Result {
+    const at = arg.indexOf('\u0000')
+    const name = arg.slice(0, at)
+    const value = arg.slice(at + 1)
+    let notice: string | null
+    try {
+      ;({ notice } = this.host.set(name, value))
+    } catch {
+      return fail('SET failed')
+    }
+    const result = done(`SET ${name}=${value}`)
+    return notice === null ? result : { ...result, notice }
   }
 
   /**
@@ -479,8 +500,10 @@ function done(tag: string): Result {
   return { tag, columns: [], rows: [] }
 }
 
-function fail(message: string): Result {
-  return { tag: '', columns: [], rows: [], error: message }
+function fail(message: string, sqlstate?: string): Result {
+  const result: Result = { tag: '', columns: [], rows: [], error: message }
+  if (sqlstate !== undefined) result.sqlstate = sqlstate
+  return result
 }
 
 function clusterStatsOf(reports: ControlOf<'stats'>[]): ClusterStats {

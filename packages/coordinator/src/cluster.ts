@@ -15,7 +15,7 @@ import type { LineSink, LogFile, Logger } from '@pgbouncer-cluster/worker/log'
 import { AdminConsole } from './admin.ts'
 import type { ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
-import { type Config, ConfigError, resolveDatabase } from './config/config.ts'
+import { type Config, ConfigError, resolveDatabase, withSetting } from './config/config.ts'
 import type { MetricsServer } from './metrics-server.ts'
 import { PoolSlots } from './pool-slots.ts'
 import { dropPrivileges, type RunAs } from './privileges.ts'
@@ -146,6 +146,7 @@ export class Cluster {
       workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
       send: (worker, msg) => this.sendTo(this.slots[worker]?.thread ?? null, msg),
       reload: () => this.reload(),
+      set: (name, value) => this.set(name, value),
       shutdown: (mode) => this.shutdown(mode),
       draining: () => this.draining,
       waitingForServers: () => this.shutdownMode === 'wait-for-servers',
@@ -380,12 +381,59 @@ export class Cluster {
     if (ignored.length > 0) {
       this.log.warn({ settings: ignored }, 'these settings change only with a restart, ignored')
     }
-    this.config = config
+    this.apply(config)
     // A reload is how an operator says a database was fixed: probe again now.
     this.breakers.reset([...this.breakers.databases()])
-    for (const slot of this.slots) this.sendTo(slot.thread, { type: 'config', config })
     this.log.info({ changed_databases: changedDatabases }, 'configuration file reloaded')
     return true
+  }
+
+  /**
+   * The console's `SET name = value`: one setting changed at runtime, checked
+   * as the file's are and handed to every worker as a reload is. A setting
+   * only a restart changes keeps its value (PgBouncer ignores it without a
+   * word); the next RELOAD reads the file again, and the file wins. Throws a
+   * ConfigError for an unknown setting or a bad value; a TLS setting that does
+   * not make a working setup yet is kept, and `notice` says the running TLS
+   * stays (PgBouncer's answer).
+   */
+  set(name: string, value: string): { notice: string | null } {
+    let next: ReturnType<typeof withSetting>
+    try {
+      next = withSetting(this.config, name, value)
+    } catch (err) {
+      const e = err as Error
+      this.log.error({ setting: name, err: e.message }, `SET ${name} failed: ${e.message}`)
+      throw err
+    }
+    const { config, ignored } = nextConfig(this.config, next.config)
+    for (const warning of config.warnings) this.log.warn(warning)
+    if (ignored.length > 0) {
+      this.log.info(
+        { settings: ignored },
+        'SET of a setting that changes only with a restart, ignored',
+      )
+    }
+    if (next.tlsError !== null) {
+      this.log.warn(
+        { setting: name, err: next.tlsError },
+        'TLS settings could not be applied, still using old configuration',
+      )
+    }
+    this.apply(config)
+    this.log.info({ setting: name, value }, 'SET command issued')
+    return {
+      notice:
+        next.tlsError === null
+          ? null
+          : 'TLS settings could not be applied, still using old configuration',
+    }
+  }
+
+  /** What the cluster runs with from now on, for the coordinator and every worker. */
+  private apply(config: Config): void {
+    this.config = config
+    for (const slot of this.slots) this.sendTo(slot.thread, { type: 'config', config })
   }
 
   /** Signals and the console's SHUTDOWN: stop in `mode`, then the process exits 0. */

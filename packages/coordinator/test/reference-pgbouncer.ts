@@ -28,9 +28,9 @@ function freePort(): Promise<number> {
  * without a unix socket unless the spec names unix_socket_dir, logging to a file), as the `postgres` OS user when
  * the tests run as root (PgBouncer refuses root). Resolves once it answers.
  * The result has the same shape as startPooler's, so one test body can run
- * against both; `output()` is PgBouncer's log file.
+ * against both; `output()` is PgBouncer's log file, `ini` its configuration.
  */
-export async function startPgBouncer(spec: IniSpec): Promise<Pooler> {
+export async function startPgBouncer(spec: IniSpec): Promise<Pooler & { ini: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'pgbc-reference-'))
   const port = await freePort()
   const settings: Record<string, string | number> = {
@@ -97,6 +97,7 @@ export async function startPgBouncer(spec: IniSpec): Promise<Pooler> {
     }
   }
   return {
+    ini,
     host,
     port,
     child,

@@ -149,6 +149,10 @@ export type ControlMessage =
       columns: AdminColumn[]
       rows: (string | null)[][]
       error?: string
+      /** The error's SQLSTATE when not PgBouncer's usual 08P01 (RELOAD's F0000). */
+      sqlstate?: string
+      /** A NOTICE sent before the command's tag (SET of TLS files that do not work yet). */
+      notice?: string
     }
   /** coordinator → the owning worker: KILL_CLIENT; answered by 'client-killed' with the same id. */
   | { type: 'kill-client'; id: number; pid: number }
@@ -352,6 +356,8 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     columns: 'array',
     rows: 'array',
     error: 'string?',
+    sqlstate: 'string?',
+    notice: 'string?',
   },
   'kill-client': { id: 'uint', pid: 'int' },
   'client-killed': { id: 'uint', worker: 'uint', found: 'uint' },

@@ -132,7 +132,14 @@ export class WorkerAdmin {
   onReply(msg: ControlOf<'admin-reply'>): void {
     const resolve = this.replies.get(msg.id)
     this.replies.delete(msg.id)
-    resolve?.({ tag: msg.tag, columns: msg.columns, rows: msg.rows, error: msg.error })
+    resolve?.({
+      tag: msg.tag,
+      columns: msg.columns,
+      rows: msg.rows,
+      error: msg.error,
+      sqlstate: msg.sqlstate,
+      notice: msg.notice,
+    })
   }
 
   // ---- SHOW: this worker's share ----------------------------------------------------

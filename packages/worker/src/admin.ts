@@ -22,6 +22,8 @@ export interface AdminReply {
   columns: AdminColumn[]
   rows: (string | null)[][]
   error?: string
+  sqlstate?: string
+  notice?: string
 }
 
 /** What a console session needs of its worker (worker.ts's PoolerWorker is one). */
@@ -63,6 +65,7 @@ const Text = {
   extended: 'extended query protocol not supported by admin console',
   unsupportedPacket: (type: number) => `unsupported packet type for admin console: ${type}`,
   badPacket: 'bad packet',
+  badArguments: 'bad arguments',
   notSupported: (what: string) => `${what} is not supported by pgbouncer-cluster`,
 } as const
 
@@ -104,7 +107,22 @@ const COMMANDS = new Set([
 const WITHOUT_ARGUMENT = new Set(['RELOAD'])
 /** SHUTDOWN's optional argument (PgBouncer 1.23+). */
 const SHUTDOWN_MODES = new Set(['WAIT_FOR_CLIENTS', 'WAIT_FOR_SERVERS'])
-const UNSUPPORTED_COMMANDS = new Set(['SUSPEND', 'DISABLE', 'ENABLE', 'WAIT_CLOSE', 'SET'])
+const UNSUPPORTED_COMMANDS = new Set(['SUSPEND', 'DISABLE', 'ENABLE', 'WAIT_CLOSE'])
+
+/**
+ * Session parameters some drivers set or ask for on any connection: PgBouncer's
+ * console answers with fixed values and ignores a SET of them.
+ */
+const FAKE_PARAMS = new Map([
+  ['client_encoding', 'UTF-8'],
+  ['default_transaction_isolation', 'read committed'],
+  ['standard_conforming_strings', 'on'],
+  ['datestyle', 'ISO'],
+  ['timezone', 'GMT'],
+])
+/** PgBouncer's buffers for a SET's name and value: longer ones get `bad arguments`. */
+const MAX_SET_NAME = 63
+const MAX_SET_VALUE = 255
 
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
@@ -142,8 +160,12 @@ export class AdminSession {
   /** After an unsupported message PgBouncer drops whatever comes next. */
   private broken = false
 
-  constructor(client: AdminClient) {
+  /** The console's own user through a private unix socket (client.ts): an admin whatever the lists say. */
+  private readonly ownUser: boolean
+
+  constructor(client: AdminClient, ownUser = false) {
     this.client = client
+    this.ownUser = ownUser
   }
 
   /**
@@ -154,6 +176,7 @@ export class AdminSession {
     const client = this.client
     const settings = client.worker.settings
     const allowed =
+      this.ownUser ||
       settings.authType === 'any' ||
       settings.adminUsers.includes(client.user) ||
       settings.statsUsers.includes(client.user)
@@ -249,6 +272,11 @@ export class AdminSession {
   }
 
   private async query(text: string): Promise<void> {
+    const set = parseSet(text)
+    if (set !== null) {
+      await this.set(set)
+      return
+    }
     const parsed = parse(text)
     if (parsed === null) {
       this.finish(error(Text.invalid(text)))
@@ -264,6 +292,16 @@ export class AdminSession {
             message: 'Console usage',
             detail: HELP,
           }),
+          commandComplete('SHOW'),
+        )
+        return
+      }
+      const fake = arg === undefined ? undefined : FAKE_PARAMS.get(arg.toLowerCase())
+      if (fake !== undefined) {
+        const name = parsed.raw!.toLowerCase()
+        this.finish(
+          rowDescription([{ name, typeOid: 25 }]),
+          dataRow([fake]),
           commandComplete('SHOW'),
         )
         return
@@ -298,16 +336,38 @@ export class AdminSession {
     this.writeReply(reply)
   }
 
+  /** SET name = value: changes a setting of the whole cluster (the coordinator's, as RELOAD). */
+  private async set(set: { name: string; value: string } | 'bad'): Promise<void> {
+    if (set === 'bad') {
+      this.finish(error(Text.badArguments))
+      return
+    }
+    if (FAKE_PARAMS.has(set.name.toLowerCase())) {
+      this.finish(
+        noticeResponse({ severity: 'NOTICE', code: '00000', message: 'SET ignored' }),
+        commandComplete('SET'),
+      )
+      return
+    }
+    if (!this.isAdmin()) {
+      this.finish(error(Text.adminNeeded))
+      return
+    }
+    this.writeReply(await this.client.worker.admin.request('SET', `${set.name}\u0000${set.value}`))
+  }
+
   private isAdmin(): boolean {
-    return this.client.worker.settings.adminUsers.includes(this.client.user)
+    return this.ownUser || this.client.worker.settings.adminUsers.includes(this.client.user)
   }
 
   private writeReply(reply: AdminReply): void {
     if (reply.error !== undefined) {
-      this.finish(error(reply.error))
+      this.finish(error(reply.error, reply.sqlstate))
       return
     }
     const out: Buffer[] = []
+    if (reply.notice !== undefined)
+      out.push(noticeResponse({ severity: 'NOTICE', code: '00000', message: reply.notice }))
     if (reply.columns.length > 0) {
       out.push(rowDescription(reply.columns.map(([name, typeOid]) => ({ name, typeOid }))))
       for (const row of reply.rows) out.push(dataRow(row))
@@ -341,4 +401,27 @@ function parse(
   if (word === undefined) return { verb, arg: undefined, raw: undefined }
   const raw = word.startsWith('"') ? word.slice(1, -1).replaceAll('""', '"') : word
   return { verb, arg: raw.toUpperCase(), raw }
+}
+
+// PgBouncer's SET grammar: `SET name = value` or `SET name TO value`, the
+// value one word or a single-quoted string ('' for a quote); the name a word
+// or a double-quoted one. Case does not matter to the keywords.
+const SET_WORD =
+  /^\s*set\s+("(?:[^"]|"")*"|[0-9a-z_]+)\s*(?:=|to)\s*("(?:[^"]|"")*"|[0-9a-z_]+)\s*(?:;\s*)?$/i
+const SET_STRING =
+  /^\s*set\s+("(?:[^"]|"")*"|[0-9a-z_]+)\s*(?:=|to)\s*('(?:[^']|'')*')\s*(?:;\s*)?$/i
+
+/** A SET command's name and value, unquoted; 'bad' when either is too long; null for another command. */
+function parseSet(text: string): { name: string; value: string } | 'bad' | null {
+  const m = SET_STRING.exec(text) ?? SET_WORD.exec(text)
+  if (m === null) return null
+  const name = unquote(m[1]!, '"')
+  const value = unquote(m[2]!, m[2]![0] === "'" ? "'" : '"')
+  if (name === '' || name.length > MAX_SET_NAME || value.length > MAX_SET_VALUE) return 'bad'
+  return { name, value }
+}
+
+function unquote(word: string, quote: string): string {
+  if (word[0] !== quote) return word
+  return word.slice(1, -1).replaceAll(quote + quote, quote)
 }

@@ -94,6 +94,8 @@ export interface SessionHost extends AdminContext {
   releaseCounted(session: ClientSession): void
   clientClosed(session: ClientSession, admitted: boolean): void
   isAdminDatabase(name: string): boolean
+  /** Only this process's OS user (and root) can reach the unix socket (worker.ts). */
+  unixSocketIsPrivate(): boolean
   resolveDatabase(name: string): DatabaseConfig | null
   authUserFor(db: DatabaseConfig): string | null
   authQuery(db: DatabaseConfig, user: string): Promise<Lookup>
@@ -108,6 +110,9 @@ export interface SessionHost extends AdminContext {
   /** A CancelRequest: carried out here or routed to the worker that owns the key; `done` once it is over. */
   cancel(pid: number, secret: number, done: () => void): void
 }
+
+/** The console's own user, as PgBouncer names it. */
+const ADMIN_USER = 'pgbouncer'
 
 export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
 
@@ -209,6 +214,8 @@ class Login {
   authType: AuthType = 'trust'
   /** The StartupMessage, as this thread's logins share it (startup-cache.ts). */
   startup: KnownStartup<WelcomeMemo> | null = null
+  /** The console's own user `pgbouncer`, come through a private unix socket: an admin. */
+  ownUser = false
 
   constructor(arrivedClosing: boolean) {
     this.arrivedClosing = arrivedClosing
@@ -977,6 +984,13 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
 
   private authenticate(db: DatabaseConfig | null): void {
     const settings = this.worker.settings
+    if (db === null && this.unix && this.user === ADMIN_USER && this.worker.unixSocketIsPrivate()) {
+      // PgBouncer lets its own OS user into the console as `pgbouncer` without
+      // a password (getpeereid); a private socket is how near Node comes.
+      this.login!.ownUser = true
+      this.authStep({ kind: 'ok', final: null, scramKeys: null })
+      return
+    }
     let authType = settings.authType
     if (authType === 'hba') {
       // The first rule of auth_hba_file that fits says how (PgBouncer's hba_eval).
@@ -1093,7 +1107,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     }
     // The virtual database `pgbouncer`: the admin console takes the socket over.
     this.worker.loginEnded(this)
-    this.admin = new AdminSession(this)
+    this.admin = new AdminSession(this, login.ownUser)
     this.admin.start()
   }
 

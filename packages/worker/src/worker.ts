@@ -1,6 +1,7 @@
 import { randomFillSync } from 'node:crypto'
-import { chmodSync, chownSync, rmSync } from 'node:fs'
+import { chmodSync, chownSync, rmSync, statSync } from 'node:fs'
 import net from 'node:net'
+import { dirname } from 'node:path'
 import type { MessagePort } from 'node:worker_threads'
 import {
   forwardedSecret,
@@ -441,6 +442,30 @@ export class PoolerWorker {
   /** The admin console's virtual database, unless [databases] claims the name. */
   isAdminDatabase(name: string): boolean {
     return name === 'pgbouncer' && !Object.hasOwn(this.config.databases, name)
+  }
+
+  /**
+   * Whether only this process's OS user (and root) can connect through the
+   * unix socket. PgBouncer asks the kernel for a unix client's uid
+   * (getpeereid), which Node cannot; the socket file, or a directory on its
+   * path, that is ours and shut to group and others tells as much of whoever
+   * got through. Asked only by a console login as `pgbouncer` on that socket.
+   */
+  unixSocketIsPrivate(): boolean {
+    if (this.unixSocket === null) return false
+    const uid = process.getuid?.() ?? -1
+    try {
+      const socket = statSync(this.unixSocket.path)
+      // Connecting takes write permission on the socket; ACLs are capped by the group bits.
+      if (socket.uid === uid && (socket.mode & 0o022) === 0) return true
+      for (let dir = dirname(this.unixSocket.path); ; dir = dirname(dir)) {
+        const d = statSync(dir)
+        if (d.uid === uid && (d.mode & 0o011) === 0) return true
+        if (dir === dirname(dir)) return false
+      }
+    } catch {
+      return false
+    }
   }
 
   resolveDatabase(name: string): DatabaseConfig | null {

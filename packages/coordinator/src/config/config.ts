@@ -287,6 +287,55 @@ export function resolveDatabase(config: Config, name: string): DatabaseConfig | 
   return { ...fb, name, dbname: fb.dbname === '*' ? name : fb.dbname }
 }
 
+/**
+ * The console's `SET name = value`: the running configuration with one
+ * [pgbouncer] setting changed, its value checked as the file's are. What the
+ * setting feeds is read again (auth_file for auth_file and auth_type,
+ * auth_hba_file's rules for auth_type and auth_hba_file). TLS files that do
+ * not make a working setup keep the running TLS in place (`tlsError` says
+ * why), as PgBouncer keeps its old TLS context: the files are set one at a
+ * time, and a key without its certificate is only a step on the way.
+ */
+export function withSetting(
+  config: Config,
+  name: string,
+  raw: string,
+): { config: Config; tlsError: string | null } {
+  const spec = SETTINGS_BY_NAME.get(name.toLowerCase())
+  if (!spec) throw new ConfigError('unknown setting', { key: name })
+  let value: unknown
+  try {
+    value = parseSettingValue(spec, raw)
+  } catch (err) {
+    throw new ConfigError((err as Error).message, { key: spec.name })
+  }
+  const settings: Settings = { ...config.settings }
+  set(settings, spec, value)
+  // A path SET names is taken as the process sees it, as PgBouncer does.
+  const origins = new Map<string, Place>()
+  const warnings: string[] = []
+  if (!spec.implemented)
+    warnings.push(
+      `SET ${spec.name}: accepted but not implemented by this version, so it has no effect`,
+    )
+  const auth = spec.name === 'auth_file' || spec.name === 'auth_type' || spec.name === 'auth_user'
+  const authUsers = auth ? finish(settings, origins, warnings) : config.authUsers
+  const hba =
+    spec.name === 'auth_type' || spec.name === 'auth_hba_file'
+      ? hbaRules(settings, origins)
+      : config.hba
+  let tls = config.tls
+  let tlsError: string | null = null
+  if (spec.name.includes('_tls')) {
+    try {
+      tls = loadTls(settings, origins, config.file)
+    } catch (err) {
+      tlsError = (err as Error).message
+    }
+  }
+  return { config: { ...config, settings, authUsers, hba, tls, warnings }, tlsError }
+}
+
 function setSetting(settings: Settings, item: IniItem & { kind: 'entry' }, rejects: string[]) {
   const place = { file: item.file, line: item.line, key: item.key }
   const spec = SETTINGS_BY_NAME.get(item.key.toLowerCase())
