@@ -14,6 +14,13 @@ if (major < NEEDS[0] || (major === NEEDS[0] && minor < NEEDS[1])) {
   process.exit(1)
 }
 
+// SIGUSR1 is PAUSE and SIGUSR2 RESUME, as in PgBouncer, and neither may stop
+// the process. Until the cluster answers them (cluster.ts), these listeners
+// keep Node's defaults away: SIGUSR2 would end the process, and SIGUSR1 would
+// open Node's inspector, which a listener of SIGUSR1 turns off.
+process.on('SIGUSR1', () => {})
+process.on('SIGUSR2', () => {})
+
 // A 1 MB semi-space for the worker threads: V8 lets a young generation grow
 // while the modules load and keeps it, though a worker allocates little once
 // started (see cluster.ts). Set here, before any worker exists, because

@@ -288,6 +288,32 @@ export class AdminConsole {
     return done('PAUSE')
   }
 
+  /** SIGUSR1, PgBouncer's PAUSE by signal: nobody waits for the servers to go. */
+  pauseSignal(): void {
+    if (this.pausedAll) {
+      this.host.log.info('got SIGUSR1, but already paused/suspended')
+      return
+    }
+    this.host.log.info('got SIGUSR1, pausing all activity')
+    this.pausedAll = true
+    this.broadcast({ type: 'pause' })
+  }
+
+  /** SIGUSR2, PgBouncer's RESUME by signal: ends a PAUSE of everything (a database's stays). */
+  resumeSignal(): void {
+    if (this.host.draining()) {
+      this.host.log.info('got SIGUSR2 while shutting down, ignoring')
+      return
+    }
+    if (!this.pausedAll) {
+      this.host.log.info('got SIGUSR2, but not paused/suspended')
+      return
+    }
+    this.host.log.info('got SIGUSR2, continuing from PAUSE')
+    this.pausedAll = false
+    this.broadcast({ type: 'resume' })
+  }
+
   private resume(database: string | undefined): Result {
     if (database === undefined) {
       if (this.host.draining()) return fail('pooler is shutting down')

@@ -41,7 +41,7 @@ export interface ClusterOptions {
   runAs?: RunAs | null
   /** Reads the config file again with the same command-line overrides (SIGHUP); throws ConfigError. */
   load?: () => Config
-  /** Answer SIGINT/SIGTERM/SIGHUP (the command); a program embedding the pooler keeps its own. */
+  /** Answer SIGINT/SIGTERM/SIGQUIT/SIGHUP/SIGUSR1/SIGUSR2 (the command); a program embedding the pooler keeps its own. */
   signals?: boolean
   /** `--metrics HOST:PORT`: serve /metrics, /health and /ready there. */
   metrics?: { host: string; port: number } | null
@@ -86,7 +86,8 @@ interface WorkerSlot {
  * slots, cancel requests), restarts a worker that dies (reclaiming its
  * permits first), and answers signals as PgBouncer 1.23+ does: SIGTERM waits
  * for the clients to leave, SIGINT for the servers to be released, SIGQUIT
- * (or either of them a second time) stops at once; SIGHUP reloads.
+ * (or either of them a second time) stops at once; SIGHUP reloads; SIGUSR1
+ * pauses and SIGUSR2 resumes, and neither ever stops the process.
  */
 export class Cluster {
   config: Config
@@ -275,6 +276,9 @@ export class Cluster {
     process.on('SIGTERM', this.onStopSignal)
     process.on('SIGQUIT', this.onStopSignal)
     process.on('SIGHUP', this.onReloadSignal)
+    // A listener of its own also keeps Node's inspector off SIGUSR1 (README, Signals).
+    process.on('SIGUSR1', this.onPauseSignal)
+    process.on('SIGUSR2', this.onResumeSignal)
   }
 
   /** What the workers report, summed per pool: SHOW POOLS and STATS, and the API's stats(). */
@@ -347,6 +351,17 @@ export class Cluster {
 
   private readonly onReloadSignal = (): void => {
     this.reload()
+  }
+
+  /** SIGUSR1: PAUSE, as PgBouncer. */
+  private readonly onPauseSignal = (): void => {
+    if (this.stopping !== null) return
+    this.admin.pauseSignal()
+  }
+
+  /** SIGUSR2: RESUME, as PgBouncer. */
+  private readonly onResumeSignal = (): void => {
+    this.admin.resumeSignal()
   }
 
   /**
