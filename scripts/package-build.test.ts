@@ -231,7 +231,8 @@ describe('the packed tarball, installed alone', () => {
     for (const node of [process.execPath, oldestNode]) {
       const r = run(node, [bin, '--version'])
       assert.equal(r.status, 0, r.stderr)
-      assert.equal(r.stdout.trim(), '0.1.0')
+      // The same words as the console's SHOW VERSION.
+      assert.equal(r.stdout.trim(), 'PgBouncer 1.18.0 (pgbouncer-cluster 0.1.0)')
     }
   })
 

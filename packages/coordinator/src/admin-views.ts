@@ -9,9 +9,9 @@ import { formatSettingValue, SETTINGS } from './config/settings.ts'
 
 // The admin console's SHOW views, with PgBouncer's column names, types and
 // order (tooling such as pgbouncer_exporter reads them by name), built from
-// the workers' reports summed over the cluster. The statistics and the
-// client/server lists are 1.24's; the other views are as 1.18 had them,
-// which 1.24 only extends at the end.
+// the workers' reports summed over the cluster. The statistics are 1.24's;
+// POOLS, DATABASES, USERS, LISTS and the client/server lists are 1.25's; the
+// other views are as 1.18 had them.
 
 export type Row = (string | null)[]
 export interface View {
@@ -105,7 +105,7 @@ export const COLUMNS = {
       'maxwait',
       'maxwait_us',
     ),
-    ...cols(TEXT, 'pool_mode'),
+    ...cols(TEXT, 'pool_mode', 'load_balance_hosts'),
   ],
   stats: [
     ...cols(TEXT, 'database'),
@@ -137,17 +137,37 @@ export const COLUMNS = {
     ...cols(INT8, 'id'),
   ],
   state: cols(TEXT, 'key', 'value'),
+  // 1.24+: reserve_pool became reserve_pool_size; server_lifetime (1.23), load_balance_hosts
+  // and the client counts came in before paused and disabled.
   databases: [
     ...cols(TEXT, 'name', 'host'),
     ...cols(INT4, 'port'),
     ...cols(TEXT, 'database', 'force_user'),
-    ...cols(INT4, 'pool_size', 'min_pool_size', 'reserve_pool'),
-    ...cols(TEXT, 'pool_mode'),
-    ...cols(INT4, 'max_connections', 'current_connections', 'paused', 'disabled'),
+    ...cols(INT4, 'pool_size', 'min_pool_size', 'reserve_pool_size', 'server_lifetime'),
+    ...cols(TEXT, 'pool_mode', 'load_balance_hosts'),
+    ...cols(
+      INT4,
+      'max_connections',
+      'current_connections',
+      'max_client_connections',
+      'current_client_connections',
+      'paused',
+      'disabled',
+    ),
   ],
   config: cols(TEXT, 'key', 'value', 'default', 'changeable'),
   lists: [...cols(TEXT, 'list'), ...cols(INT4, 'items')],
-  users: cols(TEXT, 'name', 'pool_mode'),
+  // 1.24+: the user's overrides (text, NULL when not set) and its counts.
+  users: [
+    ...cols(TEXT, 'name', 'pool_size', 'reserve_pool_size', 'pool_mode'),
+    ...cols(
+      INT4,
+      'max_user_connections',
+      'current_connections',
+      'max_user_client_connections',
+      'current_client_connections',
+    ),
+  ],
   version: cols(TEXT, 'version'),
   dnsHosts: [...cols(TEXT, 'hostname'), ...cols(INT8, 'ttl'), ...cols(TEXT, 'addrs')],
   dnsZones: [...cols(TEXT, 'zonename'), ...cols(INT8, 'serial'), ...cols(INT4, 'count')],
@@ -200,6 +220,8 @@ export interface ClusterStats {
   pools: PoolStats[]
   adminSessions: number
   adminQueries: number
+  /** Peers a cancel was forwarded to (SHOW PEER_POOLS' rows). */
+  peerPools: number
 }
 
 const num = (n: number) => String(Math.round(n))
@@ -302,7 +324,14 @@ export function statsLogLine(avg: StatLine): string {
   )
 }
 
-export function showPools(stats: ClusterStats): View {
+/** SHOW POOLS and DATABASES: load_balance_hosts only for a database with a host list (PgBouncer's rule). */
+function loadBalance(config: Config, database: string): string | null {
+  const db = resolveDatabase(config, database)
+  if (db === null || !db.host.includes(',')) return null
+  return db.loadBalanceHosts ?? 'round-robin'
+}
+
+export function showPools(config: Config, stats: ClusterStats): View {
   const rows: Row[] = stats.pools.map((p) => {
     // Cancel requests and server checks have no state of their own here: those columns stay 0.
     const counts = [
@@ -320,7 +349,7 @@ export function showPools(stats: ClusterStats): View {
       Math.floor(p.maxWaitUs / 1e6),
       Math.floor(p.maxWaitUs % 1e6),
     ]
-    return [p.database, p.user, ...counts.map(num), p.mode]
+    return [p.database, p.user, ...counts.map(num), p.mode, loadBalance(config, p.database)]
   })
   rows.push(adminPoolRow(stats.adminSessions))
   rows.sort((a, b) => byName(a[0]!, b[0]!) || byName(a[1]!, b[1]!))
@@ -329,7 +358,7 @@ export function showPools(stats: ClusterStats): View {
 
 function adminPoolRow(sessions: number): Row {
   const zeros = Array.from({ length: 12 }, () => '0')
-  return [ADMIN_DATABASE, ADMIN_USER, String(sessions), ...zeros, 'statement']
+  return [ADMIN_DATABASE, ADMIN_USER, String(sessions), ...zeros, 'statement', null]
 }
 
 export function showStats(
@@ -413,20 +442,26 @@ export function showState(paused: boolean): View {
   }
 }
 
+/** Clients logged in per database and per user, across the cluster (their shared counts). */
+export interface ClientCounts {
+  databases: ReadonlyMap<string, number>
+  users: ReadonlyMap<string, number>
+}
+
 /** Configured databases, those the '*' entry made, and the console itself. */
 export function showDatabases(
   config: Config,
   names: Iterable<string>,
   pools: PoolStats[],
   paused: ReadonlySet<string>,
-  listenPort: number,
+  disabled: ReadonlySet<string>,
+  clients: ClientCounts,
+  admin: { port: number; sessions: number },
 ): View {
   const s = config.settings
   const connections = new Map<string, number>()
-  for (const p of pools) {
-    const n = p.svActive + p.svIdle + p.svUsed + p.svLogin + p.svBeingCanceled
-    connections.set(p.database, (connections.get(p.database) ?? 0) + n)
-  }
+  for (const p of pools)
+    connections.set(p.database, (connections.get(p.database) ?? 0) + servers(p))
   const rows: Row[] = []
   for (const name of new Set(names)) {
     const db = resolveDatabase(config, name)
@@ -441,31 +476,46 @@ export function showDatabases(
       String(db.poolSize ?? s.defaultPoolSize),
       String(db.minPoolSize ?? s.minPoolSize),
       String(db.reservePoolSize ?? s.reservePoolSize),
+      String(Math.floor(db.serverLifetime ?? s.serverLifetime)),
       db.poolMode ?? null,
+      loadBalance(config, name),
       String(db.maxDbConnections ?? s.maxDbConnections),
       String(connections.get(name) ?? 0),
+      String(limitOf(db.maxDbClientConnections, s.maxDbClientConnections)),
+      String(clients.databases.get(name) ?? 0),
       paused.has(name) ? '1' : '0',
-      '0',
+      disabled.has(name) ? '1' : '0',
     ])
   }
   rows.push([
     ADMIN_DATABASE,
     null,
-    String(listenPort),
+    String(admin.port),
     ADMIN_DATABASE,
     ADMIN_USER,
     '2',
     '0',
     '0',
+    String(Math.floor(s.serverLifetime)),
     'statement',
+    null,
     '0',
     '0',
+    String(s.maxDbClientConnections),
+    String(admin.sessions),
     '0',
     '0',
   ])
   rows.sort((a, b) => byName(a[0]!, b[0]!))
   return { columns: COLUMNS.databases, rows }
 }
+
+/** PgBouncer's rule for a per-database or per-user limit: its own when above 0, else the global one. */
+function limitOf(own: number | undefined, global: number): number {
+  return own !== undefined && own > 0 ? own : global
+}
+
+const servers = (p: PoolStats) => p.svActive + p.svIdle + p.svUsed + p.svLogin + p.svBeingCanceled
 
 /** auth_file and [users] names, the users pools were made for, and the console's own. */
 export function userNames(config: Config, poolUsers: Iterable<string>): string[] {
@@ -479,8 +529,30 @@ export function userNames(config: Config, poolUsers: Iterable<string>): string[]
   ].sort(byName)
 }
 
-export function showUsers(config: Config, names: string[]): View {
-  const rows = names.map((name) => [name, config.users[name]?.poolMode ?? null])
+export function showUsers(
+  config: Config,
+  names: string[],
+  pools: PoolStats[],
+  clients: ClientCounts,
+): View {
+  const s = config.settings
+  const connections = new Map<string, number>()
+  for (const p of pools) connections.set(p.user, (connections.get(p.user) ?? 0) + servers(p))
+  // PgBouncer prints the overrides with %9d.
+  const padded = (n: number | undefined) => (n === undefined ? null : String(n).padStart(9))
+  const rows = names.map((name) => {
+    const u = config.users[name]
+    return [
+      name,
+      padded(u?.poolSize),
+      padded(u?.reservePoolSize),
+      u?.poolMode ?? null,
+      String(limitOf(u?.maxUserConnections, s.maxUserConnections)),
+      String(connections.get(name) ?? 0),
+      String(limitOf(u?.maxUserClientConnections, s.maxUserClientConnections)),
+      String(clients.users.get(name) ?? 0),
+    ]
+  })
   return { columns: COLUMNS.users, rows }
 }
 
@@ -502,14 +574,19 @@ export function showConfig(config: Config): View {
 export function showLists(counts: {
   databases: number
   users: number
+  peers: number
   pools: number
+  peerPools: number
   clients: number
   servers: number
 }): View {
+  // 1.19+ lists the peers and their pools after the users and the pools.
   const rows: [string, number][] = [
     ['databases', counts.databases],
     ['users', counts.users],
+    ['peers', counts.peers],
     ['pools', counts.pools],
+    ['peer_pools', counts.peerPools],
     ['free_clients', 0],
     ['used_clients', counts.clients],
     ['login_clients', 0],

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs'
 import type {
   ConnectionInfo,
   ControlMessage,
@@ -10,6 +9,7 @@ import type { Logger } from '@pgbouncer-cluster/worker/log'
 import {
   ADMIN_DATABASE,
   averages,
+  type ClientCounts,
   type ClusterStats,
   COLUMNS,
   mergePools,
@@ -32,6 +32,7 @@ import {
   ZERO_STATS,
 } from './admin-views.ts'
 import type { Config } from './config/config.ts'
+import { VERSION_TEXT } from './version.ts'
 
 /** What the console needs of the cluster it runs in. */
 export interface AdminHost {
@@ -52,6 +53,8 @@ export interface AdminHost {
   waitingForServers(): boolean
   /** Pools the registry has handed slots to (databases the '*' entry made included). */
   pools(): Iterable<{ database: string; user: string }>
+  /** Clients logged in per database and per user, across the cluster. */
+  clientCounts(): ClientCounts
   port(): number
 }
 
@@ -77,11 +80,6 @@ export interface AdminSnapshot {
 /** A worker that does not answer a SHOW in time is left out of it rather than hanging the console. */
 const GATHER_TIMEOUT_MS = 2000
 
-const VERSION: string = JSON.parse(
-  readFileSync(new URL('../package.json', import.meta.url), 'utf8'),
-).version
-const VERSION_TEXT = `PgBouncer 1.18.0 (pgbouncer-cluster ${VERSION})`
-
 /**
  * The coordinator's half of PgBouncer's admin console. A worker's admin
  * session sends each command here ('admin-request'); SHOW asks every worker
@@ -93,6 +91,8 @@ export class AdminConsole {
   private readonly host: AdminHost
   private pausedAll = false
   private readonly pausedDbs = new Set<string>()
+  /** DISABLE db: new clients of these databases are refused. */
+  private readonly disabledDbs = new Set<string>()
   private nextId = 1
   private readonly gathers = new Map<
     number,
@@ -380,7 +380,7 @@ export class AdminConsole {
     const stats = await this.clusterStats()
     switch (what) {
       case 'POOLS':
-        return view(showPools(stats))
+        return view(showPools(config, stats))
       case 'STATS':
       case 'STATS_TOTALS':
       case 'STATS_AVERAGES': {
@@ -394,7 +394,7 @@ export class AdminConsole {
       case 'DATABASES':
         return view(this.databasesView(stats))
       case 'USERS':
-        return view(showUsers(config, this.userNames(stats)))
+        return view(showUsers(config, this.userNames(stats), stats.pools, this.host.clientCounts()))
       case 'LISTS':
         return view(this.listsView(stats))
       default:
@@ -411,7 +411,7 @@ export class AdminConsole {
       complete: reports.length === asked,
       reports,
       version: VERSION_TEXT,
-      pools: showPools(stats),
+      pools: showPools(this.host.config(), stats),
       stats: showStats(statTotals(stats), this.averages, 'stats'),
       databases: this.databasesView(stats),
       lists: this.listsView(stats),
@@ -425,7 +425,9 @@ export class AdminConsole {
       this.databaseNames(stats),
       stats.pools,
       this.pausedDbs,
-      this.host.port(),
+      this.disabledDbs,
+      this.host.clientCounts(),
+      { port: this.host.port(), sessions: stats.adminSessions },
     )
   }
 
@@ -439,7 +441,9 @@ export class AdminConsole {
     return showLists({
       databases: new Set(this.databaseNames(stats)).size + 1,
       users: this.userNames(stats).length,
+      peers: Object.keys(this.host.config().peers).length,
       pools: stats.pools.length + 1,
+      peerPools: stats.peerPools,
       clients,
       servers,
     })
@@ -535,9 +539,16 @@ function fail(message: string, sqlstate?: string): Result {
 function clusterStatsOf(reports: ControlOf<'stats'>[]): ClusterStats {
   let adminSessions = 0
   let adminQueries = 0
+  const peers = new Set<number>()
   for (const r of reports) {
     adminSessions += r.admin?.sessions ?? 0
     adminQueries += r.admin?.queries ?? 0
+    for (const p of (r.peerPools ?? []) as PeerPoolStats[]) peers.add(p.peerId)
   }
-  return { pools: mergePools(reports.map((r) => r.pools ?? [])), adminSessions, adminQueries }
+  return {
+    pools: mergePools(reports.map((r) => r.pools ?? [])),
+    adminSessions,
+    adminQueries,
+    peerPools: peers.size,
+  }
 }

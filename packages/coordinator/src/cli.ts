@@ -10,8 +10,7 @@ import { splitHostPort } from './config/listen.ts'
 import { describeConfig } from './config/summary.ts'
 import { defaultWorkers } from './default-workers.ts'
 import { planRunAs, type RunAs, rootWarning } from './privileges.ts'
-
-const VERSION = '0.1.0'
+import { VERSION_TEXT } from './version.ts'
 
 /** Exit status for configuration and usage errors, as the issue tracker's contract says. */
 export const EXIT_USAGE = 2
@@ -223,7 +222,7 @@ async function parseWithYargs(argv: string[]): Promise<ParsedArgs | null> {
       '$0 [CONFIG.ini] [options]\n\nA PgBouncer-compatible PostgreSQL connection pooler on every core, behind one port.',
     )
     .options(FLAGS)
-    .version(VERSION)
+    .version(VERSION_TEXT)
     .help()
     .strictOptions()
     .exitProcess(false)

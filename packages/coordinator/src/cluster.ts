@@ -157,6 +157,20 @@ export class Cluster {
           return { database, user }
         }),
       port: () => this.listen.port,
+      clientCounts: () => ({
+        databases: new Map(
+          [...this.registry.databaseEntries()].map(([name, slot]) => [
+            name,
+            this.shared.databaseClients(slot).used(),
+          ]),
+        ),
+        users: new Map(
+          [...this.registry.userEntries()].map(([name, slot]) => [
+            name,
+            this.shared.userClients(slot).used(),
+          ]),
+        ),
+      }),
     })
     this.poolSlots = new PoolSlots({
       registry: this.registry,

@@ -203,8 +203,9 @@ const EXPORTER = {
     labels: ['name', 'host', 'port', 'database', 'force_user', 'pool_mode'],
     columns: [
       ['pool_size', 'pool_size', 'gauge', 1, 'Maximum number of server connections'],
+      // 1.24 renamed the column; the exporter keeps the metric's name.
       [
-        'reserve_pool',
+        'reserve_pool_size',
         'reserve_pool',
         'gauge',
         1,

@@ -153,7 +153,7 @@ export class SlotRegistry {
     return this.pools.entries()
   }
 
-  /** Slots of every database, for /metrics. */
+  /** Slots of every database, for /metrics and SHOW DATABASES' client counts. */
   databaseEntries(): IterableIterator<[string, number]> {
     return [...this.databases.values()].map((d) => [d.name, d.slot] as [string, number]).values()
   }
@@ -192,6 +192,11 @@ export class SlotRegistry {
       u.databases++
     }
     return u.slot
+  }
+
+  /** Slots of every user, for SHOW USERS' client counts. */
+  userEntries(): IterableIterator<[string, number]> {
+    return this.users.entries()
   }
 }
 

@@ -20,7 +20,9 @@ const NUMERIC = 1700
 // except the statistics and the client/server lists, which follow 1.24
 // (PgBouncer's doc/usage.md and its stats.c and admin.c): 1.23 added
 // `replication` and `id` to SHOW CLIENTS/SERVERS and server assignments to
-// the statistics, 1.24 the prepared-statement counters.
+// the statistics, 1.24 the prepared-statement counters; and POOLS, DATABASES,
+// USERS and LISTS, which follow 1.25's admin.c (1.23 and 1.24 added columns
+// and renamed reserve_pool, 1.19 the peers' rows of LISTS).
 const connectionColumns = [
   ['type', TEXT],
   ['user', TEXT],
@@ -75,6 +77,7 @@ const PGBOUNCER_COLUMNS: Record<string, [string, number][]> = {
       'maxwait_us',
     ].map((n): [string, number] => [n, INT4]),
     ['pool_mode', TEXT],
+    ['load_balance_hosts', TEXT],
   ],
   STATS: [
     ['database', TEXT],
@@ -128,10 +131,14 @@ const PGBOUNCER_COLUMNS: Record<string, [string, number][]> = {
     ['force_user', TEXT],
     ['pool_size', INT4],
     ['min_pool_size', INT4],
-    ['reserve_pool', INT4],
+    ['reserve_pool_size', INT4],
+    ['server_lifetime', INT4],
     ['pool_mode', TEXT],
+    ['load_balance_hosts', TEXT],
     ['max_connections', INT4],
     ['current_connections', INT4],
+    ['max_client_connections', INT4],
+    ['current_client_connections', INT4],
     ['paused', INT4],
     ['disabled', INT4],
   ],
@@ -152,7 +159,13 @@ const PGBOUNCER_COLUMNS: Record<string, [string, number][]> = {
   ],
   USERS: [
     ['name', TEXT],
+    ['pool_size', TEXT],
+    ['reserve_pool_size', TEXT],
     ['pool_mode', TEXT],
+    ['max_user_connections', INT4],
+    ['current_connections', INT4],
+    ['max_user_client_connections', INT4],
+    ['current_client_connections', INT4],
   ],
   DNS_HOSTS: [
     ['hostname', TEXT],
@@ -165,10 +178,12 @@ const PGBOUNCER_COLUMNS: Record<string, [string, number][]> = {
     ['count', INT4],
   ],
 }
-const LISTS_1_18 = [
+const LISTS_1_25 = [
   'databases',
   'users',
+  'peers',
   'pools',
+  'peer_pools',
   'free_clients',
   'used_clients',
   'login_clients',
@@ -259,7 +274,7 @@ describe('admin console', { timeout: 55_000 }, () => {
   const localPort = (c: pg.Client) =>
     (c as unknown as { connection: { stream: { localPort: number } } }).connection.stream.localPort
 
-  test('every SHOW has the PgBouncer columns (1.18, 1.24 for statistics and connections), types, order and the SHOW tag', async () => {
+  test('every SHOW has the PgBouncer columns (1.18; 1.24 and 1.25 where they added some), types, order and the SHOW tag', async () => {
     for (const [what, expected] of Object.entries(PGBOUNCER_COLUMNS)) {
       const res = await show(what)
       assert.equal(res.command, 'SHOW', what)
@@ -272,10 +287,14 @@ describe('admin console', { timeout: 55_000 }, () => {
     const lists = await admin.query('SHOW LISTS')
     assert.deepEqual(
       lists.rows.map((r) => r.list),
-      LISTS_1_18,
+      LISTS_1_25,
     )
     const version = await admin.query('SHOW VERSION')
     assert.match(version.rows[0].version, /^PgBouncer 1\.18\.0 \(pgbouncer-cluster /)
+    // The command's --version says the same words.
+    const bin = new URL('../bin/pgbouncer-cluster.js', import.meta.url).pathname
+    const { stdout } = await run(process.execPath, [bin, '--version'])
+    assert.equal(stdout.trim(), version.rows[0].version)
     const config = await admin.query('SHOW CONFIG')
     const byKey = new Map(config.rows.map((r) => [r.key, r]))
     assert.equal(byKey.get('pool_mode').value, 'transaction')
@@ -314,7 +333,18 @@ describe('admin console', { timeout: 55_000 }, () => {
     assert.equal(row.sv_idle, group.length)
     assert.equal(row.cl_active, group.length)
     const dbs = (await admin.query('SHOW DATABASES')).rows
-    assert.equal(dbs.find((r) => r.name === 'app').current_connections, group.length)
+    const app = dbs.find((r) => r.name === 'app')
+    assert.equal(app.current_connections, group.length)
+    assert.equal(app.current_client_connections, group.length)
+    assert.equal(app.reserve_pool_size, 0)
+    // 1.25: a client without a server is idle.
+    const idle = (await admin.query('SHOW CLIENTS')).rows.filter((r) => r.database === 'app')
+    assert.deepEqual([...new Set(idle.map((r) => r.state))], ['idle'])
+    const users = (await admin.query('SHOW USERS')).rows
+    const postgres = users.find((r) => r.name === 'postgres')
+    assert.equal(postgres.current_connections, group.length)
+    assert.equal(postgres.current_client_connections, group.length)
+    assert.equal(postgres.pool_size, null)
     for (const c of group) await c.end()
   })
 

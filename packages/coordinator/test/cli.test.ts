@@ -50,7 +50,8 @@ describe('the command line', () => {
     assert.match(help.stdout, /--pool-mode/)
     const version = await cli(['--version'])
     assert.equal(version.code, 0)
-    assert.match(version.stdout.trim(), /^\d+\.\d+\.\d+$/)
+    // The same words as the console's SHOW VERSION (admin-console.test.ts).
+    assert.match(version.stdout.trim(), /^PgBouncer 1\.18\.0 \(pgbouncer-cluster \d+\.\d+\.\d+\)$/)
   })
 
   test('a broken config exits 2 with one message naming file, line and key', async () => {

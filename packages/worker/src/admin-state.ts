@@ -201,7 +201,8 @@ export class WorkerAdmin {
     return {
       user: session.user,
       database: admin ? 'pgbouncer' : session.database,
-      state: waiting ? 'waiting' : 'active',
+      // 1.25: a client without a server is idle.
+      state: waiting ? 'waiting' : server === null ? 'idle' : 'active',
       addr: session.unix ? 'unix' : (peer.address ?? ''),
       port: peer.port ?? 0,
       localAddr: socket.localAddress ?? '',
