@@ -182,6 +182,20 @@ export const COLUMNS = {
     'sv_login',
   ),
 } as const satisfies Record<string, AdminColumn[]>
+/** SHOW SOCKETS: the client and server lists' columns, then PgBouncer's buffer positions. */
+const SOCKET_COLUMNS: AdminColumn[] = [
+  ...COLUMNS.connections,
+  ...cols(
+    INT4,
+    'recv_pos',
+    'pkt_pos',
+    'pkt_remain',
+    'send_pos',
+    'send_remain',
+    'pkt_avail',
+    'send_avail',
+  ),
+]
 
 /** One SHOW STATS line: the counters of a database (or of all), as totals or per-period averages. */
 export type StatLine = Pick<
@@ -429,15 +443,29 @@ export function showConnections(type: 'C' | 'S', list: ConnectionInfo[]): View {
   return { columns: COLUMNS.connections, rows }
 }
 
+/**
+ * SHOW SOCKETS: clients (cl_active, cl_waiting, cl_login) and servers
+ * (sv_active, sv_idle, sv_login) with PgBouncer's buffer columns, which are 0
+ * here: a worker reads every client into one shared buffer and writes through
+ * libuv's queue, so no socket has buffer positions of its own to show.
+ */
+export function showSockets(clients: ConnectionInfo[], servers: ConnectionInfo[]): View {
+  const zeros = Array.from({ length: 7 }, () => '0')
+  const rows = [...showConnections('C', clients).rows, ...showConnections('S', servers).rows].map(
+    (row) => [...row, ...zeros],
+  )
+  return { columns: SOCKET_COLUMNS, rows }
+}
+
 /** SHOW STATE (1.20+): whether the pooler runs, is paused (PAUSE, or SHUTDOWN WAIT_FOR_SERVERS) or suspended. */
-export function showState(paused: boolean): View {
+export function showState(paused: boolean, suspended: boolean): View {
   const yes = (b: boolean) => (b ? 'yes' : 'no')
   return {
     columns: COLUMNS.state,
     rows: [
-      ['active', yes(!paused)],
+      ['active', yes(!paused && !suspended)],
       ['paused', yes(paused)],
-      ['suspended', 'no'],
+      ['suspended', yes(suspended)],
     ],
   }
 }

@@ -21,6 +21,7 @@ import {
   showPeerPools,
   showPeers,
   showPools,
+  showSockets,
   showState,
   showStats,
   showTotals,
@@ -77,6 +78,8 @@ export interface AdminSnapshot {
   config: View
 }
 
+/** How often WAIT_CLOSE asks the workers whether servers marked to close remain. */
+const WAIT_CLOSE_POLL_MS = 200
 /** A worker that does not answer a SHOW in time is left out of it rather than hanging the console. */
 const GATHER_TIMEOUT_MS = 2000
 
@@ -89,7 +92,10 @@ const GATHER_TIMEOUT_MS = 2000
  */
 export class AdminConsole {
   private readonly host: AdminHost
-  private pausedAll = false
+  /** PAUSE or SUSPEND of everything (PgBouncer's cf_pause_mode). */
+  private mode: 'none' | 'pause' | 'suspend' = 'none'
+  /** SUSPEND waits for these workers to report every socket stopped. */
+  private suspending: { waiting: Set<number>; done: () => void } | null = null
   private readonly pausedDbs = new Set<string>()
   /** DISABLE db: new clients of these databases are refused. */
   private readonly disabledDbs = new Set<string>()
@@ -118,7 +124,8 @@ export class AdminConsole {
   /** For a worker (re)started while PAUSE or KILL holds: the state it must start in. */
   stateMessages(): ControlMessage[] {
     const out: ControlMessage[] = []
-    if (this.pausedAll) out.push({ type: 'pause' })
+    if (this.mode === 'pause') out.push({ type: 'pause' })
+    if (this.mode === 'suspend') out.push({ type: 'suspend' })
     for (const database of this.pausedDbs) out.push({ type: 'pause', database })
     return out
   }
@@ -174,6 +181,7 @@ export class AdminConsole {
       if (p.waiting.delete(worker) && p.waiting.size === 0) p.done()
     }
     this.pauses = this.pauses.filter((p) => p.waiting.size > 0)
+    this.onSuspended({ type: 'suspended', worker })
   }
 
   // ---- commands -------------------------------------------------------------------
@@ -195,15 +203,15 @@ export class AdminConsole {
         )
         return done('RECONNECT')
       }
-      case 'KILL': {
-        if (arg === undefined) return fail('a database is required')
-        const refused = this.checkDatabase(arg, 'kill')
-        if (refused !== null) return refused
-        this.pausedDbs.add(arg)
-        this.broadcast({ type: 'kill', database: arg })
-        this.host.log.info({ database: arg }, 'KILL: clients and servers of the database dropped')
-        return done('KILL')
-      }
+      case 'KILL':
+        return this.kill(arg)
+      case 'SUSPEND':
+        return this.suspend()
+      case 'DISABLE':
+      case 'ENABLE':
+        return this.disable(arg, command === 'DISABLE')
+      case 'WAIT_CLOSE':
+        return this.waitClose(arg)
       case 'KILL_CLIENT':
         return this.killClient(arg ?? '')
       case 'RELOAD':
@@ -228,6 +236,101 @@ export class AdminConsole {
       }
       default:
         return fail(`invalid command '${command}', use SHOW HELP;`)
+    }
+  }
+
+  /**
+   * KILL [db]: the database's clients and servers (every database's, without
+   * one) are dropped now, and it stays paused until RESUME db.
+   */
+  private kill(database: string | undefined): Result {
+    if (this.mode !== 'none') return fail('already suspended/paused')
+    const refused = this.checkDatabase(database, 'kill')
+    if (refused !== null) return refused
+    const names =
+      database !== undefined ? [database] : [...new Set(this.knownDatabaseNames())].sort()
+    for (const name of names) {
+      this.pausedDbs.add(name)
+      this.broadcast({ type: 'kill', database: name })
+    }
+    this.host.log.info({ database }, 'KILL: clients and servers dropped')
+    return done('KILL')
+  }
+
+  /** DISABLE db / ENABLE db: whether the database takes new clients. */
+  private disable(database: string | undefined, disabled: boolean): Result {
+    if (database === undefined) return fail('a database is required')
+    if (database === ADMIN_DATABASE) return fail(`cannot disable admin db: ${database}`)
+    if (!this.knownDatabase(database)) return fail(`no such database: ${database}`)
+    if (disabled) this.disabledDbs.add(database)
+    else this.disabledDbs.delete(database)
+    this.broadcast({ type: 'disable', database, disabled: disabled ? 1 : 0 })
+    this.host.log.info({ database }, disabled ? 'DISABLE' : 'ENABLE')
+    return done(disabled ? 'DISABLE' : 'ENABLE')
+  }
+
+  /**
+   * SUSPEND: every worker holds new connections and stops reading each socket
+   * once what was written to it is out; the command answers once all have.
+   * RESUME (or SIGUSR2) ends it, and so does the last console session leaving.
+   */
+  private async suspend(): Promise<Result> {
+    if (this.mode !== 'none') return fail('already suspended/paused')
+    if (this.pausedDbs.size > 0) return fail('cannot suspend with paused databases')
+    this.host.log.info('SUSPEND command issued')
+    this.mode = 'suspend'
+    const workers = this.host.workers()
+    const stopped = Promise.withResolvers<void>()
+    if (workers.length === 0) stopped.resolve()
+    else this.suspending = { waiting: new Set(workers), done: stopped.resolve }
+    this.broadcast({ type: 'suspend' })
+    await stopped.promise
+    return done('SUSPEND')
+  }
+
+  onSuspended(msg: ControlOf<'suspended'>): void {
+    const s = this.suspending
+    if (s === null || !s.waiting.delete(msg.worker) || s.waiting.size > 0) return
+    this.suspending = null
+    s.done()
+  }
+
+  /** A console session ended while suspended: with none left nobody could RESUME, so PgBouncer does. */
+  onAdminGone(): void {
+    if (this.mode !== 'suspend') return
+    void this.clusterStats().then((stats) => {
+      if (this.mode !== 'suspend' || stats.adminSessions > 0) return
+      this.host.log.info('admin disappeared when suspended, doing RESUME')
+      this.fullResume()
+    })
+  }
+
+  /** RESUME of everything: ends PAUSE or SUSPEND (a database paused by name stays). */
+  private fullResume(): void {
+    this.mode = 'none'
+    const s = this.suspending
+    this.suspending = null
+    s?.done()
+    this.broadcast({ type: 'resume' })
+  }
+
+  /**
+   * WAIT_CLOSE [db]: answers once no server of the database (of any, without
+   * one) is marked to close (close_needed, after RECONNECT or a RELOAD that
+   * moved it). Asked of the workers every 200 ms meanwhile.
+   */
+  private async waitClose(database: string | undefined): Promise<Result> {
+    if (database === ADMIN_DATABASE) return fail(`cannot wait in admin db: ${database}`)
+    if (database !== undefined && !this.knownDatabase(database))
+      return fail(`no such database: ${database}`)
+    this.host.log.info({ database }, 'WAIT_CLOSE command issued')
+    for (;;) {
+      const reports = await this.gather('servers')
+      const pending = reports
+        .flatMap((r) => r.servers as ConnectionInfo[])
+        .some((s) => s.closeNeeded && (database === undefined || s.database === database))
+      if (!pending || this.host.draining()) return done('WAIT_CLOSE')
+      await new Promise((r) => setTimeout(r, WAIT_CLOSE_POLL_MS))
     }
   }
 
@@ -274,8 +377,8 @@ export class AdminConsole {
   private async pause(database: string | undefined): Promise<Result> {
     const refused = this.checkDatabase(database, 'pause')
     if (refused !== null) return refused
-    if (this.pausedAll) return fail('already suspended/paused')
-    if (database === undefined) this.pausedAll = true
+    if (this.mode !== 'none') return fail('already suspended/paused')
+    if (database === undefined) this.mode = 'pause'
     else this.pausedDbs.add(database)
     const workers = this.host.workers()
     const drained = Promise.withResolvers<void>()
@@ -290,12 +393,12 @@ export class AdminConsole {
 
   /** SIGUSR1, PgBouncer's PAUSE by signal: nobody waits for the servers to go. */
   pauseSignal(): void {
-    if (this.pausedAll) {
+    if (this.mode !== 'none') {
       this.host.log.info('got SIGUSR1, but already paused/suspended')
       return
     }
     this.host.log.info('got SIGUSR1, pausing all activity')
-    this.pausedAll = true
+    this.mode = 'pause'
     this.broadcast({ type: 'pause' })
   }
 
@@ -305,21 +408,21 @@ export class AdminConsole {
       this.host.log.info('got SIGUSR2 while shutting down, ignoring')
       return
     }
-    if (!this.pausedAll) {
+    if (this.mode === 'none') {
       this.host.log.info('got SIGUSR2, but not paused/suspended')
       return
     }
-    this.host.log.info('got SIGUSR2, continuing from PAUSE')
-    this.pausedAll = false
-    this.broadcast({ type: 'resume' })
+    this.host.log.info(
+      `got SIGUSR2, continuing from ${this.mode === 'pause' ? 'PAUSE' : 'SUSPEND'}`,
+    )
+    this.fullResume()
   }
 
   private resume(database: string | undefined): Result {
     if (database === undefined) {
       if (this.host.draining()) return fail('pooler is shutting down')
-      if (!this.pausedAll) return fail('pooler is not paused/suspended')
-      this.pausedAll = false
-      this.broadcast({ type: 'resume' })
+      if (this.mode === 'none') return fail('pooler is not paused/suspended')
+      this.fullResume()
     } else {
       if (database !== ADMIN_DATABASE && !this.knownDatabase(database))
         return fail(`no such database: ${database}`)
@@ -335,6 +438,13 @@ export class AdminConsole {
     if (database === ADMIN_DATABASE) return fail(`cannot ${verb} admin db: ${database}`)
     if (!this.knownDatabase(database)) return fail(`no such database: ${database}`)
     return null
+  }
+
+  private knownDatabaseNames(): string[] {
+    return [
+      ...Object.keys(this.host.config().databases),
+      ...[...this.host.pools()].map((p) => p.database),
+    ]
   }
 
   private knownDatabase(name: string): boolean {
@@ -361,12 +471,26 @@ export class AdminConsole {
       case 'DNS_ZONES':
         return view({ columns: COLUMNS.dnsZones, rows: [] })
       case 'STATE':
-        return view(showState(this.pausedAll || this.host.waitingForServers()))
+        return view(
+          showState(
+            this.mode === 'pause' || this.host.waitingForServers(),
+            this.mode === 'suspend',
+          ),
+        )
       case 'PEERS':
         return view(showPeers(config))
       case 'PEER_POOLS': {
         const reports = await this.gather(undefined)
         return view(showPeerPools(reports.map((r) => (r.peerPools ?? []) as PeerPoolStats[])))
+      }
+      case 'SOCKETS': {
+        const reports = await this.gather('sockets')
+        return view(
+          showSockets(
+            reports.flatMap((r) => r.clients as ConnectionInfo[]),
+            reports.flatMap((r) => r.servers as ConnectionInfo[]),
+          ),
+        )
       }
       case 'CLIENTS':
       case 'SERVERS': {
@@ -467,7 +591,9 @@ export class AdminConsole {
   }
 
   /** Every live worker's share, or what arrived within the timeout. */
-  private gather(view: 'clients' | 'servers' | undefined): Promise<ControlOf<'stats'>[]> {
+  private gather(
+    view: 'clients' | 'servers' | 'sockets' | undefined,
+  ): Promise<ControlOf<'stats'>[]> {
     const workers = this.host.workers()
     if (workers.length === 0) return Promise.resolve([])
     const id = this.nextId++

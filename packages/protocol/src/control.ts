@@ -105,6 +105,17 @@ export type ControlMessage =
   | { type: 'reconnect'; database?: string }
   /** coordinator → workers: KILL db, drop its clients and servers now (it stays paused). */
   | { type: 'kill'; database: string }
+  /** coordinator → workers: DISABLE db (1) refuses its new clients after their login; ENABLE (0) lets them in. */
+  | { type: 'disable'; database: string; disabled: number }
+  /**
+   * coordinator → workers: SUSPEND. Hold new connections; stop reading each
+   * client, then each server, once all written to it is out; answer
+   * 'suspended' when every one is. RESUME ('resume' without a database) ends it.
+   */
+  | { type: 'suspend' }
+  | { type: 'suspended'; worker: number }
+  /** worker → coordinator: a console session closed while suspended (with none left, PgBouncer resumes). */
+  | { type: 'admin-gone'; worker: number }
   /** worker → coordinator: feeds the circuit breaker. */
   | {
       type: 'server-login-failed'
@@ -126,7 +137,7 @@ export type ControlMessage =
    * coordinator → workers: the admin console's SHOW; answered by 'stats' with
    * the same id. Pools always; the per-connection rows only for `view`.
    */
-  | { type: 'stats-request'; id: number; view?: 'clients' | 'servers' }
+  | { type: 'stats-request'; id: number; view?: 'clients' | 'servers' | 'sockets' }
   | {
       type: 'stats'
       id: number
@@ -324,6 +335,10 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   resume: { database: 'string?' },
   reconnect: { database: 'string?' },
   kill: { database: 'string' },
+  disable: { database: 'string', disabled: 'uint' },
+  suspend: {},
+  suspended: { worker: 'uint' },
+  'admin-gone': { worker: 'uint' },
   'server-login-failed': {
     worker: 'uint',
     database: 'string',

@@ -11,7 +11,7 @@ import { fatal } from './errors.ts'
 import type { PeerForwarder } from './peer.ts'
 import type { Pool } from './pool.ts'
 import type { Server } from './server.ts'
-import { remoteOf } from './socket-io.ts'
+import { isSuspended, remoteOf, suspendReading, unsuspendReading } from './socket-io.ts'
 import { tlsInfo } from './tls.ts'
 
 /** What the console's worker side reads and acts on (worker.ts's PoolerWorker is one). */
@@ -19,6 +19,13 @@ export interface AdminStateHost {
   readonly id: number
   readonly pools: ReadonlyMap<string, Pool>
   readonly sessions: ReadonlyMap<number, ClientSession>
+  /** Sessions still logging in. */
+  readonly loggingIn: ReadonlySet<ClientSession>
+  /** The worker's clock (clock.ts) and suspend_timeout, for SUSPEND. */
+  readonly now: number
+  readonly settings: { readonly suspendTimeout: number }
+  /** Connections accepted while suspended get their session now. */
+  releaseHeld(): void
   /** [peers]: SHOW PEER_POOLS' share of this worker. */
   readonly peers: Pick<PeerForwarder, 'stats'>
   /** The port clients connect to: a unix socket server's local_port, as in PgBouncer. */
@@ -27,6 +34,8 @@ export interface AdminStateHost {
 
 /** PgBouncer's text for the clients of a database dropped by KILL. */
 const DATABASE_REMOVED = 'database removed'
+/** PgBouncer's text for a connection SUSPEND could not flush in time. */
+const SUSPEND_TIMEOUT = 'suspend_timeout'
 
 /**
  * The worker's side of the admin console: what PAUSE, RESUME, KILL and the
@@ -40,6 +49,11 @@ export class WorkerAdmin {
   private readonly send: (msg: ControlMessage) => void
   private pausedAll = false
   private readonly pausedDbs = new Set<string>()
+  /** DISABLE db: their clients are refused after the login. */
+  private readonly disabledDbs = new Set<string>()
+  /** SUSPEND: when it came (the worker's clock), or -1; and whether 'suspended' was sent. */
+  private suspendedAt = -1
+  private suspendReported = false
   /** PAUSE scopes (a database, or null for all) still waiting for servers to close here. */
   private draining: (string | null)[] = []
   private readonly replies = new Map<number, (reply: AdminReply) => void>()
@@ -52,6 +66,77 @@ export class WorkerAdmin {
 
   isPaused(database: string): boolean {
     return this.pausedAll || this.pausedDbs.has(database)
+  }
+
+  isDisabled(database: string): boolean {
+    return this.disabledDbs.has(database)
+  }
+
+  /** SUSPEND is on: new connections wait for RESUME. */
+  get suspended(): boolean {
+    return this.suspendedAt >= 0
+  }
+
+  disable(database: string, disabled: boolean): void {
+    if (disabled) this.disabledDbs.add(database)
+    else this.disabledDbs.delete(database)
+  }
+
+  suspend(): void {
+    if (this.suspendedAt < 0) this.suspendedAt = this.worker.now
+    this.suspendReported = false
+    this.checkSuspended()
+  }
+
+  /**
+   * From the janitor, as PgBouncer's per-loop step: each client stops being
+   * read once everything written to it is out (a client waiting for a server
+   * still gets one, and counts as busy); once every client is stopped, each
+   * server the same way. After suspend_timeout what could not be flushed is
+   * dropped. Reports 'suspended' when nothing is left busy.
+   */
+  checkSuspended(): void {
+    if (this.suspendedAt < 0 || this.suspendReported) return
+    const timeout = this.worker.settings.suspendTimeout
+    const force = timeout > 0 && this.worker.now - this.suspendedAt >= timeout * 1000
+    let busy = 0
+    for (const session of [...this.worker.sessions.values()]) {
+      if (session.state === 'admin' || session.state === 'closed') continue
+      if (this.worker.loggingIn.has(session)) {
+        if (force) session.fail(fatal(SUSPEND_TIMEOUT))
+        else busy++
+        continue
+      }
+      if (isSuspended(session.socket)) continue
+      const waiting = session.waitingSince !== 0 && session.server === null
+      if (!waiting && session.queuedWrites === 0) suspendReading(session.socket)
+      else if (force) session.fail(fatal(SUSPEND_TIMEOUT))
+      else busy++
+    }
+    if (busy === 0) {
+      for (const pool of this.worker.pools.values()) {
+        for (const server of [...pool.servers]) {
+          if (isSuspended(server.socket)) continue
+          if (server.queuedWrites === 0) suspendReading(server.socket)
+          else if (force) server.close()
+          else busy++
+        }
+      }
+    }
+    if (busy > 0) return
+    this.suspendReported = true
+    this.send({ type: 'suspended', worker: this.worker.id })
+  }
+
+  /** RESUME after SUSPEND: every socket reads again, held connections get their sessions. */
+  private unsuspend(): void {
+    if (this.suspendedAt < 0) return
+    this.suspendedAt = -1
+    for (const session of this.worker.sessions.values()) unsuspendReading(session.socket)
+    for (const pool of this.worker.pools.values()) {
+      for (const server of pool.servers) unsuspendReading(server.socket)
+    }
+    this.worker.releaseHeld()
   }
 
   // ---- commands the coordinator broadcasts ---------------------------------------
@@ -68,8 +153,10 @@ export class WorkerAdmin {
   }
 
   resume(database: string | undefined): void {
-    if (database === undefined) this.pausedAll = false
-    else this.pausedDbs.delete(database)
+    if (database === undefined) {
+      this.pausedAll = false
+      this.unsuspend()
+    } else this.pausedDbs.delete(database)
     for (const pool of this.worker.pools.values()) {
       if (pool.paused && !this.isPaused(pool.database.name)) pool.resume()
     }
@@ -152,12 +239,20 @@ export class WorkerAdmin {
     for (const pool of this.worker.pools.values()) byPool.set(pool, poolStats(pool, now))
     const clients: ConnectionInfo[] = []
     let adminSessions = 0
+    const sockets = request.view === 'sockets'
     for (const session of this.worker.sessions.values()) {
       const admin = session.state === 'admin'
       if (admin) adminSessions++
       const pool = session.pool
-      if (!admin && (pool === null || (session.state !== 'active' && session.state !== 'welcome')))
+      if (
+        !admin &&
+        (pool === null || (session.state !== 'active' && session.state !== 'welcome'))
+      ) {
+        // SHOW SOCKETS lists the clients still logging in too.
+        if (sockets && this.worker.loggingIn.has(session))
+          clients.push({ ...this.clientInfo(session, false, now), state: 'cl_login' })
         continue
+      }
       if (pool !== null) {
         const s = byPool.get(pool)
         if (s !== undefined) {
@@ -171,14 +266,24 @@ export class WorkerAdmin {
         }
       }
       if (request.view === 'clients') clients.push(this.clientInfo(session, admin, now))
+      else if (sockets) {
+        const info = this.clientInfo(session, admin, now)
+        clients.push({ ...info, state: info.state === 'waiting' ? 'cl_waiting' : 'cl_active' })
+      }
     }
     const pools = [...byPool.values()]
     // Waiting clients were counted as connected above: active is the rest.
     for (const s of pools) s.clActive = Math.max(0, s.clActive - s.clWaiting)
     const servers: ConnectionInfo[] = []
-    if (request.view === 'servers') {
+    if (request.view === 'servers' || sockets) {
       for (const pool of this.worker.pools.values()) {
-        for (const server of pool.servers) servers.push(this.serverInfo(server))
+        for (const server of pool.servers) {
+          const info = this.serverInfo(server)
+          // PgBouncer's socket lists: sv_active, sv_idle, sv_login (a server being canceled is busy).
+          if (sockets)
+            info.state = `sv_${info.state === 'idle' || info.state === 'login' ? info.state : 'active'}`
+          servers.push(info)
+        }
       }
     }
     return {
@@ -199,8 +304,8 @@ export class WorkerAdmin {
     const server = session.server
     const waiting = session.waitingSince !== 0 && server === null
     return {
-      user: session.user,
-      database: admin ? 'pgbouncer' : session.database,
+      user: session.user === '' ? '(nouser)' : session.user,
+      database: admin ? 'pgbouncer' : session.database === '' ? '(nodb)' : session.database,
       // 1.25: a client without a server is idle.
       state: waiting ? 'waiting' : server === null ? 'idle' : 'active',
       addr: session.unix ? 'unix' : (peer.address ?? ''),

@@ -76,6 +76,7 @@ const SHOW_VIEWS = new Set([
   'POOLS',
   'CLIENTS',
   'SERVERS',
+  'SOCKETS',
   'USERS',
   'VERSION',
   'LISTS',
@@ -89,11 +90,11 @@ const SHOW_VIEWS = new Set([
   'PEERS',
   'PEER_POOLS',
 ])
-/** PgBouncer 1.18 views with no meaning for worker threads (file descriptors, buffers). */
-const SHOW_UNSUPPORTED = new Set(['FDS', 'SOCKETS', 'ACTIVE_SOCKETS', 'MEM'])
+/** PgBouncer views with no meaning for worker threads (file descriptors to hand over, slab memory, buffers). */
+const SHOW_UNSUPPORTED = new Set(['FDS', 'ACTIVE_SOCKETS', 'MEM'])
 /**
  * Commands run cluster-wide by the coordinator, which also checks the database
- * named after PAUSE, RESUME, RECONNECT and KILL (and that KILL names one).
+ * named after PAUSE, RESUME, RECONNECT, KILL, DISABLE, ENABLE and WAIT_CLOSE.
  */
 const COMMANDS = new Set([
   'PAUSE',
@@ -103,11 +104,37 @@ const COMMANDS = new Set([
   'KILL_CLIENT',
   'RELOAD',
   'SHUTDOWN',
+  'SUSPEND',
+  'DISABLE',
+  'ENABLE',
+  'WAIT_CLOSE',
 ])
-const WITHOUT_ARGUMENT = new Set(['RELOAD'])
+const WITHOUT_ARGUMENT = new Set(['RELOAD', 'SUSPEND'])
 /** SHUTDOWN's optional argument (PgBouncer 1.23+). */
 const SHUTDOWN_MODES = new Set(['WAIT_FOR_CLIENTS', 'WAIT_FOR_SERVERS'])
-const UNSUPPORTED_COMMANDS = new Set(['SUSPEND', 'DISABLE', 'ENABLE', 'WAIT_CLOSE'])
+
+const HELP = [
+  'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
+  'SHOW PEERS|PEER_POOLS',
+  'SHOW SOCKETS|LISTS|STATE',
+  'SHOW DNS_HOSTS|DNS_ZONES',
+  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS',
+  'SET key = arg',
+  'RELOAD',
+  'PAUSE [<db>]',
+  'RESUME [<db>]',
+  'DISABLE <db>',
+  'ENABLE <db>',
+  'RECONNECT [<db>]',
+  'KILL [<db>]',
+  'KILL_CLIENT <client_id>',
+  'SUSPEND',
+  'SHUTDOWN',
+  'SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS',
+  'WAIT_CLOSE [<db>]',
+]
+  .map((line) => `\n\t${line}`)
+  .join('')
 
 /**
  * Session parameters some drivers set or ask for on any connection: PgBouncer's
@@ -123,24 +150,6 @@ const FAKE_PARAMS = new Map([
 /** PgBouncer's buffers for a SET's name and value: longer ones get `bad arguments`. */
 const MAX_SET_NAME = 63
 const MAX_SET_VALUE = 255
-
-const HELP = [
-  'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
-  'SHOW LISTS|STATE',
-  'SHOW DNS_HOSTS|DNS_ZONES',
-  'SHOW PEERS|PEER_POOLS',
-  'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS',
-  'RELOAD',
-  'PAUSE [<db>]',
-  'RESUME [<db>]',
-  'RECONNECT [<db>]',
-  'KILL <db>',
-  'KILL_CLIENT <client_id>',
-  'SHUTDOWN',
-  'SHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS',
-]
-  .map((line) => `\n\t${line}`)
-  .join('')
 
 /** Queries longer than this are not console commands; PgBouncer's own limit is its packet buffer. */
 const MAX_ADMIN_MESSAGE = 64 * 1024
@@ -314,10 +323,6 @@ export class AdminSession {
         this.finish(error(Text.invalid(text)))
         return
       }
-    } else if (UNSUPPORTED_COMMANDS.has(verb)) {
-      if (!this.isAdmin()) this.finish(error(Text.adminNeeded))
-      else this.finish(error(Text.notSupported(verb), '0A000'))
-      return
     } else {
       if (
         !COMMANDS.has(verb) ||

@@ -56,6 +56,7 @@ import {
   sendAll,
   startReading,
   TcpConnection,
+  unsuspendReading,
 } from './socket-io.ts'
 import { type KnownStartup, StartupPackets } from './startup-cache.ts'
 import { acceptTls, type TlsSetup, type TlsSetups, tlsRequired } from './tls.ts'
@@ -96,6 +97,10 @@ export interface SessionHost extends AdminContext {
   isAdminDatabase(name: string): boolean
   /** Only this process's OS user (and root) can reach the unix socket (worker.ts). */
   unixSocketIsPrivate(): boolean
+  /** DISABLE db: its clients are refused after their login. */
+  isDisabled(database: string): boolean
+  /** A console session ended (SUSPEND ends with the last one). */
+  adminClosed(): void
   resolveDatabase(name: string): DatabaseConfig | null
   authUserFor(db: DatabaseConfig): string | null
   authQuery(db: DatabaseConfig, user: string): Promise<Lookup>
@@ -1117,6 +1122,10 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     db: DatabaseConfig,
     scramKeys: { clientKey: Buffer; serverKey: Buffer } | null,
   ): void {
+    if (this.worker.isDisabled(db.name)) {
+      this.fail(fatal(Texts.databaseDisabled(db.name)))
+      return
+    }
     const pool = this.worker.getPool(db, db.user ?? this.user)
     // A promise only for the first login to a database and user in this thread.
     if (pool instanceof Promise) {
@@ -1323,6 +1332,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     } else {
       this.socket.end()
       // Read on until the client hangs up too: its end of stream closes the socket.
+      unsuspendReading(this.socket)
       resumeReading(this.socket)
     }
     if (this.requested && this.server === null) this.pool?.cancelWait(this)
@@ -1334,6 +1344,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       this.endUnfinished()
     }
     this.worker.clientClosed(this, this.admitted)
+    if (this.admin !== null) this.worker.adminClosed()
     if (logged) this.worker.log.info({ client: this.id, remote, reason }, 'closing client')
   }
 

@@ -104,6 +104,8 @@ export interface WorkerSettings {
   serverResetQueryAlways: boolean
   serverLifetime: number
   serverIdleTimeout: number
+  /** SUSPEND: how long a connection may take to flush before it is dropped (0: no limit). */
+  suspendTimeout: number
   serverConnectTimeout: number
   serverLoginRetry: number
   queryWaitTimeout: number

@@ -539,6 +539,7 @@ export function pauseReading(socket: ClientSocket): void {
 }
 
 export function resumeReading(socket: ClientSocket): void {
+  if ((socket as Suspendable)[kSuspended] === true) return
   const stream = viaStream(socket)
   if (stream !== null) {
     stream.resume()
@@ -548,4 +549,29 @@ export function resumeReading(socket: ClientSocket): void {
   if (handle === null || handle.reading || socket.destroyed) return
   handle.reading = true
   handle.readStart()
+}
+
+// ---- SUSPEND ----------------------------------------------------------------
+
+const kSuspended = Symbol('suspended')
+type Suspendable = ClientSocket & { [kSuspended]?: boolean }
+
+/**
+ * SUSPEND: stops reading, and keeps the socket stopped whatever else would
+ * resume it (a peer that drains), until unsuspendReading.
+ */
+export function suspendReading(socket: ClientSocket): void {
+  pauseReading(socket)
+  ;(socket as Suspendable)[kSuspended] = true
+}
+
+export function isSuspended(socket: ClientSocket): boolean {
+  return (socket as Suspendable)[kSuspended] === true
+}
+
+/** RESUME: reads again (a peer still slow pauses it again at its next write). */
+export function unsuspendReading(socket: ClientSocket): void {
+  if ((socket as Suspendable)[kSuspended] !== true) return
+  ;(socket as Suspendable)[kSuspended] = false
+  resumeReading(socket)
 }

@@ -168,6 +168,8 @@ export class PoolerWorker {
   /** CancelRequests on their way to PostgreSQL, by send time (cancel_wait_timeout). */
   readonly cancels = new Map<net.Socket, number>()
   private readonly figures: FigurePublisher
+  /** Connections accepted while suspended, waiting for RESUME. */
+  private held: [ClientSocket, boolean][] = []
   /** An 'immediate' shutdown cuts a wait for clients or servers short. */
   private hurry = false
   private shutdownMode: ShutdownMode | null = null
@@ -313,6 +315,11 @@ export class PoolerWorker {
    * idle client.
    */
   private onConnection(socket: ClientSocket, unix: boolean): void {
+    if (this.admin.suspended && !this.closing) {
+      // SUSPEND: as PgBouncer stops accepting, the connection waits, unread, for RESUME.
+      this.held.push([socket, unix])
+      return
+    }
     // While a shutdown waits, the unix socket still lets an operator reach the
     // console (as PgBouncer's does); ClientSession refuses every other database.
     if (this.closing && (!unix || this.shutdownMode === 'immediate')) {
@@ -328,6 +335,22 @@ export class PoolerWorker {
     const session = new ClientSession(this, socket, id, key, unix)
     this.sessions.set(id, session)
     this.cancelKeys.set(lookupKey(key.pid, key.secret), session)
+  }
+
+  /** RESUME after SUSPEND: the connections that waited get their sessions. */
+  releaseHeld(): void {
+    const held = this.held
+    this.held = []
+    for (const [socket, unix] of held) this.onConnection(socket, unix)
+  }
+
+  /** A console session ended: under SUSPEND, the coordinator resumes once none is left. */
+  adminClosed(): void {
+    if (this.admin.suspended) this.send({ type: 'admin-gone', worker: this.id })
+  }
+
+  isDisabled(database: string): boolean {
+    return this.admin.isDisabled(database)
   }
 
   // ---- what sessions and pools ask of the worker ----------------------------
@@ -919,6 +942,12 @@ export class PoolerWorker {
       case 'kill':
         this.admin.kill(msg.database)
         return
+      case 'disable':
+        this.admin.disable(msg.database, msg.disabled === 1)
+        return
+      case 'suspend':
+        this.admin.suspend()
+        return
       case 'stats-request':
         this.send(this.admin.stats(msg))
         return
@@ -941,6 +970,7 @@ export class PoolerWorker {
     this.now = now
     this.janitor.tick(now)
     this.admin.checkDrained()
+    this.admin.checkSuspended()
     this.figures.tick(now)
   }
 

@@ -259,7 +259,7 @@ const ROWS: Row[] = [
   ['so_reuseport', 'bool', false, Y, NO_RELOAD],
   ['stats_period', 'int', 60, Y, { min: 1 }],
   ['stats_users', 'list', [], Y],
-  ['suspend_timeout', 'seconds', 10, N],
+  ['suspend_timeout', 'seconds', 10, Y],
   ['syslog', 'bool', false, N],
   ['syslog_facility', 'string', 'daemon', N],
   ['syslog_ident', 'string', 'pgbouncer', N],
