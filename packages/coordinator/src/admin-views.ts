@@ -170,6 +170,7 @@ export const COLUMNS = {
   ],
   version: cols(TEXT, 'version'),
   dnsHosts: [...cols(TEXT, 'hostname'), ...cols(INT8, 'ttl'), ...cols(TEXT, 'addrs')],
+  mem: [...cols(TEXT, 'name'), ...cols(INT4, 'size', 'used', 'free', 'memtotal')],
   dnsZones: [...cols(TEXT, 'zonename'), ...cols(INT8, 'serial'), ...cols(INT4, 'count')],
   // PgBouncer 1.19+.
   peers: [...cols(INT4, 'peer_id'), ...cols(TEXT, 'host'), ...cols(INT4, 'port', 'pool_size')],

@@ -483,15 +483,21 @@ export class AdminConsole {
         const reports = await this.gather(undefined)
         return view(showPeerPools(reports.map((r) => (r.peerPools ?? []) as PeerPoolStats[])))
       }
-      case 'SOCKETS': {
+      case 'SOCKETS':
+      case 'ACTIVE_SOCKETS': {
+        // ACTIVE_SOCKETS: those with bytes waiting to be written (PgBouncer: in their buffers).
+        const keep = (c: ConnectionInfo) => what === 'SOCKETS' || c.busy === true
         const reports = await this.gather('sockets')
         return view(
           showSockets(
-            reports.flatMap((r) => r.clients as ConnectionInfo[]),
-            reports.flatMap((r) => r.servers as ConnectionInfo[]),
+            reports.flatMap((r) => (r.clients as ConnectionInfo[]).filter(keep)),
+            reports.flatMap((r) => (r.servers as ConnectionInfo[]).filter(keep)),
           ),
         )
       }
+      case 'MEM':
+        // PgBouncer lists its slab caches; a worker's objects live in V8's heap (/metrics).
+        return view({ columns: COLUMNS.mem, rows: [] })
       case 'CLIENTS':
       case 'SERVERS': {
         const reports = await this.gather(what === 'CLIENTS' ? 'clients' : 'servers')

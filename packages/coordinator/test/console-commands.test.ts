@@ -172,7 +172,7 @@ for (const target of TARGETS) {
       assert.equal((await again.query('SELECT 1 AS one')).rows[0].one, 1)
     })
 
-    test('SHOW SOCKETS lists clients and servers with their socket states', {
+    test('SHOW SOCKETS lists clients and servers with their socket states; ACTIVE_SOCKETS and MEM answer', {
       skip: !ourOwn && "PgBouncer 1.18's SHOW SOCKETS lacks 1.23's columns",
     }, async () => {
       const c = await connect('app')
@@ -197,6 +197,21 @@ for (const target of TARGETS) {
       assert.ok(server, 'its server')
       assert.equal(server.state, 'sv_active')
       await c.query('COMMIT')
+      // Only sockets with bytes queued for writing: none while all is quiet.
+      const active = await admin.query('SHOW ACTIVE_SOCKETS')
+      assert.deepEqual(
+        active.fields.map((f) => f.name),
+        names,
+      )
+      assert.equal(active.rows.length, 0)
+      const mem = await admin.query('SHOW MEM')
+      assert.deepEqual(
+        mem.fields.map((f) => f.name),
+        ['name', 'size', 'used', 'free', 'memtotal'],
+      )
+      await assert.rejects(admin.query('SHOW FDS'), {
+        message: 'SHOW FDS is not supported by pgbouncer-cluster',
+      })
     })
 
     test('the last console session leaving a SUSPEND resumes the pooler', async () => {

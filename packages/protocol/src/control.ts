@@ -276,6 +276,8 @@ export interface ConnectionInfo {
   preparedStatements: number
   /** The `id` column (1.23+): what KILL_CLIENT takes. A client's is its session id (the worker in its top bits). */
   id: number
+  /** SHOW SOCKETS: writes to it still queued (SHOW ACTIVE_SOCKETS lists these). */
+  busy?: boolean
 }
 
 export type ControlType = ControlMessage['type']

@@ -268,7 +268,11 @@ export class WorkerAdmin {
       if (request.view === 'clients') clients.push(this.clientInfo(session, admin, now))
       else if (sockets) {
         const info = this.clientInfo(session, admin, now)
-        clients.push({ ...info, state: info.state === 'waiting' ? 'cl_waiting' : 'cl_active' })
+        clients.push({
+          ...info,
+          state: info.state === 'waiting' ? 'cl_waiting' : 'cl_active',
+          busy: session.queuedWrites > 0,
+        })
       }
     }
     const pools = [...byPool.values()]
@@ -280,8 +284,10 @@ export class WorkerAdmin {
         for (const server of pool.servers) {
           const info = this.serverInfo(server)
           // PgBouncer's socket lists: sv_active, sv_idle, sv_login (a server being canceled is busy).
-          if (sockets)
+          if (sockets) {
             info.state = `sv_${info.state === 'idle' || info.state === 'login' ? info.state : 'active'}`
+            info.busy = server.queuedWrites > 0
+          }
           servers.push(info)
         }
       }

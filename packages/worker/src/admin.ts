@@ -77,6 +77,8 @@ const SHOW_VIEWS = new Set([
   'CLIENTS',
   'SERVERS',
   'SOCKETS',
+  'ACTIVE_SOCKETS',
+  'MEM',
   'USERS',
   'VERSION',
   'LISTS',
@@ -90,8 +92,8 @@ const SHOW_VIEWS = new Set([
   'PEERS',
   'PEER_POOLS',
 ])
-/** PgBouncer views with no meaning for worker threads (file descriptors to hand over, slab memory, buffers). */
-const SHOW_UNSUPPORTED = new Set(['FDS', 'ACTIVE_SOCKETS', 'MEM'])
+/** PgBouncer's file descriptors, to hand to a new process (-R): worker threads cannot. */
+const SHOW_UNSUPPORTED = new Set(['FDS'])
 /**
  * Commands run cluster-wide by the coordinator, which also checks the database
  * named after PAUSE, RESUME, RECONNECT, KILL, DISABLE, ENABLE and WAIT_CLOSE.
@@ -116,7 +118,7 @@ const SHUTDOWN_MODES = new Set(['WAIT_FOR_CLIENTS', 'WAIT_FOR_SERVERS'])
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
   'SHOW PEERS|PEER_POOLS',
-  'SHOW SOCKETS|LISTS|STATE',
+  'SHOW SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE',
   'SHOW DNS_HOSTS|DNS_ZONES',
   'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS',
   'SET key = arg',
