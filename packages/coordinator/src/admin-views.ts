@@ -485,7 +485,7 @@ export function showDatabases(
   paused: ReadonlySet<string>,
   disabled: ReadonlySet<string>,
   clients: ClientCounts,
-  admin: { port: number; sessions: number },
+  listenPort: number,
 ): View {
   const s = config.settings
   const connections = new Map<string, number>()
@@ -519,7 +519,7 @@ export function showDatabases(
   rows.push([
     ADMIN_DATABASE,
     null,
-    String(admin.port),
+    String(listenPort),
     ADMIN_DATABASE,
     ADMIN_USER,
     '2',
@@ -531,7 +531,7 @@ export function showDatabases(
     '0',
     '0',
     String(s.maxDbClientConnections),
-    String(admin.sessions),
+    String(clients.databases.get(ADMIN_DATABASE) ?? 0),
     '0',
     '0',
   ])

@@ -557,7 +557,7 @@ export class AdminConsole {
       this.pausedDbs,
       this.disabledDbs,
       this.host.clientCounts(),
-      { port: this.host.port(), sessions: stats.adminSessions },
+      this.host.port(),
     )
   }
 
@@ -588,7 +588,13 @@ export class AdminConsole {
   }
 
   private userNames(stats: ClusterStats): string[] {
-    const users = [...[...this.host.pools()].map((p) => p.user), ...stats.pools.map((p) => p.user)]
+    // Logged-in users too (console users, trust): one who only failed a login is not listed.
+    const loggedIn = [...this.host.clientCounts().users].filter(([, n]) => n > 0).map(([u]) => u)
+    const users = [
+      ...[...this.host.pools()].map((p) => p.user),
+      ...stats.pools.map((p) => p.user),
+      ...loggedIn,
+    ]
     return userNames(this.host.config(), users)
   }
 

@@ -195,8 +195,8 @@ export class SlotRegistry {
   }
 
   /** Slots of every user, for SHOW USERS' client counts. */
-  userEntries(): IterableIterator<[string, number]> {
-    return this.users.entries()
+  userEntries(): [string, number][] {
+    return [...this.users].map(([name, u]) => [name, u.slot])
   }
 }
 

@@ -138,3 +138,45 @@ describe('max_user_client_connections', () => {
     }
   })
 })
+
+// PgBouncer 1.24+ counts the console as database `pgbouncer` too; admin_users
+// get in over the limits and are still counted. (PgBouncer 1.18 has no client limits.)
+describe('client limits on the console', () => {
+  let pooler: Pooler
+
+  before(async () => {
+    pooler = await startPooler(
+      writeIni({
+        databases: { one: `host=127.0.0.1 port=${db.server.port} dbname=one` },
+        pgbouncer: {
+          max_db_client_connections: 2,
+          admin_users: 'postgres',
+          stats_users: 'alice,bob',
+        },
+      }),
+      { workers: 2 },
+    )
+  })
+  after(async () => {
+    await pooler.stop()
+  })
+
+  test('stats users are refused over max_db_client_connections; admin users are let in and counted', {
+    timeout: TEST_TIMEOUT,
+  }, async () => {
+    const a = await connect(pooler, 'pgbouncer', 'alice')
+    const b = await connect(pooler, 'pgbouncer', 'bob')
+    const err = await refusal(pooler, 'pgbouncer', 'alice')
+    assert.equal(err.message, 'client connections exceeded (max_db_client_connections)')
+    const admin = await connect(pooler, 'pgbouncer', 'postgres')
+    const { rows } = await admin.query('SHOW DATABASES')
+    const row = rows.find((r) => r.name === 'pgbouncer')
+    assert.equal(row.current_client_connections, 3)
+    assert.equal(row.max_client_connections, 2)
+    const users = (await admin.query('SHOW USERS')).rows
+    assert.equal(users.find((r) => r.name === 'alice').current_client_connections, 1)
+    await Promise.all([a.end(), b.end()])
+    const again = await connect(pooler, 'pgbouncer', 'alice')
+    await Promise.all([again.end(), admin.end()])
+  })
+})

@@ -91,6 +91,7 @@ export interface SessionHost extends AdminContext {
   admitToLimits(
     db: DatabaseConfig,
     user: string,
+    exempt: boolean,
   ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user' | SlotError>
   releaseCounted(session: ClientSession): void
   clientClosed(session: ClientSession, admitted: boolean): void
@@ -118,6 +119,14 @@ export interface SessionHost extends AdminContext {
 
 /** The console's own user, as PgBouncer names it. */
 const ADMIN_USER = 'pgbouncer'
+/** The console as a database, for its clients' counts (max_db_client_connections). */
+const ADMIN_DATABASE: DatabaseConfig = {
+  name: 'pgbouncer',
+  host: '',
+  port: 0,
+  hosts: [],
+  dbname: 'pgbouncer',
+}
 
 export type ClientState = 'startup' | 'auth' | 'welcome' | 'active' | 'admin' | 'closed'
 
@@ -950,24 +959,32 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     }
     this.state = 'auth'
     login.db = db
-    if (db !== null) {
-      this.countAndAuthenticate(db)
-      return
-    }
-    this.authenticate(db)
+    this.countAndAuthenticate(db)
   }
 
-  /** max_db_client_connections, max_user_client_connections: checked before the password, as PgBouncer. */
-  private countAndAuthenticate(db: DatabaseConfig): void {
+  /**
+   * max_db_client_connections, max_user_client_connections: checked before
+   * the password, as PgBouncer. The console counts as database `pgbouncer`,
+   * where admin_users are let in over the limits (and still counted).
+   */
+  private countAndAuthenticate(db: DatabaseConfig | null): void {
+    const settings = this.worker.settings
     // auth_type any logs every client in as the database's forced user.
-    const user = this.worker.settings.authType === 'any' && db.user ? db.user : this.user
-    const admitted = this.worker.admitToLimits(db, user)
+    const user = settings.authType === 'any' && db?.user ? db.user : this.user
+    const admitted = this.worker.admitToLimits(
+      db ?? ADMIN_DATABASE,
+      user,
+      db === null && settings.adminUsers.includes(user),
+    )
     // A promise only for the first login to a database and user in this thread.
     if (admitted instanceof Promise) void admitted.then((answer) => this.onAdmitted(db, answer))
     else this.onAdmitted(db, admitted)
   }
 
-  private onAdmitted(db: DatabaseConfig, admitted: ClientSlots | 'db' | 'user' | SlotError): void {
+  private onAdmitted(
+    db: DatabaseConfig | null,
+    admitted: ClientSlots | 'db' | 'user' | SlotError,
+  ): void {
     if (admitted instanceof SlotError) {
       this.fail(fatal(admitted.message, admitted.sqlstate))
       return

@@ -58,8 +58,9 @@ function databaseOfKey(key: string): string {
 /** A per-database or per-user limit overrides the global one when above 0; 0 means none. */
 function limitOf(own: number | undefined, global: number): number {
   const limit = own !== undefined && own > 0 ? own : global
-  return limit > 0 ? limit : 0x7fffffff
+  return limit > 0 ? limit : NO_LIMIT
 }
+const NO_LIMIT = 0x7fffffff
 
 /**
  * Why a listener could not be opened, as the one line the command prints; the
@@ -372,17 +373,19 @@ export class PoolerWorker {
   admitToLimits(
     db: DatabaseConfig,
     user: string,
+    exempt = false,
   ): ClientSlots | 'db' | 'user' | Promise<ClientSlots | 'db' | 'user' | SlotError> {
     const slots = this.clientSlotsKnown.get(this.poolKeyOf(db.name, user))
     return slots !== undefined
-      ? this.takeClientSlots(db, user, slots)
-      : this.askClientSlots(db, user)
+      ? this.takeClientSlots(db, user, slots, exempt)
+      : this.askClientSlots(db, user, exempt)
   }
 
   /** The first login to a database and user in this thread: the coordinator names their slots. */
   private async askClientSlots(
     db: DatabaseConfig,
     user: string,
+    exempt: boolean,
   ): Promise<ClientSlots | 'db' | 'user' | SlotError> {
     const key = poolKey(db.name, user)
     let request = this.clientSlotRequests.get(key)
@@ -390,8 +393,19 @@ export class PoolerWorker {
       request = Promise.withResolvers<ClientSlots>()
       this.clientSlotRequests.set(key, request)
       // The pool's slots come with the answer: its user is the entry's forced one, or this one.
-      const poolUser = db.user ?? user
-      this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user, poolUser })
+      // The console counts its clients as a database (client.ts) but has no pool.
+      if (this.isAdminDatabase(db.name))
+        this.send({ type: 'client-slot-request', worker: this.id, database: db.name, user })
+      else {
+        const poolUser = db.user ?? user
+        this.send({
+          type: 'client-slot-request',
+          worker: this.id,
+          database: db.name,
+          user,
+          poolUser,
+        })
+      }
     }
     let slots: ClientSlots
     try {
@@ -399,19 +413,25 @@ export class PoolerWorker {
     } catch (err) {
       return err as SlotError
     }
-    return this.takeClientSlots(db, user, slots)
+    return this.takeClientSlots(db, user, slots, exempt)
   }
 
+  /** `exempt`: counted, never refused (admin_users on the console, as PgBouncer). */
   private takeClientSlots(
     db: DatabaseConfig,
     user: string,
     slots: ClientSlots,
+    exempt: boolean,
   ): ClientSlots | 'db' | 'user' {
-    const dbLimit = limitOf(db.maxDbClientConnections, this.settings.maxDbClientConnections)
-    const userLimit = limitOf(
-      this.config.users[user]?.maxUserClientConnections,
-      this.settings.maxUserClientConnections,
-    )
+    const dbLimit = exempt
+      ? NO_LIMIT
+      : limitOf(db.maxDbClientConnections, this.settings.maxDbClientConnections)
+    const userLimit = exempt
+      ? NO_LIMIT
+      : limitOf(
+          this.config.users[user]?.maxUserClientConnections,
+          this.settings.maxUserClientConnections,
+        )
     const { databaseSlot, userSlot } = slots
     if (
       databaseSlot >= 0 &&
