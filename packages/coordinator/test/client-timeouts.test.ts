@@ -380,7 +380,7 @@ describe('query_wait_notify (PgBouncer 1.25)', () => {
   })
   after(() => pooler.stop())
 
-  test('a client queued longer gets one NOTICE, then its result', {
+  test('a client queued longer gets one NOTICE per wait, then its result', {
     timeout: TEST_TIMEOUT,
   }, async () => {
     const holder = await connected(pooler, 'notify')
@@ -404,6 +404,13 @@ describe('query_wait_notify (PgBouncer 1.25)', () => {
       )
       assert.equal(notices[0].severity, 'NOTICE')
       assert.equal(notices[0].code, '00000')
+      // A second wait of the same client is told again (1.25 resets it with the wait).
+      await holder.c.query('BEGIN')
+      const second = waiter.c.query('SELECT 8 AS n')
+      await until('the second NOTICE', () => notices.length > 1)
+      await holder.c.query('COMMIT')
+      assert.equal((await second).rows[0].n, 8)
+      assert.equal(notices.length, 2)
     } finally {
       await holder.c.end()
       await waiter.c.end()

@@ -277,8 +277,8 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
   xactStart = 0
   /** When the server said "idle in transaction" and the client has not spoken since; else 0. */
   idleTxSince = 0
-  /** query_wait_notify was sent (once per client, as PgBouncer). */
-  waitNotified = false
+  /** The wait (its waitingSince) query_wait_notify was sent for: once per wait, as PgBouncer 1.25. */
+  notifiedWait = 0
   bytesSent = 0
   bytesReceived = 0
   queryCount = 0

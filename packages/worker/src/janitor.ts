@@ -159,10 +159,10 @@ export class Janitor {
         if (session.waitingSince !== 0) {
           if (
             s.queryWaitNotify > 0 &&
-            !session.waitNotified &&
+            session.notifiedWait !== session.waitingSince &&
             Math.floor((now - session.waitingSince) / 1000) > s.queryWaitNotify
           ) {
-            session.waitNotified = true
+            session.notifiedWait = session.waitingSince
             session.write(WAIT_NOTICE)
           }
           continue
