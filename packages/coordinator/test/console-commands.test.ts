@@ -196,6 +196,10 @@ for (const target of TARGETS) {
       const server = res.rows.find((r) => r.type === 'S' && r.ptr === linked.link)
       assert.ok(server, 'its server')
       assert.equal(server.state, 'sv_active')
+      // As in PgBouncer, clients and servers take their ids from one counter (per worker here).
+      const ids = res.rows.map((r) => Number(r.id))
+      assert.equal(new Set(ids).size, ids.length, 'ids are unique')
+      assert.equal(Math.floor(Number(server.id) / 2 ** 24), Math.floor(Number(linked.id) / 2 ** 24))
       await c.query('COMMIT')
       // Only sockets with bytes queued for writing: none while all is quiet.
       const active = await admin.query('SHOW ACTIVE_SOCKETS')

@@ -356,20 +356,13 @@ export class WorkerAdmin {
       tls: tlsInfo(server.socket),
       applicationName: server.vars.application_name ?? '',
       preparedStatements: server.preparedCount,
-      id: this.serverId(server),
+      id: server.id,
     }
   }
 
-  /**
-   * Server ids count per worker thread: the worker's number above bit 32 makes
-   * them unique in the cluster and apart from clients' (31-bit) ones.
-   */
+  /** Clients and servers share the worker's ids (worker.ts, nextSocketId): unique in the cluster. */
   private serverPtr(server: Server): string {
-    return `0x${this.serverId(server).toString(16)}`
-  }
-
-  private serverId(server: Server): number {
-    return (this.worker.id + 1) * 2 ** 32 + server.id
+    return `0x${server.id.toString(16)}`
   }
 }
 

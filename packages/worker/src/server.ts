@@ -48,8 +48,6 @@ SERVER_FLAGS[BackendCode.ErrorResponse] = 2
 // Counted against the Parses sent, to leave out those of the pooler's own (prepared.ts).
 SERVER_FLAGS[BackendCode.ParseComplete] = 1
 
-let nextServerId = 1
-
 // The code field of the FATAL that ends a backend in a shutdown (57P01,
 // "terminating connection due to administrator command") or a crash of
 // another backend (57P02): found in place, as errors pass by on their way to
@@ -92,6 +90,8 @@ export interface ServerHost {
    * host, socket, TLS); `over` once PostgreSQL has taken it or it was dropped.
    */
   cancelServer(server: Server, over: () => void): void
+  /** The next id of the worker's counter, which clients and servers share (SHOW SERVERS' id). */
+  nextSocketId(): number
 }
 
 /** How the pool logs a server in to PostgreSQL as its user. */
@@ -151,7 +151,7 @@ export interface DrainWaiter {
  * its pool's shared semaphore from before it connects until it is closed.
  */
 export class Server implements PreparedServer {
-  readonly id = nextServerId++
+  readonly id: number
   readonly pool: ServerPool
   /** The connection to PostgreSQL; a TLS socket over it once PostgreSQL agreed to TLS. */
   socket: net.Socket
@@ -230,6 +230,7 @@ export class Server implements PreparedServer {
 
   constructor(pool: ServerPool, permits: number, hostIndex: number) {
     this.pool = pool
+    this.id = pool.worker.nextSocketId()
     this.permits = permits
     const target = pool.database.hosts[hostIndex]!
     this.hostIndex = hostIndex

@@ -328,7 +328,7 @@ export class PoolerWorker {
       refused.end(fatal(Texts.shuttingDown, SqlState.CannotConnectNow))
       return
     }
-    const id = ((this.id + 1) << 24) | (this.nextId++ & 0xffffff)
+    const id = this.nextSocketId()
     // Random keys may clash (with peer_id they have fewer bits of their own): draw again.
     let key = issueKey(this.id, this.settings.peerId, random32(), random32())
     while (this.cancelKeys.has(lookupKey(key.pid, key.secret)))
@@ -336,6 +336,14 @@ export class PoolerWorker {
     const session = new ClientSession(this, socket, id, key, unix)
     this.sessions.set(id, session)
     this.cancelKeys.set(lookupKey(key.pid, key.secret), session)
+  }
+
+  /**
+   * Ids of clients and servers come from one counter, as PgBouncer's do: the
+   * worker's number in the top byte keeps them apart from other workers'.
+   */
+  nextSocketId(): number {
+    return ((this.id + 1) << 24) | (this.nextId++ & 0xffffff)
   }
 
   /** RESUME after SUSPEND: the connections that waited get their sessions. */
