@@ -111,4 +111,23 @@ describe('per-database auth_user and auth_query, auth_dbname', () => {
       JSON.stringify(pools.map((r) => [r.database, r.user])),
     )
   })
+
+  test("a DISABLEd auth_dbname refuses the lookup with PgBouncer's text", async () => {
+    const console = {
+      host: p.host,
+      port: p.port,
+      user: 'postgres',
+      password: 'console pw',
+      database: 'pgbouncer',
+    }
+    await withClient(console, (c) => c.query('DISABLE authdb'))
+    try {
+      await assert.rejects(whoami(p, 'scramuser', 'scram secret', 'app'), {
+        message: 'authentication database "authdb" is disabled',
+      })
+    } finally {
+      await withClient(console, (c) => c.query('ENABLE authdb'))
+    }
+    assert.equal(await whoami(p, 'scramuser', 'scram secret', 'app'), 'scramuser')
+  })
 })

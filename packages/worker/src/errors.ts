@@ -51,6 +51,7 @@ export const Texts = {
   noSuchDatabase: (db: string) => `no such database: ${db}`,
   /** DISABLE db (PgBouncer's finish_client_login). */
   databaseDisabled: (db: string) => `database "${db}" is disabled`,
+  authDatabaseDisabled: (db: string) => `authentication database "${db}" is disabled`,
   noSuchUser: (user: string) => `no such user: ${user}`,
   passwordFailed: (user: string) => `password authentication failed for user "${user}"`,
   /** A PasswordMessage with nothing in it (PgBouncer and PostgreSQL's recv_password_packet). */

@@ -551,6 +551,13 @@ export class PoolerWorker {
         message: 'bouncer config error',
       }
     }
+    if (this.admin.isDisabled(authDb.name)) {
+      return {
+        kind: 'error',
+        sqlstate: SqlState.ProtocolViolation,
+        message: Texts.authDatabaseDisabled(authDb.name),
+      }
+    }
     let pool: Pool
     try {
       pool = await this.getPool(authDb, authUser)
