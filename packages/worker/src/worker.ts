@@ -1085,7 +1085,8 @@ export class PoolerWorker {
     if (mode === 'wait-for-clients') return this.sessions.size === 0
     let busy = false
     for (const session of this.sessions.values()) {
-      if (session.busy) busy = true
+      // In session mode a server is released when its client leaves, as PgBouncer's PAUSE waits.
+      if (session.busy || (session.mode === 'session' && session.server !== null)) busy = true
       // PgBouncer's eager disconnect: no server will come for a client that waits for one.
       else if (session.waitingSince !== 0 && session.server === null)
         session.fail(fatal(Texts.shuttingDown, SqlState.AdminShutdown))
