@@ -74,6 +74,7 @@ describe('per-database auth_user and auth_query, auth_dbname', () => {
           app: `host=127.0.0.1 port=${db.server.port} dbname=app auth_user=postgres auth_dbname=authdb auth_query='SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1'`,
           authdb: `host=127.0.0.1 port=${db.server.port} dbname=authdb`,
           other: `host=127.0.0.1 port=${db.server.port} dbname=app`,
+          viaconsole: `host=127.0.0.1 port=${db.server.port} dbname=app auth_user=postgres auth_dbname=pgbouncer`,
         },
         // PostgreSQL lets postgres in by trust; the console wants the password.
         userlist: { postgres: 'console pw' },
@@ -110,6 +111,12 @@ describe('per-database auth_user and auth_query, auth_dbname', () => {
       pools.some((r) => r.database === 'authdb' && r.user === 'postgres'),
       JSON.stringify(pools.map((r) => [r.database, r.user])),
     )
+  })
+
+  test('the console as a database auth_dbname: bouncer config error, as PgBouncer', async () => {
+    await assert.rejects(whoami(p, 'scramuser', 'scram secret', 'viaconsole'), {
+      message: 'bouncer config error',
+    })
   })
 
   test("a DISABLEd auth_dbname refuses the lookup with PgBouncer's text", async () => {

@@ -542,6 +542,17 @@ export class PoolerWorker {
   async authQuery(db: DatabaseConfig, user: string): Promise<Lookup> {
     const authUser = this.authUserFor(db)!
     const dbname = db.authDbname ?? this.settings.authDbname
+    if (dbname !== null && this.isAdminDatabase(dbname)) {
+      this.log.error(
+        { auth_dbname: dbname },
+        'cannot use the reserved "pgbouncer" database as an auth_dbname',
+      )
+      return {
+        kind: 'error',
+        sqlstate: SqlState.ProtocolViolation,
+        message: 'bouncer config error',
+      }
+    }
     const authDb = dbname === null ? db : this.resolveDatabase(dbname)
     if (authDb === null) {
       this.log.error({ auth_dbname: dbname }, 'authentication database is not configured')

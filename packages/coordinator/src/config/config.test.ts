@@ -415,6 +415,16 @@ describe('loadConfig: every error names file, line and key', () => {
     const f = bad('default_pool_size = 2O')
     configError(() => loadConfig(f), f, 3, 'default_pool_size', /expected an integer, got "2O"/)
   })
+  test('the console as auth_dbname (PgBouncer refuses the file)', () => {
+    const f = bad('auth_dbname = pgbouncer')
+    configError(
+      () => loadConfig(f),
+      f,
+      3,
+      'auth_dbname',
+      /^cannot use the reserved "pgbouncer" database as an auth_dbname$/,
+    )
+  })
   test('bad enum', () => {
     const f = bad('pool_mode = fast')
     configError(() => loadConfig(f), f, 3, 'pool_mode', /invalid value "fast"/)

@@ -318,7 +318,7 @@ export function withSetting(
     warnings.push(
       `SET ${spec.name}: accepted but not implemented by this version, so it has no effect`,
     )
-  const auth = spec.name === 'auth_file' || spec.name === 'auth_type' || spec.name === 'auth_user'
+  const auth = ['auth_file', 'auth_type', 'auth_user', 'auth_dbname'].includes(spec.name)
   const authUsers = auth ? finish(settings, origins, warnings) : config.authUsers
   const hba =
     spec.name === 'auth_type' || spec.name === 'auth_hba_file'
@@ -414,6 +414,12 @@ function finish(
   warnings: string[],
 ): Record<string, string> {
   const where = (name: string) => ({ ...origins.get(name), key: name })
+  if (settings.authDbname === ADMIN_DATABASE) {
+    throw new ConfigError(
+      `cannot use the reserved "${ADMIN_DATABASE}" database as an auth_dbname`,
+      where('auth_dbname'),
+    )
+  }
   if (UNSUPPORTED_AUTH.has(settings.authType)) {
     throw new ConfigError(
       `auth_type ${settings.authType} is not supported by this version`,
