@@ -222,3 +222,26 @@ describe("trust, a forced server user, and PostgreSQL's own errors", () => {
     assert.deepEqual(rows, [{ a: 'billing', tz: 'Asia/Tokyo' }])
   })
 })
+
+// A SCRAM secret in auth_file logs in to PostgreSQL only with the ClientKey of
+// a client's own SCRAM exchange: a trusted client brings none. PgBouncer tells
+// the client `server login failed: wrong password type` (1.18 the same).
+describe('a SCRAM secret without a SCRAM client', () => {
+  let pooler: Pooler
+  before(async () => {
+    pooler = await startPooler(
+      writeIni({
+        databases: { app: `host=127.0.0.1 port=${db.server.port} dbname=app` },
+        pgbouncer: { auth_type: 'trust', pool_mode: 'transaction' },
+        userlist: { scramuser: await storedSecret('scramuser') },
+      }),
+    )
+  })
+  after(() => pooler.stop())
+
+  test("the client gets PgBouncer's wrong password type", async () => {
+    await assert.rejects(whoami(pooler, 'scramuser', ''), {
+      message: 'server login failed: wrong password type',
+    })
+  })
+})

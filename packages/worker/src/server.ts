@@ -687,10 +687,15 @@ export class Server implements PreparedServer {
     }
   }
 
+  /** No plaintext password (nor SCRAM keys) for what the server asks: PgBouncer's text to the clients, the detail to the log. */
   private noPassword(method: string): void {
+    this.pool.worker.log.error(
+      { user: this.pool.user, method },
+      `cannot do ${method} authentication: wrong password type`,
+    )
     this.failLogin({
-      code: '28000',
-      message: `no password known for user "${this.pool.user}" to answer the server's ${method} request`,
+      code: '08P01',
+      message: 'server login failed: wrong password type',
       fromServer: false,
     })
   }
