@@ -78,6 +78,8 @@ export interface AdminSnapshot {
   config: View
 }
 
+/** How often a SUSPEND checks that a console session is left to RESUME it. */
+const CONSOLE_WATCH_MS = 1000
 /** How often WAIT_CLOSE asks the workers whether servers marked to close remain. */
 const WAIT_CLOSE_POLL_MS = 200
 /** A worker that does not answer a SHOW in time is left out of it rather than hanging the console. */
@@ -125,7 +127,7 @@ export class AdminConsole {
   stateMessages(): ControlMessage[] {
     const out: ControlMessage[] = []
     if (this.mode === 'pause') out.push({ type: 'pause' })
-    if (this.mode === 'suspend') out.push({ type: 'suspend' })
+    if (this.mode === 'suspend') out.push({ type: 'pause', suspend: 1 })
     for (const database of this.pausedDbs) out.push({ type: 'pause', database })
     return out
   }
@@ -159,6 +161,10 @@ export class AdminConsole {
   }
 
   onPaused(msg: ControlOf<'paused'>): void {
+    if (msg.suspended === 1) {
+      this.onSuspended(msg.worker)
+      return
+    }
     for (const p of this.pauses) {
       if (p.database === msg.database && p.waiting.delete(msg.worker) && p.waiting.size === 0)
         p.done()
@@ -181,7 +187,7 @@ export class AdminConsole {
       if (p.waiting.delete(worker) && p.waiting.size === 0) p.done()
     }
     this.pauses = this.pauses.filter((p) => p.waiting.size > 0)
-    this.onSuspended({ type: 'suspended', worker })
+    this.onSuspended(worker)
   }
 
   // ---- commands -------------------------------------------------------------------
@@ -251,7 +257,7 @@ export class AdminConsole {
       database !== undefined ? [database] : [...new Set(this.knownDatabaseNames())].sort()
     for (const name of names) {
       this.pausedDbs.add(name)
-      this.broadcast({ type: 'kill', database: name })
+      this.broadcast({ type: 'database', database: name, command: 'kill' })
     }
     this.host.log.info({ database }, 'KILL: clients and servers dropped')
     return done('KILL')
@@ -264,7 +270,7 @@ export class AdminConsole {
     if (!this.knownDatabase(database)) return fail(`no such database: ${database}`)
     if (disabled) this.disabledDbs.add(database)
     else this.disabledDbs.delete(database)
-    this.broadcast({ type: 'disable', database, disabled: disabled ? 1 : 0 })
+    this.broadcast({ type: 'database', database, command: disabled ? 'disable' : 'enable' })
     this.host.log.info({ database }, disabled ? 'DISABLE' : 'ENABLE')
     return done(disabled ? 'DISABLE' : 'ENABLE')
   }
@@ -283,26 +289,37 @@ export class AdminConsole {
     const stopped = Promise.withResolvers<void>()
     if (workers.length === 0) stopped.resolve()
     else this.suspending = { waiting: new Set(workers), done: stopped.resolve }
-    this.broadcast({ type: 'suspend' })
+    this.broadcast({ type: 'pause', suspend: 1 })
+    this.watchConsoleSessions()
     await stopped.promise
     return done('SUSPEND')
   }
 
-  onSuspended(msg: ControlOf<'suspended'>): void {
+  private onSuspended(worker: number): void {
     const s = this.suspending
-    if (s === null || !s.waiting.delete(msg.worker) || s.waiting.size > 0) return
+    if (s === null || !s.waiting.delete(worker) || s.waiting.size > 0) return
     this.suspending = null
     s.done()
   }
 
-  /** A console session ended while suspended: with none left nobody could RESUME, so PgBouncer does. */
-  onAdminGone(): void {
-    if (this.mode !== 'suspend') return
-    void this.clusterStats().then((stats) => {
-      if (this.mode !== 'suspend' || stats.adminSessions > 0) return
-      this.host.log.info('admin disappeared when suspended, doing RESUME')
-      this.fullResume()
-    })
+  /**
+   * While suspended, nobody but a console session can RESUME: with none left,
+   * PgBouncer resumes by itself. Asked of the workers once a second.
+   */
+  private watchConsoleSessions(): void {
+    const check = (): void => {
+      if (this.mode !== 'suspend') return
+      void this.clusterStats().then((stats) => {
+        if (this.mode !== 'suspend') return
+        if (stats.adminSessions > 0) {
+          setTimeout(check, CONSOLE_WATCH_MS).unref()
+          return
+        }
+        this.host.log.info('admin disappeared when suspended, doing RESUME')
+        this.fullResume()
+      })
+    }
+    setTimeout(check, CONSOLE_WATCH_MS).unref()
   }
 
   /** RESUME of everything: ends PAUSE or SUSPEND (a database paused by name stays). */

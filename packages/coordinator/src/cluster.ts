@@ -744,12 +744,6 @@ export class Cluster {
           this.breakers.restarting(slots.databaseSlot, msg.database, msg.sqlstate, msg.message)
         return
       }
-      case 'suspended':
-        this.admin.onSuspended(msg)
-        return
-      case 'admin-gone':
-        this.admin.onAdminGone()
-        return
       case 'server-login-ok': {
         const slots = this.registry.lookup(msg.database, msg.user)
         if (slots !== null)

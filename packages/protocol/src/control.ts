@@ -97,25 +97,21 @@ export type ControlMessage =
   /**
    * coordinator → workers: PAUSE [db]. Hand out no server, close each one as
    * it comes free; answer 'paused' once none is left (the admin command waits).
+   * With `suspend` (1), SUSPEND: hold new connections, stop reading each
+   * client, then each server, once all written to it is out, and answer
+   * 'paused' with `suspended` (1) when every one is; RESUME ends it.
    */
-  | { type: 'pause'; database?: string }
+  | { type: 'pause'; database?: string; suspend?: number }
   /** worker → coordinator: no server of that PAUSE's scope is left here. */
-  | { type: 'paused'; worker: number; database?: string }
+  | { type: 'paused'; worker: number; database?: string; suspended?: number }
   | { type: 'resume'; database?: string }
   | { type: 'reconnect'; database?: string }
-  /** coordinator → workers: KILL db, drop its clients and servers now (it stays paused). */
-  | { type: 'kill'; database: string }
-  /** coordinator → workers: DISABLE db (1) refuses its new clients after their login; ENABLE (0) lets them in. */
-  | { type: 'disable'; database: string; disabled: number }
   /**
-   * coordinator → workers: SUSPEND. Hold new connections; stop reading each
-   * client, then each server, once all written to it is out; answer
-   * 'suspended' when every one is. RESUME ('resume' without a database) ends it.
+   * coordinator → workers: a console command about one database. KILL drops
+   * its clients and servers now (it stays paused); DISABLE refuses its new
+   * clients after their login, ENABLE lets them in again.
    */
-  | { type: 'suspend' }
-  | { type: 'suspended'; worker: number }
-  /** worker → coordinator: a console session closed while suspended (with none left, PgBouncer resumes). */
-  | { type: 'admin-gone'; worker: number }
+  | { type: 'database'; database: string; command: 'kill' | 'disable' | 'enable' }
   /** worker → coordinator: feeds the circuit breaker. */
   | {
       type: 'server-login-failed'
@@ -299,7 +295,10 @@ type FieldKind = 'uint' | 'int' | 'string' | 'object' | 'array'
 type FieldSpec = FieldKind | `${FieldKind}?` | readonly string[]
 type FieldTable<M> = { readonly [K in Exclude<keyof M, 'type'>]-?: FieldSpec }
 
-// Key order here is the wire order of each record.
+// Key order here is the wire order of each record. Each record (two for a
+// type with optional fields) takes a msgpack id from 0x40 up, and a foreign
+// encoder's positive fixints in that range decode as records: keep them few,
+// and let a new message ride on an existing type where its meaning fits.
 const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   'worker-ready': { worker: 'uint', port: 'uint', fd: 'uint?' },
   'pool-slot-request': { worker: 'uint', database: 'string', user: 'string' },
@@ -332,15 +331,11 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
   cancel: { pid: 'int', secret: 'int', ref: 'uint', from: 'uint' },
   'cancel-done': { worker: 'uint', ref: 'uint' },
   shutdown: { mode: ['immediate', 'wait-for-servers', 'wait-for-clients'] },
-  pause: { database: 'string?' },
-  paused: { worker: 'uint', database: 'string?' },
+  pause: { database: 'string?', suspend: 'uint?' },
+  paused: { worker: 'uint', database: 'string?', suspended: 'uint?' },
   resume: { database: 'string?' },
   reconnect: { database: 'string?' },
-  kill: { database: 'string' },
-  disable: { database: 'string', disabled: 'uint' },
-  suspend: {},
-  suspended: { worker: 'uint' },
-  'admin-gone': { worker: 'uint' },
+  database: { database: 'string', command: ['kill', 'disable', 'enable'] },
   'server-login-failed': {
     worker: 'uint',
     database: 'string',

@@ -125,7 +125,7 @@ export class WorkerAdmin {
     }
     if (busy > 0) return
     this.suspendReported = true
-    this.send({ type: 'suspended', worker: this.worker.id })
+    this.send({ type: 'paused', worker: this.worker.id, suspended: 1 })
   }
 
   /** RESUME after SUSPEND: every socket reads again, held connections get their sessions. */

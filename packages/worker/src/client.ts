@@ -100,8 +100,6 @@ export interface SessionHost extends AdminContext {
   unixSocketIsPrivate(): boolean
   /** DISABLE db: its clients are refused after their login. */
   isDisabled(database: string): boolean
-  /** A console session ended (SUSPEND ends with the last one). */
-  adminClosed(): void
   resolveDatabase(name: string): DatabaseConfig | null
   authUserFor(db: DatabaseConfig): string | null
   authQuery(db: DatabaseConfig, user: string): Promise<Lookup>
@@ -1361,7 +1359,6 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       this.endUnfinished()
     }
     this.worker.clientClosed(this, this.admitted)
-    if (this.admin !== null) this.worker.adminClosed()
     if (logged) this.worker.log.info({ client: this.id, remote, reason }, 'closing client')
   }
 

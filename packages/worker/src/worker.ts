@@ -353,11 +353,6 @@ export class PoolerWorker {
     for (const [socket, unix] of held) this.onConnection(socket, unix)
   }
 
-  /** A console session ended: under SUSPEND, the coordinator resumes once none is left. */
-  adminClosed(): void {
-    if (this.admin.suspended) this.send({ type: 'admin-gone', worker: this.id })
-  }
-
   isDisabled(database: string): boolean {
     return this.admin.isDisabled(database)
   }
@@ -980,19 +975,15 @@ export class PoolerWorker {
         void this.shutdown(msg.mode)
         return
       case 'pause':
-        this.admin.pause(msg.database)
+        if (msg.suspend === 1) this.admin.suspend()
+        else this.admin.pause(msg.database)
         return
       case 'resume':
         this.admin.resume(msg.database)
         return
-      case 'kill':
-        this.admin.kill(msg.database)
-        return
-      case 'disable':
-        this.admin.disable(msg.database, msg.disabled === 1)
-        return
-      case 'suspend':
-        this.admin.suspend()
+      case 'database':
+        if (msg.command === 'kill') this.admin.kill(msg.database)
+        else this.admin.disable(msg.database, msg.command === 'disable')
         return
       case 'stats-request':
         this.send(this.admin.stats(msg))
