@@ -36,5 +36,6 @@ test('an unsupported Node gets one line and exit 1, no stack trace', {
 test('the supported Node gets past the check', () => {
   const r = spawnSync(process.execPath, [BIN, '--version'], { encoding: 'utf8' })
   assert.equal(r.status, 0, r.stderr)
-  assert.match(r.stdout.trim(), /^\d+\.\d+\.\d+$/)
+  // The words SHOW VERSION answers.
+  assert.match(r.stdout.trim(), /^PgBouncer 1\.18\.0 \(pgbouncer-cluster \d+\.\d+\.\d+\)$/)
 })
