@@ -13,7 +13,7 @@ import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/sh
 import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
 import type { LineSink, LogFile, Logger } from '@pgbouncer-cluster/worker/log'
 import { AdminConsole } from './admin.ts'
-import type { ClusterStats } from './admin-views.ts'
+import { ADMIN_DATABASE, type ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError, resolveDatabase, withSetting } from './config/config.ts'
 import type { MetricsServer } from './metrics-server.ts'
@@ -131,7 +131,12 @@ export class Cluster {
     const layout = slotLayout(process.env.PGBOUNCER_CLUSTER_SLOTS, SLOT_TABLES)
     this.registry = new SlotRegistry(layout)
     // One counter row per worker: readers sum exactly the workers there are.
-    this.sab = createSharedMemory({ ...layout, maxWorkers: options.workers })
+    // One database slot more than the registry gives: the console's client counts (registry.ts).
+    this.sab = createSharedMemory({
+      ...layout,
+      maxDatabases: layout.maxDatabases + 1,
+      maxWorkers: options.workers,
+    })
     this.shared = new SharedMemory(this.sab)
     this.breakers = new Breakers({
       shared: this.shared,
@@ -158,12 +163,13 @@ export class Cluster {
         }),
       port: () => this.listen.port,
       clientCounts: () => ({
-        databases: new Map(
-          [...this.registry.databaseEntries()].map(([name, slot]) => [
+        databases: new Map([
+          ...[...this.registry.databaseEntries()].map(([name, slot]): [string, number] => [
             name,
             this.shared.databaseClients(slot).used(),
           ]),
-        ),
+          [ADMIN_DATABASE, this.shared.databaseClients(this.registry.consoleDatabaseSlot).used()],
+        ]),
         users: new Map(
           [...this.registry.userEntries()].map(([name, slot]) => [
             name,
@@ -177,6 +183,8 @@ export class Cluster {
       shared: this.shared,
       log: this.log,
       configured: (database) => Object.hasOwn(this.config.databases, database),
+      console: (database) =>
+        database === ADMIN_DATABASE && !Object.hasOwn(this.config.databases, database),
       paused: (database) => this.admin.isPaused(database),
       idleTimeout: () => this.config.settings.autodbIdleTimeout,
       workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),

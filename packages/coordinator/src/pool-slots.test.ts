@@ -19,7 +19,10 @@ import { SlotRegistry } from './registry.ts'
 const LAYOUT = { maxPools: 4, maxDatabases: 2, maxUsers: 2 }
 
 function setup(opts: { workers?: number[]; configured?: string[]; idleTimeout?: number } = {}) {
-  const shared = new SharedMemory(createSharedMemory({ ...LAYOUT, maxWorkers: 2 }))
+  // One database slot past the table, for the console, as cluster.ts makes it.
+  const shared = new SharedMemory(
+    createSharedMemory({ ...LAYOUT, maxDatabases: LAYOUT.maxDatabases + 1, maxWorkers: 2 }),
+  )
   const registry = new SlotRegistry(LAYOUT)
   const sent: { worker: number; msg: ControlMessage }[] = []
   const forgotten: string[] = []
@@ -29,6 +32,7 @@ function setup(opts: { workers?: number[]; configured?: string[]; idleTimeout?: 
     shared,
     log: pino({ level: 'silent' }),
     configured: (name) => (opts.configured ?? []).includes(name),
+    console: (name) => name === 'pgbouncer',
     paused: () => false,
     idleTimeout: () => opts.idleTimeout ?? 10,
     workers: () => workers,
@@ -66,6 +70,21 @@ function setup(opts: { workers?: number[]; configured?: string[]; idleTimeout?: 
 }
 
 describe('pool slots: freeing automatic databases', () => {
+  it("counts the console's clients past the database table: it takes no database's slot", () => {
+    const { slots, ask, take, registry } = setup()
+    slots.request({ type: 'client-slot-request', worker: 0, database: 'pgbouncer', user: 'u' })
+    const [console] = take('client-slot')
+    assert.equal(console!.msg.databaseSlot, LAYOUT.maxDatabases)
+    assert.equal(registry.database('pgbouncer'), undefined)
+    // Both database slots are still there for databases.
+    ask('a')
+    ask('b')
+    assert.deepEqual(
+      take('pool-slot').map((s) => s.msg.database),
+      ['a', 'b'],
+    )
+  })
+
   it('answers a request with the slots, the same ones each time', () => {
     const { ask, take } = setup()
     ask('a')

@@ -11,6 +11,8 @@ export interface PoolSlotsHost {
   readonly log: Logger
   /** The name has a [databases] entry of its own: never freed, as in PgBouncer. */
   configured(database: string): boolean
+  /** The name is the admin console's (no [databases] entry claims it). */
+  console(database: string): boolean
   /** PAUSE (or KILL) of that database is in force: PgBouncer keeps a paused one too. */
   paused(database: string): boolean
   /** autodb_idle_timeout of the running configuration, in seconds; 0 or less: never by time. */
@@ -166,6 +168,13 @@ export class PoolSlots {
 
   private serve(req: Request): void {
     const registry = this.host.registry
+    if (req.kind === 'client' && this.host.console(req.database)) {
+      // The console's clients are counted outside the database table (registry.consoleSlots).
+      const { database, user } = req
+      const slots = registry.consoleSlots(user)
+      this.host.send(req.worker, { type: 'client-slot', database, user, ...slots })
+      return
+    }
     const known = registry.database(req.database)
     if (known?.releasing) {
       let held = this.held.get(req.database)

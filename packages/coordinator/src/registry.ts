@@ -52,6 +52,8 @@ export class SlotRegistry {
   private readonly databases = new Map<string, DatabaseEntry>()
   private readonly users = new Map<string, { slot: number; databases: number }>()
   private readonly pools = new Map<string, number>()
+  /** Users whose slot the console holds (consoleSlots). */
+  private readonly consoleUsers = new Set<string>()
   private readonly free = {
     databases: new FreeSlots(),
     users: new FreeSlots(),
@@ -192,6 +194,34 @@ export class SlotRegistry {
       u.databases++
     }
     return u.slot
+  }
+
+  /**
+   * The console's client counts (max_db_client_connections and
+   * max_user_client_connections apply to it too): the database slot past the
+   * table's end, which shared memory has one more of, and the user's slot,
+   * held for good once a console user had it; -1 where the users table is full.
+   * The console takes no slot a database could use.
+   */
+  consoleSlots(user: string): { databaseSlot: number; userSlot: number } {
+    const databaseSlot = this.consoleDatabaseSlot
+    let u = this.users.get(user)
+    if (u === undefined) {
+      const slot = this.free.users.take(this.layout.maxUsers)
+      if (slot < 0) return { databaseSlot, userSlot: -1 }
+      u = { slot, databases: 0 }
+      this.users.set(user, u)
+    }
+    if (!this.consoleUsers.has(user)) {
+      this.consoleUsers.add(user)
+      u.databases++
+    }
+    return { databaseSlot, userSlot: u.slot }
+  }
+
+  /** The console's database slot: one past the table (cluster.ts makes shared memory that big). */
+  get consoleDatabaseSlot(): number {
+    return this.layout.maxDatabases
   }
 
   /** Slots of every user, for SHOW USERS' client counts. */
