@@ -25,9 +25,22 @@ printf 'ldap_support = no\ntls_support = yes\n' >"$suite/config.mak"
 ln -sf "$here/pgbouncer" "$suite/pgbouncer"
 
 cd "$suite"
-cmd=(env "PATH=$pgbin:$PATH" /usr/bin/python3 -m pytest -p no:cacheprovider -n "${PGB_SUITE_JOBS:-2}" "$@")
+# Every pooler the wrapper starts is noted here; those still running at the end are stopped.
+pids="$dir/poolers.pid"
+: >"$pids"
+# A basetemp of its own: others running pytest as the same user keep theirs.
+cmd=(env "PATH=$pgbin:$PATH" "PGBC_SUITE_PIDS=$pids" /usr/bin/python3 -m pytest -p no:cacheprovider
+  --basetemp="$dir/tmp" -n "${PGB_SUITE_JOBS:-2}" "$@")
+status=0
 if [ "$(id -u)" = 0 ]; then
   chown -R postgres: "$dir"
-  exec runuser -u postgres -- "${cmd[@]}"
+  runuser -u postgres -- "${cmd[@]}" || status=$?
+else
+  "${cmd[@]}" || status=$?
 fi
-exec "${cmd[@]}"
+bin="$(cd "$here/../.." && pwd)/packages/coordinator/bin/pgbouncer-cluster.js"
+while read -r pid; do
+  # Only a process that is still this wrapper's pooler (a pid may have been reused).
+  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$bin"; then kill -QUIT "$pid" 2>/dev/null || true; fi
+done <"$pids"
+exit "$status"
