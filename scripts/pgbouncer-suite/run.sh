@@ -41,6 +41,7 @@ fi
 bin="$(cd "$here/../.." && pwd)/packages/coordinator/bin/pgbouncer-cluster.js"
 while read -r pid; do
   # Only a process that is still this wrapper's pooler (a pid may have been reused).
-  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$bin"; then kill -QUIT "$pid" 2>/dev/null || true; fi
+  [ -r "/proc/$pid/cmdline" ] || continue
+  if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$bin"; then kill -QUIT "$pid" 2>/dev/null || true; fi
 done <"$pids"
 exit "$status"
