@@ -18,7 +18,13 @@ import type { Server } from './server.ts'
 export type Lookup =
   | { kind: 'found'; secret: string | null }
   | { kind: 'unknown' }
-  | { kind: 'error'; sqlstate: string; message: string }
+  | {
+      kind: 'error'
+      sqlstate: string
+      message: string
+      /** PostgreSQL's own error for the query: for the log, not the client. */
+      fromQuery?: true
+    }
 
 const DATA_ROW = 0x44 // D
 const ERROR_RESPONSE = 0x45 // E
@@ -69,7 +75,7 @@ export class AuthQuery implements PoolClient {
     const server = this.server!
     this.server = null
     this.pool.release(server)
-    this.outcome.resolve(readReply(Buffer.concat(this.reply)))
+    this.outcome.resolve(readReply(Buffer.concat(this.reply), true))
   }
 
   serverLost(): void {
@@ -81,17 +87,19 @@ export class AuthQuery implements PoolClient {
 
   /** query_wait_timeout, or the breaker: the error a client would have got. */
   fail(error: Buffer): void {
-    this.outcome.resolve(readReply(error))
+    this.outcome.resolve(readReply(error, false))
   }
 }
 
 /** The first row's second column (the secret; NULL for a user who may not log in). */
-function readReply(bytes: Buffer): Lookup {
+function readReply(bytes: Buffer, fromQuery: boolean): Lookup {
   let lookup: Lookup = { kind: 'unknown' }
   new FrameReader().push(bytes, (type, msg) => {
     if (type === ERROR_RESPONSE) {
       const { code, message } = parseErrorFields(msg)
-      lookup = { kind: 'error', sqlstate: code, message }
+      lookup = fromQuery
+        ? { kind: 'error', sqlstate: code, message, fromQuery }
+        : { kind: 'error', sqlstate: code, message }
       return true
     }
     if (type === DATA_ROW && lookup.kind === 'unknown') {

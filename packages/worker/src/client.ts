@@ -102,7 +102,7 @@ export interface SessionHost extends AdminContext {
   isDisabled(database: string): boolean
   resolveDatabase(name: string): DatabaseConfig | null
   authUserFor(db: DatabaseConfig): string | null
-  authQuery(db: DatabaseConfig, user: string): Promise<Lookup>
+  authQuery(db: DatabaseConfig | null, user: string): Promise<Lookup>
   /** The pool; a promise only while the coordinator is asked for its slots. */
   getPool(db: DatabaseConfig, user: string): Pool | Promise<Pool>
   /** A login began or ended: client_login_timeout is the janitor's (janitor.ts). */
@@ -228,6 +228,11 @@ class Login {
   startup: KnownStartup<WelcomeMemo> | null = null
   /** The console's own user `pgbouncer`, come through a private unix socket: an admin. */
   ownUser = false
+  /**
+   * The database asked for is not configured: the password is checked all the
+   * same and only then is `no such database` told (PgBouncer's fake database).
+   */
+  unknownDatabase = false
 
   constructor(arrivedClosing: boolean) {
     this.arrivedClosing = arrivedClosing
@@ -951,12 +956,15 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       return
     }
     const db = adminConsole ? null : this.worker.resolveDatabase(this.database)
-    if (db === null && !adminConsole) {
-      this.fail(fatal(Texts.noSuchDatabase(this.database)))
-      return
-    }
     this.state = 'auth'
     login.db = db
+    if (db === null && !adminConsole) {
+      // The password first, then `no such database`: the answer tells a
+      // stranger nothing about which databases exist.
+      login.unknownDatabase = true
+      this.authenticate(null)
+      return
+    }
     this.countAndAuthenticate(db)
   }
 
@@ -1041,13 +1049,17 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       return
     }
     const stored = this.worker.authUsers[this.user]
-    if (
-      stored === undefined &&
-      db !== null &&
-      PASSWORD_AUTH.has(authType) &&
-      this.worker.authUserFor(db) !== null
-    ) {
-      void this.authenticateByQuery(db)
+    if (stored === undefined && PASSWORD_AUTH.has(authType) && !login.unknownDatabase) {
+      // Not for a database that does not exist (PgBouncer's fake database).
+      const viaQuery = db === null ? this.worker.settings.authUser : this.worker.authUserFor(db)
+      if (viaQuery !== null) {
+        void this.authenticateByQuery(db)
+        return
+      }
+    }
+    if (authType === 'trust' && stored === undefined && this.worker.hasAuthFile) {
+      // A user auth_file does not know is not let through to PostgreSQL.
+      this.fail(fatal(Texts.trustFailed))
       return
     }
     login.auth = new ClientAuth(
@@ -1079,7 +1091,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
   }
 
   /** Not in auth_file: auth_query says what the password is, then the usual exchange. */
-  private async authenticateByQuery(db: DatabaseConfig): Promise<void> {
+  private async authenticateByQuery(db: DatabaseConfig | null): Promise<void> {
     const lookup = await this.worker.authQuery(db, this.user)
     if (this.state === 'closed') return
     if (lookup.kind === 'error') {
@@ -1119,6 +1131,10 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     }
     const login = this.login!
     login.auth = null
+    if (login.unknownDatabase) {
+      this.fail(fatal(Texts.noSuchDatabase(this.database)))
+      return
+    }
     this.state = login.db === null ? 'admin' : 'welcome'
     if (step.final !== null) this.write(step.final)
     if (login.db !== null) {

@@ -61,6 +61,10 @@ export const Texts = {
   maxUserClientConnections: 'client connections exceeded (max_user_client_connections)',
   sslRequired: 'SSL required',
   certificateFailed: 'certificate authentication failed',
+  /** auth_type trust (or an hba trust rule) for a user auth_file does not list. */
+  trustFailed: '"trust" authentication failed',
+  /** auth_query failed or is misconfigured: the detail goes to the log only. */
+  configError: 'bouncer config error',
   /** auth_type hba: no rule fits (PgBouncer 1.21+; 1.18 said "login rejected"). */
   noHbaRule: 'no authentication method is found',
   loginRejected: 'login rejected',

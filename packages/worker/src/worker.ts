@@ -534,9 +534,13 @@ export class PoolerWorker {
    * auth_dbname or the client's database. A secret found is kept, per
    * database, for logging in to PostgreSQL as that user.
    */
-  async authQuery(db: DatabaseConfig, user: string): Promise<Lookup> {
-    const authUser = this.authUserFor(db)!
-    const dbname = db.authDbname ?? this.settings.authDbname
+  async authQuery(db: DatabaseConfig | null, user: string): Promise<Lookup> {
+    // The console (db null) has only the global auth_user and auth_dbname.
+    const authUser = db === null ? this.settings.authUser! : this.authUserFor(db)!
+    const dbname =
+      (db === null ? null : db.authDbname) ??
+      this.settings.authDbname ??
+      (db === null ? 'pgbouncer' : null)
     if (dbname !== null && this.isAdminDatabase(dbname)) {
       this.log.error(
         { auth_dbname: dbname },
@@ -545,7 +549,7 @@ export class PoolerWorker {
       return {
         kind: 'error',
         sqlstate: SqlState.ProtocolViolation,
-        message: 'bouncer config error',
+        message: Texts.configError,
       }
     }
     const authDb = dbname === null ? db : this.resolveDatabase(dbname)
@@ -554,7 +558,7 @@ export class PoolerWorker {
       return {
         kind: 'error',
         sqlstate: SqlState.ProtocolViolation,
-        message: 'bouncer config error',
+        message: Texts.configError,
       }
     }
     if (this.admin.isDisabled(authDb.name)) {
@@ -571,8 +575,16 @@ export class PoolerWorker {
       const e = err as SlotError
       return { kind: 'error', sqlstate: e.sqlstate, message: e.message }
     }
-    const lookup = await new AuthQuery(pool, db.authQuery ?? this.settings.authQuery, user).run()
-    const key = poolKey(db.name, user)
+    const lookup = await new AuthQuery(pool, db?.authQuery ?? this.settings.authQuery, user).run()
+    if (lookup.kind === 'error' && lookup.fromQuery) {
+      // PgBouncer tells the client no more than that the setup is wrong.
+      this.log.error(
+        { user, db: authDb.name, sqlstate: lookup.sqlstate, detail: lookup.message },
+        'error in auth_query',
+      )
+      return { kind: 'error', sqlstate: SqlState.ProtocolViolation, message: Texts.configError }
+    }
+    const key = poolKey(db?.name ?? 'pgbouncer', user)
     if (lookup.kind === 'found' && lookup.secret !== null)
       this.queriedSecrets.set(key, lookup.secret)
     else this.queriedSecrets.delete(key)
