@@ -41,6 +41,8 @@ import {
   EditList,
   type LastBound,
   parseName,
+  RESETS_PREPARED,
+  resetsPrepared,
   type Statement,
   statementOf,
   targetStatement,
@@ -151,6 +153,8 @@ for (const code of [
 const ACTION_TERMINATE = 1
 /** disable_pqexec: a simple Query arrived. */
 const ACTION_PQEXEC = 2
+/** A Parse of a statement name the client has prepared already (PgBouncer's handle_parse_command). */
+const ACTION_NAME_IN_USE = 3
 
 // A net.Socket's events reach the session through one shared function per
 // event instead of closures per connection (thousands of idle clients are
@@ -446,6 +450,12 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       this.fail(fatal(Texts.pqexecDisallowed))
       return
     }
+    if (this.action === ACTION_NAME_IN_USE) {
+      // As PgBouncer: answering PostgreSQL's 42P05 in the middle of a pipeline
+      // would need the rest of it skipped up to its Sync; the client goes.
+      this.fail(fatal(Texts.statementNameInUse))
+      return
+    }
     if (this.action === ACTION_TERMINATE) {
       // Terminate is ours to act on; the server stays for the next client.
       if (end > 5) this.toServer(chunk.subarray(0, end - 5), edits)
@@ -533,13 +543,24 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     edits.add(type, start, end, stmt, name)
   }
 
-  /** A Parse, Bind, Describe or Close seen whole: note what must change for the server. */
-  private noteStatement(type: number, start: number, end: number): void {
+  /**
+   * A Parse, Bind, Describe or Close seen whole: note what must change for the
+   * server. True stops the scan (a name already in use).
+   */
+  private noteStatement(type: number, start: number, end: number): boolean {
     const chunk = scanChunk
     if (type === FrontendCode.Parse) {
       // The unnamed statement (the name's first byte is its NUL) stays as it is.
       const name = chunk[start + 5] === 0 ? '' : parseName(chunk, start, end)
       if (name !== '') {
+        if (this.statements?.has(name)) {
+          this.worker.log.error(
+            { client: this.id, statement: name },
+            `prepared statement '${name}' was already prepared`,
+          )
+          this.action = ACTION_NAME_IN_USE
+          return true
+        }
         const stmt = statementOf(chunk, start, end)
         this.clientParseCount++
         ;(this.statements ??= new Map()).set(name, stmt)
@@ -547,9 +568,9 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       } else if (this.hasStatements) {
         this.addEdit(type, start, end)
       }
-      return
+      return false
     }
-    if (!this.hasStatements) return
+    if (!this.hasStatements) return false
     const statements = this.statements!
     if (type === FrontendCode.Bind) {
       this.lastBound ??= { name: '', bytes: null }
@@ -558,14 +579,15 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
         this.bindCount++
         this.addEdit(type, start, end, stmt)
       }
-      return
+      return false
     }
     const name = targetStatement(chunk, start, end)
-    if (name === null || name === '') return
+    if (name === null || name === '') return false
     const stmt = statements.get(name)
-    if (stmt === undefined) return
+    if (stmt === undefined) return false
     if (type === FrontendCode.Close) statements.delete(name)
     this.addEdit(type, start, end, stmt, name)
+    return false
   }
 
   onClientMessage(type: number, end: number, start: number): boolean {
@@ -576,7 +598,12 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
           return true
         }
         if (this.outstanding++ === 0) this.requestStarted()
-        if (this.hasStatements) this.addEdit(type, start, end)
+        if (this.prepared && start >= 0 && resetsPrepared(scanChunk, start, end)) {
+          // DEALLOCATE ALL / DISCARD ALL: the server forgets every statement,
+          // and so does the client's own list (PgBouncer frees both).
+          this.statements?.clear()
+          this.addEdit(RESETS_PREPARED, start, end)
+        } else if (this.hasStatements) this.addEdit(type, start, end)
         return false
       case FrontendCode.FunctionCall:
         if (this.outstanding++ === 0) this.requestStarted()
@@ -599,7 +626,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
           type !== FrontendCode.Execute &&
           type !== FrontendCode.Flush
         ) {
-          this.noteStatement(type, start, end)
+          return this.noteStatement(type, start, end)
         }
         return false
     }

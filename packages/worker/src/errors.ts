@@ -91,4 +91,6 @@ export const Texts = {
   shuttingDown: 'pooler is shutting down',
   adminForcedDisconnect: 'admin forced disconnect',
   pqexecDisallowed: 'PQexec disallowed',
+  /** A Parse of a name the client has prepared already (transaction and statement mode). */
+  statementNameInUse: 'prepared statement name is already in use',
 } as const

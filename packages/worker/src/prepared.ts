@@ -207,6 +207,27 @@ export function boundStatement(
   return stmt
 }
 
+/**
+ * A Query edit that empties the server of prepared statements: the client's
+ * `DEALLOCATE ALL` or `DISCARD ALL`. Not a message type.
+ */
+export const RESETS_PREPARED = 1
+
+// The longest simple Query that can be one of them with some blanks around.
+const RESET_QUERY_MAX = 5 + 64
+const RESET_QUERY = /^\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*$/i
+
+/**
+ * Is this simple Query `DEALLOCATE ALL` or `DISCARD ALL` (any case, blanks, a
+ * trailing semicolon)? PgBouncer looks for the same in the command's tag.
+ * Only short Queries get as far as the text.
+ */
+export function resetsPrepared(chunk: Buffer, start: number, end: number): boolean {
+  const length = end - start
+  if (length > RESET_QUERY_MAX || length < 5 + 12) return false
+  return RESET_QUERY.test(chunk.toString('latin1', start + 5, end - 1))
+}
+
 /** Describe or Close: the statement named, or null for a portal. */
 export function targetStatement(chunk: Buffer, start: number, end: number): string | null {
   if (end - start < 7 || chunk[start + 5] !== 0x53 /* S */) return null
@@ -349,6 +370,13 @@ export function applyEdits(chunk: Buffer, edits: EditList, server: PreparedServe
         }
         break
       }
+      case RESETS_PREPARED:
+        // Whatever was prepared there under our names is gone: the next use
+        // prepares it again, under a new name.
+        server.preparedGen++
+        server.preparedCount = 0
+        server.tracker.requestEnd()
+        continue
       default:
         server.tracker.requestEnd()
         continue
