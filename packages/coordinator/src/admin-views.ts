@@ -505,7 +505,7 @@ export function showDatabases(
       String(db.poolSize ?? s.defaultPoolSize),
       String(db.minPoolSize ?? s.minPoolSize),
       String(db.reservePoolSize ?? s.reservePoolSize),
-      String(Math.floor(db.serverLifetime ?? s.serverLifetime)),
+      String(Math.floor(db.serverLifetime || s.serverLifetime)),
       db.poolMode ?? null,
       loadBalance(config, name),
       String(db.maxDbConnections ?? s.maxDbConnections),

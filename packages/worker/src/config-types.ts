@@ -56,6 +56,8 @@ export interface DatabaseConfig {
   authQuery?: string
   /** Per database (PgBouncer 1.24): overrides the global value; the user's wins over it. */
   queryWaitTimeout?: number
+  /** Per database (PgBouncer 1.23): above 0 it overrides the global server_lifetime. */
+  serverLifetime?: number
 }
 
 export interface UserConfig {

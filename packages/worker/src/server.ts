@@ -764,7 +764,10 @@ export class Server implements PreparedServer {
   /** Usable for a new client: logged in, in no transaction, not past its life. */
   isReusable(now: number): boolean {
     if (this.state !== 'idle' || this.closeNeeded || this.txStatus !== TxStatus.Idle) return false
-    const lifetime = this.pool.worker.settings.serverLifetime
+    // A database's own server_lifetime, when above 0, wins (PgBouncer's pool_server_lifetime).
+    const own = this.pool.database.serverLifetime
+    const lifetime =
+      own !== undefined && own > 0 ? own : this.pool.worker.settings.serverLifetime
     return lifetime <= 0 || now - this.createdAt < lifetime * 1000
   }
 

@@ -361,11 +361,11 @@ describe('loadConfig: details', () => {
   test('unimplemented [databases] keys join the one warning; [users] has none left, [peers] is read', () => {
     const c = loadConfig(
       ini(
-        '[databases]\na = server_lifetime=5\n[users]\nu = query_timeout=3\n[peers]\n1 = host=/tmp/p1\n[pgbouncer]\nauth_type=trust\nsyslog=1\n',
+        '[databases]\na = target_session_attrs=any\n[users]\nu = query_timeout=3\n[peers]\n1 = host=/tmp/p1\n[pgbouncer]\nauth_type=trust\nsyslog=1\n',
       ),
     )
     assert.equal(c.warnings.length, 1)
-    assert.match(c.warnings[0]!, /no effect: server_lifetime \(in \[databases\]\), syslog$/)
+    assert.match(c.warnings[0]!, /no effect: target_session_attrs \(in \[databases\]\), syslog$/)
     assert.deepEqual(c.peers['1'], { id: 1, host: '/tmp/p1', port: 6432 })
   })
 

@@ -73,7 +73,6 @@ export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' 
 export interface DatabaseConfig extends WorkerDatabaseConfig {
   // Accepted, not implemented yet (see DATABASE_PARAMS).
   maxDbClientConnections?: number
-  serverLifetime?: number
   targetSessionAttrs?: TargetSessionAttrs
   line: number // where it was defined, for messages
   file?: string
@@ -127,7 +126,7 @@ export const DATABASE_PARAMS: readonly ParamSpec[] = [
   p('pool_mode', 'poolMode', 'enum', true, { values: POOL_MODES }),
   p('max_db_connections', 'maxDbConnections', 'count', true),
   p('max_db_client_connections', 'maxDbClientConnections', 'count', true),
-  p('server_lifetime', 'serverLifetime', 'seconds', false),
+  p('server_lifetime', 'serverLifetime', 'seconds', true),
   p('load_balance_hosts', 'loadBalanceHosts', 'enum', true, {
     values: ['disable', 'round-robin'],
   }),
