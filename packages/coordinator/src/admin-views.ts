@@ -422,7 +422,7 @@ export function showConnections(type: 'C' | 'S', list: ConnectionInfo[]): View {
     type,
     c.user,
     c.database,
-    'none',
+    c.replication ?? 'none',
     c.state,
     c.addr,
     String(c.port),

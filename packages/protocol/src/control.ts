@@ -253,6 +253,8 @@ export interface PeerPoolStats {
 export interface ConnectionInfo {
   user: string
   database: string
+  /** 1.23's `replication` column: none, logical or physical. */
+  replication?: string
   state: string
   addr: string
   port: number

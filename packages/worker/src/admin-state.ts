@@ -312,6 +312,7 @@ export class WorkerAdmin {
     return {
       user: session.user === '' ? '(nouser)' : session.user,
       database: admin ? 'pgbouncer' : session.database === '' ? '(nodb)' : session.database,
+      replication: session.replication,
       // 1.25: a client without a server is idle.
       state: waiting ? 'waiting' : server === null ? 'idle' : 'active',
       addr: session.unix ? 'unix' : (peer.address ?? ''),
@@ -340,6 +341,7 @@ export class WorkerAdmin {
     return {
       user: server.pool.user,
       database: db.name,
+      replication: server.dedicated?.replication ?? 'none',
       state: server.parked ? 'being_canceled' : server.state,
       // Through a unix socket PgBouncer shows `unix`, the database's port and its own.
       addr: server.unix ? 'unix' : server.host,

@@ -21,7 +21,13 @@ import { type AdminContext, AdminSession } from './admin.ts'
 import { ClientAuth } from './auth.ts'
 import type { Lookup } from './auth-query.ts'
 import { clockNow } from './clock.ts'
-import type { AuthType, DatabaseConfig, PoolMode, WorkerConfig } from './config-types.ts'
+import type {
+  AuthType,
+  DatabaseConfig,
+  PoolMode,
+  Replication,
+  WorkerConfig,
+} from './config-types.ts'
 import { errorMessage, fatal, SlotError, SqlState, Texts } from './errors.ts'
 import { matchHba } from './hba.ts'
 import {
@@ -237,6 +243,8 @@ class Login {
    * same and only then is `no such database` told (PgBouncer's fake database).
    */
   unknownDatabase = false
+  /** A replication client's parameters for its own server (as PgBouncer sends them on). */
+  replicationParams: Record<string, string> | null = null
 
   constructor(arrivedClosing: boolean) {
     this.arrivedClosing = arrivedClosing
@@ -262,6 +270,8 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
   readonly secret: number
   user = ''
   database = ''
+  /** The startup parameter `replication`: such a client gets a server of its own (PgBouncer 1.23). */
+  replication: Replication = 'none'
   pool: Pool | null = null
   mode: PoolMode = 'session'
   server: Server | null = null
@@ -775,6 +785,12 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       this.detachOnClose(server)
       return
     }
+    if (server.dedicated !== null) {
+      // A replication connection takes no SET: it was opened with the client's
+      // own parameters, and the client hears them from PostgreSQL.
+      if (this.state === 'welcome') this.sendWelcome(server)
+      return
+    }
     if (this.varsKey !== server.varsKey) {
       const sync = syncStatement(this.vars, server.vars)
       if (sync !== null) server.runOwn(query(sync))
@@ -932,13 +948,26 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     const settings = this.worker.settings
     const ignored = settings.ignoreStartupParameters
     let appName: string | undefined
+    // First `replication`: it decides how `options` is read (PgBouncer 1.23).
+    let passOn: Record<string, string> | null = null
+    for (let i = 0; i < params.length; i += 2) {
+      if (params[i] !== 'replication') continue
+      this.replication = replicationOf(params[i + 1]!)
+      if (this.replication !== 'none') {
+        passOn = { replication: this.replication === 'logical' ? 'database' : 'yes' }
+      }
+    }
     for (let i = 0; i < params.length; i += 2) {
       const key = params[i]!
       const value = params[i + 1]!
       if (key === 'user') this.user = value
       else if (key === 'database') this.database = value
       else if (key === 'application_name') appName = value
-      else if (key === 'options') {
+      else if (key === 'replication') continue
+      else if (passOn !== null && key === 'options') {
+        // The server is this client's alone: any options go to it as they are.
+        passOn.options = value
+      } else if (key === 'options') {
         const parsed = parseOptions(value, ignored)
         if ('error' in parsed) {
           this.fail(fatal(parsed.error))
@@ -947,8 +976,10 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
         Object.assign(this.vars, parsed.vars)
       } else {
         const tracked = trackedName(key)
-        if (tracked !== null) this.vars[tracked] = value
-        else if (!ignored.includes(key) && !ignored.includes(key.toLowerCase())) {
+        if (tracked !== null) {
+          this.vars[tracked] = value
+          if (passOn !== null) passOn[key] = value
+        } else if (!ignored.includes(key) && !ignored.includes(key.toLowerCase())) {
           this.fail(fatal(Texts.unsupportedParameter(key)))
           return
         }
@@ -968,6 +999,10 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       appName = `${appName ?? 'app'} - ${where}`
     }
     if (appName !== undefined) this.vars.application_name = appName
+    if (passOn !== null) {
+      if (appName !== undefined) passOn.application_name = appName
+      this.login!.replicationParams = passOn
+    }
     if (minor > 0 || protocolOptions.length > 0) {
       this.write(negotiateProtocolVersion(0, protocolOptions))
     }
@@ -1054,6 +1089,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
         tls: this.encrypted,
         database: this.database,
         user: this.user,
+        replication: this.replication,
       })
       if (rule === null) {
         this.fail(fatal(Texts.noHbaRule))
@@ -1222,6 +1258,15 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       this.fail(refused)
       return
     }
+    const passOn = this.login!.replicationParams
+    if (passOn !== null) {
+      // A server of its own, linked for the whole session, never pooled.
+      this.mode = 'session'
+      this.prepared = false
+      this.requested = true
+      pool.openDedicated({ client: this, replication: this.replication, params: passOn })
+      return
+    }
     if (pool.welcomeParams !== null) {
       this.sendWelcome()
       return
@@ -1231,10 +1276,18 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
     pool.request(this)
   }
 
-  private sendWelcome(): void {
+  /** The welcome: from the pool's parameters, or a replication client's own server's. */
+  private sendWelcome(dedicated: Server | null = null): void {
+    const login = this.login!
+    if (dedicated !== null) {
+      const parts: Buffer[] = [authenticationOk()]
+      for (const [name, value] of dedicated.params) parts.push(parameterStatus(name, value))
+      this.sendWhole(welcomeFor(welcomeTemplate(Buffer.concat(parts)), this.pid, this.secret))
+      this.welcomed(login)
+      return
+    }
     const pool = this.pool!
     const params = pool.welcomeParams!
-    const login = this.login!
     // The client's vars come from its startup packet alone, unless
     // application_name_add_host adds its port to them.
     const known = this.worker.settings.applicationNameAddHost ? null : login.startup
@@ -1254,6 +1307,11 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
         : welcomeFor(memo.template, this.pid, this.secret)
     // Kept for the next login, unless a write left queued still points at it.
     memo.welcome = this.sendWhole(welcome) ? welcome : null
+    this.welcomed(login)
+  }
+
+  /** The welcome is out: the login's leftovers go, what the client sent early is read. */
+  private welcomed(login: Login): void {
     // Idle clients are many: what only the login needed goes now.
     this.login = null
     this.worker.loginEnded(this)
@@ -1416,6 +1474,11 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       this.pausedServer = null
       resumeReading(server.socket)
     }
+    if (server.dedicated !== null) {
+      // A replication client's own server goes with it (pool.release closes it).
+      this.pool!.release(server)
+      return
+    }
     const clean =
       this.outstanding === 0 &&
       !this.extended &&
@@ -1448,4 +1511,13 @@ const EMPTY = Buffer.alloc(0)
 const NO_ENCRYPTION = Buffer.from('N')
 /** auth_type values that check a password; auth_query can supply it. */
 const PASSWORD_AUTH = new Set(['plain', 'md5', 'scram-sha-256'])
+
+/**
+ * The startup parameter `replication` as PgBouncer reads it: `database` is
+ * logical replication, a true boolean physical; anything else none.
+ */
+function replicationOf(value: string): Replication {
+  if (value === 'database') return 'logical'
+  return /^(t|tr|tru|true|y|ye|yes|on|1)$/i.test(value) ? 'physical' : 'none'
+}
 const ENCRYPTION_ACCEPTED = Buffer.from('S')

@@ -7,6 +7,8 @@ import type { HbaRule } from './hba.ts'
  * (workerData at start, a control message on reload), already validated.
  */
 export type PoolMode = 'session' | 'transaction' | 'statement'
+/** A client's `replication` startup parameter, as SHOW CLIENTS / SERVERS name it (PgBouncer 1.23). */
+export type Replication = 'none' | 'logical' | 'physical'
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
 export type AuthType = 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert' | 'hba' | 'pam'
 

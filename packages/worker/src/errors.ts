@@ -91,6 +91,8 @@ export const Texts = {
   shuttingDown: 'pooler is shutting down',
   adminForcedDisconnect: 'admin forced disconnect',
   pqexecDisallowed: 'PQexec disallowed',
+  /** A replication connection's login to PostgreSQL failed (PgBouncer's text; the detail is logged). */
+  loginFailed: 'login failed',
   /** A Parse of a name the client has prepared already (transaction and statement mode). */
   statementNameInUse: 'prepared statement name is already in use',
 } as const

@@ -11,7 +11,7 @@ export interface HbaNames {
   all: boolean
   /** Database column only: the database named like the user. */
   sameuser: boolean
-  /** Database column only: replication connections, which the pooler never serves. */
+  /** Database column only: physical replication connections (PgBouncer 1.23), as in pg_hba.conf. */
   replication: boolean
   names: string[]
 }
@@ -34,6 +34,8 @@ export interface HbaLogin {
   tls: boolean
   database: string
   user: string
+  /** A physical replication client matches only the `replication` keyword, as in PostgreSQL. */
+  replication?: 'none' | 'logical' | 'physical'
 }
 
 /** The first rule that matches, or null: PgBouncer then refuses the login. */
@@ -48,7 +50,9 @@ export function matchHba(rules: readonly HbaRule[], login: HbaLogin): HbaRule | 
       if (rule.type === 'hostnossl' && login.tls) continue
       if (!inNetwork(bytes, rule.address!)) continue
     }
-    if (!nameMatch(rule.databases, login.database, login.user)) continue
+    if (login.replication === 'physical') {
+      if (!rule.databases.replication) continue
+    } else if (!nameMatch(rule.databases, login.database, login.user)) continue
     if (!nameMatch(rule.users, login.user, null)) continue
     return rule
   }

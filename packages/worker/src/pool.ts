@@ -19,6 +19,7 @@ import {
   type LinkedClient,
   type LoginFailure,
   Server,
+  type Dedicated as ServerDedicated,
   type ServerHost,
   type ServerSecret,
 } from './server.ts'
@@ -44,6 +45,11 @@ export interface PoolClient extends LinkedClient {
   attachServer(server: Server): void
   /** A FATAL error, and the end of it (query_wait_timeout, breaker). */
   fail(error: Buffer): void
+}
+
+/** A replication client and the parameters its own server is opened with. */
+export interface Dedicated extends ServerDedicated {
+  readonly client: PoolClient
 }
 
 /** What a pool needs of its worker thread (worker.ts's PoolerWorker is one). */
@@ -145,6 +151,8 @@ export class Pool {
   private waitingHead = 0
   /** Servers between open() and the end of their login. */
   private readonly loggingIn = new Set<Server>()
+  /** Replication clients whose own server waits for a permit (retried on each tick). */
+  private readonly dedicatedWaiting: Dedicated[] = []
   /** Servers running server_check_query before they serve a client. */
   private checking = 0
   /** Our server that is the breaker's half-open probe, while it logs in. */
@@ -424,8 +432,41 @@ export class Pool {
     return this.waiting.slice(this.waitingHead)
   }
 
+  /**
+   * A replication client (PgBouncer 1.23): a server of its own, opened with its
+   * startup parameters and linked to it once logged in; it counts toward the
+   * pool's limits as any server does and is closed when the client goes.
+   */
+  openDedicated(dedicated: Dedicated): void {
+    if (this.paused) {
+      this.dedicatedWaiting.push(dedicated)
+      return
+    }
+    const permits = this.tryPermit(this.poolSize + (this.reserveDue() ? this.reserveSize : 0))
+    if (permits === 0) {
+      this.dedicatedWaiting.push(dedicated)
+      // An idle server of the pool makes room, as PgBouncer evicts one for a
+      // replication connection; its permit comes back in serverGone.
+      if (this.refusedBy === PERMIT_POOL && this.idle.length > 0) this.idle.shift()!.close()
+      return
+    }
+    const server = new Server(this, permits, this.pickHost(), dedicated)
+    this.servers.add(server)
+    this.worker.log.debug(
+      { server: server.id, pool: this.label, replication: dedicated.replication },
+      'opening replication connection',
+    )
+  }
+
+  private openWaitingDedicated(): void {
+    const waiting = this.dedicatedWaiting.splice(0)
+    for (const dedicated of waiting) this.openDedicated(dedicated)
+  }
+
   /** A waiting client left (disconnect, timeout): forget it. */
   cancelWait(client: PoolClient): void {
+    const d = this.dedicatedWaiting.findIndex((w) => w.client === client)
+    if (d >= 0) this.dedicatedWaiting.splice(d, 1)
     const i = this.waiting.indexOf(client, this.waitingHead)
     if (i < 0) return
     this.waiting.splice(i, 1)
@@ -720,6 +761,15 @@ export class Pool {
   }
 
   serverLoggedIn(server: Server): void {
+    const dedicated = server.dedicated as Dedicated | null
+    if (dedicated !== null) {
+      this.worker.log.info(
+        { server: server.id, pool: this.label, backend_pid: server.pid },
+        'replication connection ready',
+      )
+      this.link(server, dedicated.client, 0)
+      return
+    }
     this.loggingIn.delete(server)
     // Fresh from its login: no check before its first client, as in PgBouncer.
     server.checked = true
@@ -756,6 +806,18 @@ export class Pool {
   }
 
   serverLoginFailed(server: Server, failure: LoginFailure): void {
+    const dedicated = server.dedicated as Dedicated | null
+    if (dedicated !== null) {
+      // A refused replication login (no replication right, no hba line for it)
+      // says nothing of the database's health: no breaker, only its client.
+      this.servers.delete(server)
+      this.worker.log.warn(
+        { pool: this.label, sqlstate: failure.code, error: failure.message },
+        'replication login failed',
+      )
+      dedicated.client.fail(fatal(Texts.loginFailed, failure.code))
+      return
+    }
     this.loggingIn.delete(server)
     if (this.probe === server) this.probe = null
     this.servers.delete(server)
@@ -831,6 +893,11 @@ export class Pool {
     }
     server.client = null
     if (server.state === 'closed') return
+    if (server.dedicated !== null) {
+      // Never pooled: it was its client's alone.
+      server.close()
+      return
+    }
     server.state = 'idle'
     if (server.cancelsInFlight > 0) {
       server.parked = true
@@ -874,6 +941,7 @@ export class Pool {
    */
   serverGone(server: Server): void {
     this.releasePermit(server.permits)
+    if (this.dedicatedWaiting.length > 0) this.openWaitingDedicated()
     if (this.waitingCount > 0) this.grow()
   }
 
@@ -939,8 +1007,15 @@ export class Pool {
 
   tick(now: number): void {
     // Most pools of a host with thousands of databases have nothing to look after.
-    if (this.servers.size === 0 && this.waitingCount === 0 && this.minPoolSize === 0) return
+    if (
+      this.servers.size === 0 &&
+      this.waitingCount === 0 &&
+      this.minPoolSize === 0 &&
+      this.dedicatedWaiting.length === 0
+    )
+      return
     const settings = this.worker.settings
+    if (this.dedicatedWaiting.length > 0) this.openWaitingDedicated()
     if (this.waitingCount > 0) this.grow()
     // Idle servers past their lifetime or idle timeout, never below min_pool_size.
     const idleTimeout = settings.serverIdleTimeout * 1000

@@ -20,7 +20,7 @@ import {
   terminate,
 } from '@pgbouncer-cluster/protocol/serializer'
 import { type ServerAddress, serverAddress } from './address.ts'
-import type { DatabaseConfig, WorkerSettings } from './config-types.ts'
+import type { DatabaseConfig, Replication, WorkerSettings } from './config-types.ts'
 import type { Logger } from './log.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
 import { ParseTracker, type PreparedServer } from './prepared.ts'
@@ -119,6 +119,14 @@ export interface ServerPool {
   serverClosed(server: Server): void
   /** server_check_query answered: the server may be handed out. */
   serverChecked(server: Server): void
+}
+
+/** A server opened for one replication client. */
+export interface Dedicated {
+  readonly client: LinkedClient
+  readonly replication: Replication
+  /** The client's startup parameters the server gets as they are (replication, options, ...). */
+  readonly params: Record<string, string>
 }
 
 /** What a server calls on whoever it is linked to (pool.ts's PoolClient). */
@@ -228,8 +236,20 @@ export class Server implements PreparedServer {
    */
   readonly address: ServerAddress | null
 
-  constructor(pool: ServerPool, permits: number, hostIndex: number) {
+  /**
+   * A replication client's own server (PgBouncer 1.23): opened for it with
+   * its startup parameters, linked to it alone, closed when it goes.
+   */
+  readonly dedicated: Dedicated | null
+
+  constructor(
+    pool: ServerPool,
+    permits: number,
+    hostIndex: number,
+    dedicated: Dedicated | null = null,
+  ) {
     this.pool = pool
+    this.dedicated = dedicated
     this.id = pool.worker.nextSocketId()
     this.permits = permits
     const target = pool.database.hosts[hostIndex]!
@@ -324,6 +344,7 @@ export class Server implements PreparedServer {
     if (db.datestyle) params.DateStyle = db.datestyle
     if (db.timezone) params.TimeZone = db.timezone
     if (db.applicationName) params.application_name = db.applicationName
+    if (this.dedicated !== null) Object.assign(params, this.dedicated.params)
     this.write(startupMessage(params))
   }
 
@@ -716,7 +737,8 @@ export class Server implements PreparedServer {
     this.loginReader = null
     this.scram = null
     this.state = 'idle'
-    const connectQuery = this.pool.database.connectQuery
+    // Not on a replication connection: a physical one takes no SQL.
+    const connectQuery = this.dedicated === null ? this.pool.database.connectQuery : undefined
     if (connectQuery) this.runOwn(query(connectQuery))
     this.pool.serverLoggedIn(this)
   }
@@ -766,8 +788,7 @@ export class Server implements PreparedServer {
     if (this.state !== 'idle' || this.closeNeeded || this.txStatus !== TxStatus.Idle) return false
     // A database's own server_lifetime, when above 0, wins (PgBouncer's pool_server_lifetime).
     const own = this.pool.database.serverLifetime
-    const lifetime =
-      own !== undefined && own > 0 ? own : this.pool.worker.settings.serverLifetime
+    const lifetime = own !== undefined && own > 0 ? own : this.pool.worker.settings.serverLifetime
     return lifetime <= 0 || now - this.createdAt < lifetime * 1000
   }
 
