@@ -259,6 +259,7 @@ export class PoolerWorker {
     acceptConnections(this.listener, (connection) => this.onConnection(connection, false))
     if (this.unixSocket !== null) await this.listenUnix(this.unixSocket)
     this.ticker = setInterval(this.tick, JANITOR_INTERVAL_MS)
+    this.openForcedPools()
     releaseStartupMemory()
     // The coordinator hands this socket to `user =` once every worker has bound its own.
     const fd = (this.listener as unknown as { _handle: { fd?: number } | null })._handle?.fd
@@ -1036,7 +1037,23 @@ export class PoolerWorker {
       const db = this.resolveDatabase(pool.database.name)
       if (db !== null) pool.reconfigure(db, this.poolModeFor(db, pool.user))
     }
+    this.openForcedPools()
     this.log.info('configuration reloaded')
+  }
+
+  /**
+   * A database with a forced user and a min_pool_size has its pool before any
+   * client comes, so the janitor opens its servers (PgBouncer's
+   * check_pool_size); a database a reload adds gets it at once.
+   */
+  private openForcedPools(): void {
+    for (const db of Object.values(this.config.databases)) {
+      if (db.user === undefined || (db.minPoolSize ?? this.settings.minPoolSize) <= 0) continue
+      if (this.pools.has(poolKey(db.name, db.user))) continue
+      Promise.resolve(this.getPool(db, db.user)).catch((err: Error) => {
+        this.log.warn({ db: db.name, error: err.message }, 'no pool for min_pool_size')
+      })
+    }
   }
 
   /**
