@@ -1073,7 +1073,8 @@ export class Pool {
   /** Close every server (RECONNECT, shutdown): idle ones now, linked ones when released. */
   closeAll(): void {
     for (const server of [...this.servers]) {
-      if (server.state === 'active') server.closeNeeded = true
+      // A replication client's own server goes with its client, never before.
+      if (server.state === 'active' || server.dedicated !== null) server.closeNeeded = true
       else server.close()
     }
   }

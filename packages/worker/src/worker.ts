@@ -27,6 +27,7 @@ import { clockNow } from './clock.ts'
 import type {
   DatabaseConfig,
   PoolMode,
+  TlsSide,
   UserConfig,
   WorkerConfig,
   WorkerData,
@@ -1031,11 +1032,15 @@ export class PoolerWorker {
    * database left the file keeps serving the clients it has.
    */
   private reconfigure(config: WorkerConfig): void {
+    // New server_tls_* settings: servers made with the old ones are replaced as
+    // they come free (PgBouncer marks them close_needed).
+    const serverTlsChanged = !sameTlsSide(this.config.tls.server, config.tls.server)
     this.config = config
     this.tls = tlsSetups(config.tls)
     for (const pool of this.pools.values()) {
       const db = this.resolveDatabase(pool.database.name)
       if (db !== null) pool.reconfigure(db, this.poolModeFor(db, pool.user))
+      if (serverTlsChanged) pool.closeAll()
     }
     this.openForcedPools()
     this.log.info('configuration reloaded')
@@ -1124,4 +1129,17 @@ export class PoolerWorker {
     }
     return !busy
   }
+}
+
+function sameTlsSide(a: TlsSide | null, b: TlsSide | null): boolean {
+  if (a === null || b === null) return a === b
+  return (
+    a.sslmode === b.sslmode &&
+    a.key === b.key &&
+    a.cert === b.cert &&
+    a.ca === b.ca &&
+    a.ciphers === b.ciphers &&
+    a.minVersion === b.minVersion &&
+    a.maxVersion === b.maxVersion
+  )
 }
