@@ -90,11 +90,15 @@ for (const target of TARGETS) {
       after(() => p.stop())
 
       test('a wrong password to an unknown database is a wrong password', async () => {
-        // (PgBouncer 1.18 sends these as 08P01; 1.21+ and ours as PostgreSQL, 28P01.)
+        // (PgBouncer 1.18 sends these as 08P01 without the user's name; ours as PostgreSQL, 28P01.)
         const err = await refusal(login(p, 'listed', 'wrong', 'nodb'))
-        assert.equal(err.message, 'password authentication failed for user "listed"')
+        assert.match(err.message, /^password authentication failed/)
         const unknown = await refusal(login(p, 'nobody', 'x', 'nodb'))
-        assert.equal(unknown.message, 'password authentication failed for user "nobody"')
+        assert.match(unknown.message, /^password authentication failed/)
+        if (target.name === 'pgbouncer-cluster') {
+          assert.equal(err.code, '28P01')
+          assert.equal(err.message, 'password authentication failed for user "listed"')
+        }
       })
 
       test('the right password to an unknown database learns that it does not exist', async () => {
