@@ -57,6 +57,7 @@ import type { Server } from './server.ts'
 import {
   type ClientSocket,
   type ConnectionOwner,
+  endSocket,
   pauseReading,
   remoteOf,
   resumeReading,
@@ -1446,7 +1447,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy {
       // connection per transaction saves two system calls and a read.
       this.socket.destroy()
     } else {
-      this.socket.end()
+      endSocket(this.socket)
       // Read on until the client hangs up too: its end of stream closes the socket.
       unsuspendReading(this.socket)
       resumeReading(this.socket)

@@ -3,11 +3,14 @@ import { Buffer } from 'node:buffer'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import net from 'node:net'
-import { describe, it } from 'node:test'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { before, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import { type RelayResult, relay } from '../test/socket-io-relay.ts'
+import { type RelayResult, relay, type TlsPair } from '../test/socket-io-relay.ts'
 import { acceptConnections, handleIo, send, startReading, type TcpConnection } from './socket-io.ts'
 
 /** A listener whose clients come as TcpConnections, and a client connected to it. */
@@ -42,6 +45,22 @@ function readAll(client: net.Socket): Promise<Buffer> {
 
 const SIZE = 24 * 1024 * 1024
 
+/** A self-signed certificate for localhost, made with openssl. */
+async function selfSigned(): Promise<TlsPair> {
+  const dir = mkdtempSync(join(tmpdir(), 'socket-io-tls-'))
+  try {
+    const key = join(dir, 'key.pem')
+    const cert = join(dir, 'cert.pem')
+    await promisify(execFile)('openssl', [
+      ...['req', '-x509', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'],
+      ...['-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost'],
+    ])
+    return { key: readFileSync(key, 'utf8'), cert: readFileSync(cert, 'utf8') }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 describe('socket-io', () => {
   it('uses the stream handles on this Node', () => {
     assert.equal(handleIo, true)
@@ -59,6 +78,26 @@ describe('socket-io', () => {
       })
     }
   }
+
+  describe('over TLS', () => {
+    let pair: TlsPair
+    before(async () => {
+      pair = await selfSigned()
+    })
+    for (const ownBuffer of [true, false]) {
+      for (const backpressure of [false, true]) {
+        it(`relays 24 MB intact through the TLS layer's handle (${ownBuffer ? 'own' : 'shared'} read buffer, ${backpressure ? 'pausing the reader' : 'reading on'})`, async () => {
+          const r = await relay({ ownBuffer, backpressure, size: SIZE, tls: pair })
+          assert.equal(r.viaHandle, true, 'the TLS socket was read through its stream')
+          assert.equal(r.bytes, SIZE)
+          assert.ok(r.intact, 'the bytes B got differ from what A sent')
+          assert.ok(r.queuedSome, 'no write ever waited: the test proves nothing')
+          assert.equal(r.paused, backpressure)
+          assert.ok(r.closed, 'end of stream from A did not close the socket')
+        })
+      }
+    }
+  })
 
   it('falls back to the stream API where the handles are withheld, with the same result', async () => {
     // The permission model withholds process.binding().

@@ -21,9 +21,17 @@
 // Plain TCP clients go one step further: the listener hands over the accepted
 // handle, which a TcpConnection holds without any net.Socket (see there).
 //
+// TLS sockets take the same path: their handle is Node's TLS layer, itself a
+// stream handle. It decrypts into the buffer given to useUserBuffer, and it
+// encrypts what writeBuffer/writev hand it before the call returns (writev's
+// buffers into one record), so the caller's bytes are free again at once. It
+// differs in two ways, handled under "TLS writes" below: it completes every
+// write later, on the next turn of the event loop, and it takes one write at
+// a time.
+//
 // The handle API is the one net.js uses (process.binding('stream_wrap')). If a
 // Node build withholds it, the same functions fall back to the public stream
-// API, with the same behaviour and the old costs; so do TLS sockets.
+// API, with the same behaviour and the old costs.
 
 import { Buffer } from 'node:buffer'
 import net from 'node:net'
@@ -56,6 +64,8 @@ interface WriteReq {
   owner: WriteOwner | null
   socket: ClientSocket | null
   buffer: Uint8Array | Uint8Array[] | null
+  /** A TLS write's socket handle, for its completion. */
+  handle: Handle | null
 }
 interface ShutdownReq {
   oncomplete: (status: number) => void
@@ -84,6 +94,7 @@ interface Handle {
   [kReadBuffer]?: Buffer
   [kReadView]?: Buffer | null
   [kConnection]?: TcpConnection
+  [kTls]?: TlsWrites
 }
 interface StreamWrap {
   WriteWrap: new () => WriteReq
@@ -97,6 +108,7 @@ const kReader = Symbol('reader')
 const kReadBuffer = Symbol('readBuffer')
 const kReadView = Symbol('readView')
 const kConnection = Symbol('connection')
+const kTls = Symbol('tls')
 
 function loadStreamWrap(): StreamWrap | null {
   try {
@@ -134,18 +146,20 @@ function newReq(): WriteReq {
   req.owner = null
   req.socket = null
   req.buffer = null
+  req.handle = null
   return req
 }
 
 /**
  * The socket, when its bytes go through the stream API: every socket where the
- * handles are withheld, and TLS sockets, whose handle is Node's TLS layer
- * (it completes every write later, so the handle path would gain nothing).
+ * handles are withheld.
  */
 function viaStream(socket: ClientSocket): net.Socket | null {
-  return wrap === null || (socket as { encrypted?: boolean }).encrypted === true
-    ? (socket as net.Socket)
-    : null
+  return wrap === null ? (socket as net.Socket) : null
+}
+
+function isTls(socket: ClientSocket): boolean {
+  return (socket as { encrypted?: boolean }).encrypted === true
 }
 
 function handleOf(socket: ClientSocket): Handle | null {
@@ -394,10 +408,11 @@ export function send(socket: ClientSocket, owner: WriteOwner, buf: Uint8Array): 
   if (stream !== null) return streamWrite(stream, owner, buf)
   const handle = handleOf(socket)
   if (handle === null || socket.destroyed) return true
+  if (isTls(socket)) return tlsWrite(socket, handle, owner, buf)
   return afterWrite(socket, owner, handle.writeBuffer(spareReq!, buf), buf)
 }
 
-/** Several buffers in one system call. */
+/** Several buffers in one system call (over TLS, in one record). */
 export function sendAll(socket: ClientSocket, owner: WriteOwner, chunks: Uint8Array[]): boolean {
   const stream = viaStream(socket)
   if (stream !== null) {
@@ -407,21 +422,156 @@ export function sendAll(socket: ClientSocket, owner: WriteOwner, chunks: Uint8Ar
   }
   const handle = handleOf(socket)
   if (handle === null || socket.destroyed) return true
+  if (isTls(socket)) return tlsWrite(socket, handle, owner, chunks)
   return afterWrite(socket, owner, handle.writev(spareReq!, chunks, true), chunks)
 }
 
 /** Writes what is left to say, then half-closes once every queued write is out. */
 export function endWith(socket: ClientSocket, owner: WriteOwner, buf: Uint8Array): void {
   send(socket, owner, buf)
-  socket.end()
+  endSocket(socket)
+}
+
+/**
+ * Half-closes once every queued write is out: a TLS socket's writes still
+ * waiting here (see tlsWrite) go first, then its close_notify.
+ */
+export function endSocket(socket: ClientSocket): void {
+  const tls = isTls(socket) ? handleOf(socket)?.[kTls] : undefined
+  if (tls?.busy) tls.ending = true
+  else socket.end()
+}
+
+// ---- TLS writes ---------------------------------------------------------------
+//
+// Node's TLS layer holds a write's request until the next turn of the event
+// loop, even when the kernel took its bytes at once, and it refuses a second
+// write meanwhile (net.js's Writable never asks it to). So a TLS socket has one
+// write in flight at most; what comes while it is, usually nothing, waits here
+// as a copy (the caller may write into its buffer again) and leaves as one
+// record when the write completes. Requests come from a free list, so a write
+// allocates nothing. The writer is told to stop (false) only when more than
+// TLS_BACKLOG bytes wait, as a Writable's highWaterMark would.
+
+const TLS_BACKLOG = 16 * 1024
+
+interface TlsWrites {
+  /** A write is in flight. */
+  busy: boolean
+  /** Copies of what came while it was. */
+  backlog: Uint8Array[]
+  backlogBytes: number
+  /** A writer told to stop, to be told once everything is out. */
+  stopped: WriteOwner | null
+  /** endSocket() came while busy: half-close once everything is out. */
+  ending: boolean
+}
+
+// A request comes back to the list only once its completion callback has
+// returned: Node lets go of it just after, and until then it cannot carry
+// another write.
+const tlsReqs: WriteReq[] = []
+
+function tlsReq(socket: ClientSocket, handle: Handle): WriteReq {
+  let req = tlsReqs.pop()
+  if (req === undefined) {
+    req = new wrap!.WriteWrap() as WriteReq
+    req.oncomplete = onTlsWriteDone
+    req.owner = null
+    req.buffer = null
+  }
+  req.handle = handle
+  req.socket = socket
+  return req
+}
+
+function tlsWrite(
+  socket: ClientSocket,
+  handle: Handle,
+  owner: WriteOwner,
+  bytes: Uint8Array | Uint8Array[],
+): boolean {
+  let state = handle[kTls]
+  if (state === undefined) {
+    state = { busy: false, backlog: [], backlogBytes: 0, stopped: null, ending: false }
+    handle[kTls] = state
+  }
+  if (state.busy) {
+    for (const chunk of Array.isArray(bytes) ? bytes : [bytes]) {
+      state.backlog.push(Buffer.from(chunk))
+      state.backlogBytes += chunk.length
+    }
+    if (state.backlogBytes <= TLS_BACKLOG) return true
+    if (state.stopped === null) {
+      state.stopped = owner
+      owner.queuedWrites++
+    }
+    return false
+  }
+  const req = tlsReq(socket, handle)
+  const err = Array.isArray(bytes)
+    ? handle.writev(req, bytes, true)
+    : handle.writeBuffer(req, bytes)
+  if (err !== 0) {
+    releaseWriteReq(req)
+    socket.destroy(systemError(err, 'write'))
+    return true
+  }
+  state.busy = true
+  return true
+}
+
+function releaseWriteReq(req: WriteReq): void {
+  req.handle = null
+  req.socket = null
+  tlsReqs.push(req)
+}
+
+function onTlsWriteDone(this: WriteReq, status: number): void {
+  const handle = this.handle!
+  const socket = this.socket!
+  try {
+    tlsWriteDone(socket, handle, status)
+  } finally {
+    releaseWriteReq(this)
+  }
+}
+
+function tlsWriteDone(socket: ClientSocket, handle: Handle, status: number): void {
+  const state = handle[kTls]!
+  state.busy = false
+  if (status < 0) {
+    socket.destroy(systemError(status, 'write'))
+    return
+  }
+  if (state.backlog.length > 0) {
+    const chunks = state.backlog
+    state.backlog = []
+    state.backlogBytes = 0
+    const req = tlsReq(socket, handle)
+    const err = handle.writev(req, chunks, true)
+    if (err !== 0) {
+      releaseWriteReq(req)
+      socket.destroy(systemError(err, 'write'))
+      return
+    }
+    state.busy = true
+    return
+  }
+  const owner = state.stopped
+  if (owner !== null) {
+    state.stopped = null
+    if (--owner.queuedWrites === 0) owner.onDrained()
+  }
+  if (state.ending) {
+    state.ending = false
+    socket.end()
+  }
 }
 
 function streamWrite(socket: net.Socket, owner: WriteOwner, buf: Uint8Array): boolean {
   if (socket.destroyed) return true
-  // A stream keeps what it is given until the write completes (a TLS socket:
-  // always later), and with handles at hand `buf` may be a view of a read
-  // buffer about to be read into again: the stream gets a copy.
-  if (socket.write(wrap === null ? buf : Buffer.from(buf))) return true
+  if (socket.write(buf)) return true
   if (owner.queuedWrites++ === 0) {
     socket.once('drain', () => {
       owner.queuedWrites = 0
@@ -515,6 +665,10 @@ export function startReading(socket: ClientSocket, reader: ReadOwner, ownBuffer:
   }
   const handle = handleOf(socket)
   if (handle === null) return
+  // What a TLS socket decrypted before it was handed over (the bytes that
+  // came with the end of the handshake) waits in its stream: it goes first.
+  const tls = isTls(socket) ? (socket as net.Socket) : null
+  const early: Buffer | null = tls !== null && tls.readableLength > 0 ? tls.read() : null
   if (ownBuffer) {
     const buffer = Buffer.allocUnsafeSlow(READ_BUFFER_SIZE)
     handle[kReadBuffer] = buffer
@@ -523,6 +677,7 @@ export function startReading(socket: ClientSocket, reader: ReadOwner, ownBuffer:
   } else {
     takeOver(handle, reader, sharedReadBuffer!, onSharedRead)
   }
+  if (early !== null) reader.onBytes(early)
 }
 
 /** Stops reading (the peer is not draining). */
