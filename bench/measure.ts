@@ -38,6 +38,10 @@ export interface RunSample {
 
 /** Why a target cannot run a workload at all (not a failure of the target). */
 export function skipReason(w: Workload, t: Target, pgMaxConnections: number): string | null {
+  if (w.kind === 'pgbench' && w.tls) {
+    if (t.kind === 'direct') return 'the PostgreSQL here runs without TLS'
+    if (!t.clientTls) return 'no client TLS: the certificate could not be made (openssl)'
+  }
   if (t.kind === 'direct' || t.kind === 'relay') {
     const clients =
       w.kind === 'pgbench' ? w.clients : w.kind === 'pg-dynamic' ? w.maxConcurrency : w.concurrency
@@ -106,6 +110,7 @@ export function warmUp(
     threads: 2,
     mode: 'simple',
     reconnect: false,
+    tls: false,
     durationS: 3,
   }
   return runPgbench(w, t.endpoint, { bin: pgbenchBin, onSpawn })

@@ -104,6 +104,7 @@ test('builds the pgbench command for a workload', () => {
     threads: 2,
     mode: 'prepared',
     reconnect: true,
+    tls: false,
     durationS: 5,
   }
   const args = pgbenchArgs(

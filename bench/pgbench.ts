@@ -135,7 +135,8 @@ export async function runPgbench(
     const [cmd, argv] = w.clients > 500 ? withNofile(65536, opts.bin, args) : [opts.bin, args]
     const started = performance.now()
     const { code, stdout, stderr } = await execBounded(cmd, argv, {
-      env: opts.env,
+      // Explicit either way: libpq's default (prefer) would take TLS wherever it is offered.
+      env: { ...(opts.env ?? process.env), PGSSLMODE: w.tls ? 'require' : 'disable' },
       cwd: dir,
       timeoutMs: (w.durationS + 60) * 1000,
       onSpawn: opts.onSpawn,

@@ -54,3 +54,16 @@ test("a scenario's settings and '*' keys come after the common ones", () => {
   assert.match(ini, /^\* = host=127\.0\.0\.1 port=5432 dbname=postgres$/m)
   assert.match(ini, /^autodb_idle_timeout = 2$/m)
 })
+
+test("client TLS: allow, with the certificate and key, in every pooler's ini alike", () => {
+  const tls = { ...OPTS, clientTls: { certFile: '/tmp/c.crt', keyFile: '/tmp/c.key' } }
+  const ini = poolerIni(tls, 6001)
+  assert.match(ini, /^client_tls_sslmode = allow$/m)
+  assert.match(ini, /^client_tls_cert_file = \/tmp\/c\.crt$/m)
+  assert.match(ini, /^client_tls_key_file = \/tmp\/c\.key$/m)
+  assert.doesNotMatch(poolerIni(OPTS, 6001), /client_tls/)
+  const differing = ini
+    .split('\n')
+    .filter((line, i) => line !== poolerIni(tls, 6002).split('\n')[i])
+  assert.deepEqual(differing, ['listen_port = 6001'])
+})

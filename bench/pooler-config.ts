@@ -9,6 +9,8 @@ export interface PoolerConfigOptions {
   poolSize: number
   /** One of several PgBouncer processes sharing the port (their pool split between them). */
   soReuseport?: boolean
+  /** The certificate and key the poolers show clients that ask for TLS (client_tls_sslmode = allow). */
+  clientTls?: { certFile: string; keyFile: string }
   /** A scenario's own settings (autodb.ts), after the common ones. */
   settings?: Record<string, string | number>
   /** Keys the '*' entry adds (autodb.ts: every name to one database). */
@@ -34,7 +36,11 @@ ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
-${o.soReuseport ? 'so_reuseport = 1\n' : ''}${Object.entries(o.settings ?? {})
+${
+  o.clientTls
+    ? `client_tls_sslmode = allow\nclient_tls_cert_file = ${o.clientTls.certFile}\nclient_tls_key_file = ${o.clientTls.keyFile}\n`
+    : ''
+}${o.soReuseport ? 'so_reuseport = 1\n' : ''}${Object.entries(o.settings ?? {})
   .map(([k, v]) => `${k} = ${v}\n`)
   .join('')}`
 }

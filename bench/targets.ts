@@ -24,6 +24,8 @@ export interface Target {
   endpoint: Endpoint
   /** The processes whose CPU and memory count as the pooler's; none for direct. */
   pids: number[]
+  /** The pooler answers SSLRequest (client_tls_sslmode = allow in its ini). */
+  clientTls: boolean
   /** Where the target's threads write their allocation totals (PGBC_ALLOC_STATS); null if they do not. */
   allocDir: string | null
   status: 'ready' | 'skipped' | 'failed'
@@ -190,12 +192,14 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
   if (pgUser) await chown(dir, pgUser.uid, pgUser.gid)
   const authFile = join(dir, 'userlist.txt')
   await writeFile(authFile, userlist([o.pg.user]), { mode: 0o644 })
+  const clientTls = await makeCertificate(dir, pgUser, log)
   const base = {
     pgHost: o.pg.host,
     pgPort: o.pg.port,
     authFile,
     maxClientConn: MAX_CLIENT_CONN,
     poolSize: POOL_SIZE,
+    ...(clientTls ? { clientTls } : {}),
     ...o.config,
   }
   const endpoint = (port: number): Endpoint => ({ ...o.pg, host: '127.0.0.1', port })
@@ -209,6 +213,7 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
         kind: 'direct',
         endpoint: { ...o.pg },
         pids: [],
+        clientTls: false,
         allocDir: null,
         status: 'ready',
         exitNote: () => null,
@@ -248,6 +253,8 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
       })
     }
     const t = targets[targets.length - 1]!
+    // the poolers read the ini, which has client TLS when the certificate was made
+    t.clientTls = clientTls !== null && t.status === 'ready' && t.kind !== 'relay'
     log(`${t.label}: ${t.status}${t.reason ? ` (${t.reason})` : ` on port ${port}`}`)
   }
 
@@ -261,6 +268,40 @@ export async function startTargets(o: StartTargetsOptions): Promise<TargetSet> {
       untrackDir()
     },
   }
+}
+
+/**
+ * A self-signed certificate for the poolers' client TLS (P-256, as PgBouncer's
+ * and Node's defaults negotiate it), readable by the postgres user PgBouncer
+ * runs as. Null, with the reason logged, where openssl is missing.
+ */
+async function makeCertificate(
+  dir: string,
+  owner: { uid: number; gid: number } | null,
+  log: (line: string) => void,
+): Promise<{ certFile: string; keyFile: string } | null> {
+  const certFile = join(dir, 'client-tls.crt')
+  const keyFile = join(dir, 'client-tls.key')
+  try {
+    execFileSync(
+      'openssl',
+      [
+        ...['req', '-x509', '-nodes', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1'],
+        ...['-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=127.0.0.1'],
+      ],
+      { stdio: 'ignore' },
+    )
+    await chmod(keyFile, 0o600)
+    await chmod(certFile, 0o644)
+    if (owner) {
+      await chown(keyFile, owner.uid, owner.gid)
+      await chown(certFile, owner.uid, owner.gid)
+    }
+  } catch (err) {
+    log(`no client TLS (the TLS workloads are skipped): openssl: ${(err as Error).message}`)
+    return null
+  }
+  return { certFile, keyFile }
 }
 
 /** Started processes that are ready: stopped with SIGTERM, then SIGKILL after `graceMs`. */
@@ -279,6 +320,7 @@ function running(
     kind,
     endpoint: ep,
     pids: procs.flatMap((s) => (s.child.pid === undefined ? [] : [s.child.pid])),
+    clientTls: false,
     allocDir,
     status: 'ready',
     exitNote: () => procs.map(exitNote).find((n) => n !== null) ?? null,
@@ -302,6 +344,7 @@ function notReady(
     kind,
     endpoint: ep,
     pids: [],
+    clientTls: false,
     allocDir: null,
     status,
     reason,

@@ -12,6 +12,8 @@ test('the full plan has every workload of the brief', () => {
     'select-extended',
     'select-prepared',
     'select-connect',
+    'select-tls',
+    'select-connect-tls',
     'single-client',
     'clients-1000',
     'pg-churn',
@@ -90,6 +92,22 @@ test('direct PostgreSQL skips what exceeds max_connections, poolers never do', (
   assert.match(skipReason(w1000!, direct, 200)!, /max_connections \(200\)/)
   assert.equal(skipReason(w32!, direct, 200), null)
   assert.equal(skipReason(w1000!, pooler, 200), null)
+})
+
+test('the TLS workloads are the select ones over client TLS, run by the poolers that offer it', () => {
+  const [plain, tls, connectTls] = selectWorkloads({ quick: false }, [
+    'select-simple',
+    'select-tls',
+    'select-connect-tls',
+  ])
+  assert.ok(plain!.kind === 'pgbench' && !plain!.tls)
+  assert.ok(tls!.kind === 'pgbench' && tls!.tls && !tls!.reconnect && tls!.clients === 32)
+  assert.ok(connectTls!.kind === 'pgbench' && connectTls!.tls && connectTls!.reconnect)
+  const pooler = { kind: 'pgbouncer', clientTls: true } as Target
+  assert.equal(skipReason(tls!, pooler, 200), null)
+  assert.match(skipReason(tls!, { kind: 'direct' } as Target, 200)!, /without TLS/)
+  assert.match(skipReason(tls!, { ...pooler, clientTls: false }, 200)!, /no client TLS/)
+  assert.equal(skipReason(plain!, { ...pooler, clientTls: false }, 200), null)
 })
 
 test('planRuns alternates the targets round by round and lists every skip', () => {

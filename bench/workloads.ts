@@ -11,6 +11,8 @@ export interface PgbenchWorkload {
   mode: QueryMode
   /** pgbench -C: a new connection for every transaction. */
   reconnect: boolean
+  /** Over client TLS (pgbench sslmode=require); otherwise sslmode=disable. */
+  tls: boolean
   durationS: number
 }
 
@@ -50,6 +52,7 @@ export function allWorkloads(opts: PlanOptions): Workload[] {
     clients: number,
     mode: QueryMode,
     reconnect = false,
+    tls = false,
   ): PgbenchWorkload => ({
     kind: 'pgbench',
     name,
@@ -58,6 +61,7 @@ export function allWorkloads(opts: PlanOptions): Workload[] {
     threads: clients === 1 ? 1 : 2,
     mode,
     reconnect,
+    tls,
     durationS: d,
   })
   return [
@@ -69,6 +73,22 @@ export function allWorkloads(opts: PlanOptions): Workload[] {
       'pgbench -S -C (connect per transaction), 32 clients',
       32,
       'simple',
+      true,
+    ),
+    pgbench(
+      'select-tls',
+      'pgbench -S -M simple over client TLS, 32 clients',
+      32,
+      'simple',
+      false,
+      true,
+    ),
+    pgbench(
+      'select-connect-tls',
+      'pgbench -S -C over client TLS (a TLS handshake per transaction), 32 clients',
+      32,
+      'simple',
+      true,
       true,
     ),
     pgbench('single-client', 'pgbench -S, 1 client (latency)', 1, 'simple'),
