@@ -242,9 +242,10 @@ export class Breakers {
    * Whether waiting clients keep waiting. A database that says it is starting
    * up or shutting down will take logins again soon: its clients wait. A
    * restart also has a gap in which nothing listens; refusals that follow the
-   * restart's errors keep them waiting for RESTART_GRACE_MS (at most
-   * server_login_retry), after which the database is down and they get the
-   * error. Any other failure gives them the error at once.
+   * restart's errors, or that are the first since the database last took a
+   * login (the worker sets the word for those), keep them waiting for
+   * RESTART_GRACE_MS (at most server_login_retry), after which the database is
+   * down and they get the error. Any other failure gives them the error at once.
    */
   private noteRestart(entry: Entry, kind: number | undefined): void {
     const words = this.options.shared.breaker(entry.slot)
@@ -264,7 +265,7 @@ export class Breakers {
         words.setClientsWait(false)
         this.options.log.warn(
           { database: entry.database, error: entry.message, grace_ms: grace },
-          'database did not come back after its restart: clients get the error',
+          'database did not come back within the grace: clients get the error',
         )
       }, grace)
       entry.graceTimer.unref()

@@ -9,11 +9,10 @@ import { type IniSpec, type Pooler, startPooler, writeIni } from './support.ts'
 // ("the database system is shutting down", "... starting up"), and while it
 // refuses connections in the gap between the old postmaster and the new one,
 // clients that need a server wait for it, within query_wait_timeout, and the
-// pooler tries again after 100 ms, 200, 400 ... up to server_login_retry. A
-// database that refuses connections without having said it was restarting is
-// down: its clients get the error at once (operations-breaker.test.ts), and so
-// do they when the refusals outlast the restart's grace (5 s, at most
-// server_login_retry).
+// pooler tries again after 100 ms, 200, 400 ... up to server_login_retry. The
+// first refusal since the database last took a login gets the same grace (5 s,
+// at most server_login_retry); refusals that outlast it make the database down,
+// and its clients get the error (at once from then on: operations-breaker.test.ts).
 const db = usePostgres({ databases: ['app'] })
 
 type Start = (spec: IniSpec) => Promise<Pooler>
@@ -257,3 +256,41 @@ describe('pgbouncer-cluster: PostgreSQL that shuts down and stays down', {
     }
   })
 })
+
+// PgBouncer's test_server_login_retry: PostgreSQL is down when a client first
+// needs it and comes back a moment later. PgBouncer keeps the client waiting
+// and tries again after server_login_retry; the pooler keeps it waiting too,
+// within the grace a restart gets (here server_login_retry, 3 s), trying again
+// sooner, and serves it once PostgreSQL is back.
+for (const target of TARGETS) {
+  describe(`${target.name}: PostgreSQL down at a client's first query, back 1 s later`, {
+    skip: target.skip,
+    timeout: 60_000,
+  }, () => {
+    test('the client waits and is served', { timeout: 45_000 }, async () => {
+      await db.server.halt()
+      let pooler: Pooler | null = null
+      try {
+        pooler = await target.start(spec({ server_login_retry: 3, query_timeout: 10 }))
+        const client = pooler.client({ database: 'app' })
+        client.on('error', () => {})
+        const served = client
+          .connect()
+          .then(() => client.query('SELECT 1 AS one'))
+          .then(
+            (r) => r.rows[0].one as number,
+            (err: PgError) => err,
+          )
+        await new Promise((r) => setTimeout(r, 1000))
+        await db.server.restart()
+        const answer = await served
+        assert.equal(answer, 1, `the client got ${String(answer)}`)
+        await client.end().catch(() => {})
+      } finally {
+        await pooler?.stop()
+        // Whatever failed above, the next test needs its server.
+        await db.server.restart().catch(() => {})
+      }
+    })
+  })
+}

@@ -828,6 +828,11 @@ export class Pool {
     // Skipped by the next login of every worker, before the coordinator hears of it.
     if (host >= 0) this.breaker.markHostDown(host)
     if (kind === LoginFailureKind.restarting) this.breaker.setClientsWait(true)
+    // The first refusal since the database last took a login: as PgBouncer, its
+    // clients wait for it to come back, here within the grace a restart gets
+    // (at most server_login_retry; breaker.ts), while the login is tried again.
+    else if (kind === LoginFailureKind.unreachable && this.breaker.failures() === 0)
+      this.breaker.setClientsWait(true)
     this.worker.reportLoginFailure(this, sqlstate, message, host, kind)
     // The one line about it (the coordinator's breaker says only what it does), a warning as in PgBouncer.
     this.worker.log.warn(

@@ -9,10 +9,12 @@
 //                Clients wait, within query_wait_timeout; it is tried again
 //                soon, and sooner than server_login_retry.
 //   unreachable  nothing answers: connection refused, no route, a name that
-//                does not resolve, no socket file, server_connect_timeout. Clients get the
-//                error at once, unless PostgreSQL said it was restarting just
-//                before (a restart's gap between the old postmaster and the
-//                new one refuses connections too); also tried again soon.
+//                does not resolve, no socket file, server_connect_timeout. The
+//                first such failure since the database last took a login, and
+//                those right after PostgreSQL said it was restarting (a
+//                restart's gap refuses connections too), keep clients waiting
+//                for the coordinator's grace; past it they get the error at
+//                once. Also tried again soon.
 //   refused      PostgreSQL or the pooler refused this login: a password, a
 //                role, a database, TLS. Trying again soon would change
 //                nothing: server_login_retry.
