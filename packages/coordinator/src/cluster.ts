@@ -9,6 +9,7 @@ import {
   encodeControl,
   type ShutdownMode,
 } from '@pgbouncer-cluster/protocol/control'
+import { splitPoolKey } from '@pgbouncer-cluster/protocol/pool-key'
 import { createSharedMemory, SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { type WorkerData, workerEntry } from '@pgbouncer-cluster/worker'
 import type { LineSink, LogFile, Logger } from '@pgbouncer-cluster/worker/log'
@@ -158,7 +159,7 @@ export class Cluster {
       waitingForServers: () => this.shutdownMode === 'wait-for-servers',
       pools: () =>
         [...this.registry.entries()].map(([key]) => {
-          const [database, user] = key.split('\u0000')
+          const [database, user] = splitPoolKey(key)
           return { database, user }
         }),
       port: () => this.listen.port,
@@ -317,7 +318,7 @@ export class Cluster {
       snapshot: () => this.admin.snapshot(),
       pools: () =>
         [...this.registry.entries()].map(([key, slot]) => {
-          const [database, user] = key.split('\u0000')
+          const [database, user] = splitPoolKey(key)
           return { database, user, slot }
         }),
       databases: () =>

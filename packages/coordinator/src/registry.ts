@@ -1,3 +1,4 @@
+import { poolKey } from '@pgbouncer-cluster/protocol/pool-key'
 import type { SharedLayout } from '@pgbouncer-cluster/protocol/shared-memory'
 
 /**
@@ -79,7 +80,7 @@ export class SlotRegistry {
       pool = this.free.pools.take(this.layout.maxPools)
       if (pool < 0) return 'pools'
       db.pools.set(user, pool)
-      this.pools.set(`${database}\u0000${user}`, pool)
+      this.pools.set(poolKey(database, user), pool)
     }
     return { pool, databaseSlot: db.slot, userSlot }
   }
@@ -125,7 +126,7 @@ export class SlotRegistry {
     this.free.databases.give(db.slot)
     const pools: number[] = []
     for (const [user, pool] of db.pools) {
-      this.pools.delete(`${name}\u0000${user}`)
+      this.pools.delete(poolKey(name, user))
       this.free.pools.give(pool)
       pools.push(pool)
     }

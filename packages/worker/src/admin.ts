@@ -12,7 +12,7 @@ import {
   rowDescription,
 } from '@pgbouncer-cluster/protocol/serializer'
 import type { WorkerSettings } from './config-types.ts'
-import { error, fatal, Texts } from './errors.ts'
+import { error, fatal, SqlState, Texts } from './errors.ts'
 import type { Logger } from './log.ts'
 import type { Vars } from './params.ts'
 
@@ -299,7 +299,7 @@ export class AdminSession {
         this.finish(
           noticeResponse({
             severity: 'NOTICE',
-            code: '00000',
+            code: SqlState.SuccessfulCompletion,
             message: 'Console usage',
             detail: HELP,
           }),
@@ -318,7 +318,7 @@ export class AdminSession {
         return
       }
       if (arg !== undefined && SHOW_UNSUPPORTED.has(arg)) {
-        this.finish(error(Text.notSupported(`SHOW ${arg}`), '0A000'))
+        this.finish(error(Text.notSupported(`SHOW ${arg}`), SqlState.FeatureNotSupported))
         return
       }
       if (arg === undefined || !SHOW_VIEWS.has(arg)) {
@@ -351,7 +351,11 @@ export class AdminSession {
     }
     if (FAKE_PARAMS.has(set.name.toLowerCase())) {
       this.finish(
-        noticeResponse({ severity: 'NOTICE', code: '00000', message: 'SET ignored' }),
+        noticeResponse({
+          severity: 'NOTICE',
+          code: SqlState.SuccessfulCompletion,
+          message: 'SET ignored',
+        }),
         commandComplete('SET'),
       )
       return
@@ -374,7 +378,13 @@ export class AdminSession {
     }
     const out: Buffer[] = []
     if (reply.notice !== undefined)
-      out.push(noticeResponse({ severity: 'NOTICE', code: '00000', message: reply.notice }))
+      out.push(
+        noticeResponse({
+          severity: 'NOTICE',
+          code: SqlState.SuccessfulCompletion,
+          message: reply.notice,
+        }),
+      )
     if (reply.columns.length > 0) {
       out.push(rowDescription(reply.columns.map(([name, typeOid]) => ({ name, typeOid }))))
       for (const row of reply.rows) out.push(dataRow(row))

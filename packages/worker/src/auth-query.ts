@@ -10,8 +10,8 @@ import { FrameReader } from '@pgbouncer-cluster/protocol/frame-reader'
 import { TxStatus } from '@pgbouncer-cluster/protocol/messages'
 import { parseErrorFields } from '@pgbouncer-cluster/protocol/parser'
 import { bind, execute, parse, sync } from '@pgbouncer-cluster/protocol/serializer'
-import { Texts } from './errors.ts'
-import type { Pool, PoolClient } from './pool.ts'
+import { SqlState, Texts } from './errors.ts'
+import type { Pool, PoolClient } from './pool/pool.ts'
 import type { Server } from './server.ts'
 
 /** What auth_query said about a user. */
@@ -80,7 +80,11 @@ export class AuthQuery implements PoolClient {
 
   serverLost(): void {
     this.server = null
-    this.outcome.resolve({ kind: 'error', sqlstate: '08006', message: Texts.serverConnCrashed })
+    this.outcome.resolve({
+      kind: 'error',
+      sqlstate: SqlState.ConnectionFailure,
+      message: Texts.serverConnCrashed,
+    })
   }
 
   serverReportedVar(): void {}

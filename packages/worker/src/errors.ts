@@ -5,6 +5,8 @@ import { errorResponse } from '@pgbouncer-cluster/protocol/serializer'
  * SQLSTATEs so that client code and runbooks matching on them keep working.
  */
 export const SqlState = {
+  SuccessfulCompletion: '00000',
+  ConnectionFailure: '08006',
   ProtocolViolation: '08P01',
   InvalidPassword: '28P01',
   InvalidAuthorization: '28000',

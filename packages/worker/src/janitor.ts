@@ -3,7 +3,7 @@ import type { ClientSession } from './client.ts'
 import type { UserConfig, WorkerConfig } from './config-types.ts'
 import { fatal, Texts } from './errors.ts'
 import type { Logger } from './log.ts'
-import type { Pool, PoolClient } from './pool.ts'
+import type { Pool, PoolClient } from './pool/pool.ts'
 
 /** What the janitor sees of its worker. */
 export interface JanitorHost {

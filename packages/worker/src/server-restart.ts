@@ -1,5 +1,5 @@
 // What a failed server login says about its server, for the clients waiting
-// for one and for when to try again (pool.ts, and the coordinator's breaker).
+// for one and for when to try again (pool/pool.ts, and the coordinator's breaker).
 //
 //   restarting   PostgreSQL is there and cannot take a login now: 57P03
 //                ("the database system is starting up", "... is shutting

@@ -21,6 +21,7 @@ import {
 } from '@pgbouncer-cluster/protocol/serializer'
 import { type ServerAddress, serverAddress } from './address.ts'
 import type { DatabaseConfig, Replication, WorkerSettings } from './config-types.ts'
+import { SqlState } from './errors.ts'
 import type { Logger } from './log.ts'
 import { type TrackedName, trackedName, type Vars, varsKey } from './params.ts'
 import { ParseTracker, type PreparedServer } from './prepared.ts'
@@ -75,7 +76,7 @@ function statusAt(end: number): number {
 }
 
 // What a server sees of the objects around it: small interfaces, so that
-// server.ts imports none of them (pool.ts, client.ts and worker.ts import it).
+// server.ts imports none of them (pool/, client.ts and worker.ts import it).
 
 /** What a server needs of its worker thread. */
 export interface ServerHost {
@@ -101,7 +102,7 @@ export interface ServerSecret {
   scramKeys: { clientKey: Buffer; serverKey: Buffer } | null
 }
 
-/** What a server needs of the pool it belongs to (pool.ts's Pool). */
+/** What a server needs of the pool it belongs to (pool/pool.ts's Pool). */
 export interface ServerPool {
   readonly worker: ServerHost
   readonly database: DatabaseConfig
@@ -129,7 +130,7 @@ export interface Dedicated {
   readonly params: Record<string, string>
 }
 
-/** What a server calls on whoever it is linked to (pool.ts's PoolClient). */
+/** What a server calls on whoever it is linked to (pool/pool.ts's PoolClient). */
 export interface LinkedClient {
   /** A client session's id (SHOW CLIENTS' ptr); 0 for the pooler's own. */
   readonly id: number
@@ -163,8 +164,17 @@ export class Server implements PreparedServer {
   readonly pool: ServerPool
   /** The connection to PostgreSQL; a TLS socket over it once PostgreSQL agreed to TLS. */
   socket: net.Socket
-  state: ServerState = 'login'
-  client: LinkedClient | null = null
+  // A server's state is changed only here, by the methods below (link,
+  // unlink, markChecked, closeWhenFree, ...), as PgBouncer changes it only in
+  // change_server_state(); the rest of the worker reads it through getters.
+  #state: ServerState = 'login'
+  get state(): ServerState {
+    return this.#state
+  }
+  #client: LinkedClient | null = null
+  get client(): LinkedClient | null {
+    return this.#client
+  }
   /** ParameterStatus values as the server last reported them. */
   readonly params = new Map<string, string>()
   /** The tracked subset, for the SET on link, and its key (see params.ts). */
@@ -174,33 +184,61 @@ export class Server implements PreparedServer {
   secret = 0
   /** The worker's clock (clock.ts), as the janitor reads it. */
   readonly createdAt: number
-  lastUsed: number
+  #lastUsed: number
+  /** When it was last linked or released (the worker's clock). */
+  get lastUsed(): number {
+    return this.#lastUsed
+  }
+  #linkedAt = 0
   /** When the pool linked it to its client (Pool.clock()), for the transaction-time histogram. */
-  linkedAt = 0
+  get linkedAt(): number {
+    return this.#linkedAt
+  }
   /**
    * When the linked client's oldest unanswered request started (Pool.clock()),
    * for the query-time histogram. Kept here, where servers are few, rather
    * than on the client: a field holding a fraction costs every client a boxed
    * number.
    */
-  queryClock = 0
-  txStatus: number = TxStatus.Idle
+  #queryClock = 0
+  get queryClock(): number {
+    return this.#queryClock
+  }
+  #txStatus: number = TxStatus.Idle
+  get txStatus(): number {
+    return this.#txStatus
+  }
+  #swallow = 0
   /** ReadyForQuery messages whose reply the pooler asked for itself (SET, reset, connect_query). */
-  swallow = 0
+  get swallow(): number {
+    return this.#swallow
+  }
+  #closeNeeded = false
   /** Closing was requested (RECONNECT, reload) while linked: close instead of reuse. */
-  closeNeeded = false
+  get closeNeeded(): boolean {
+    return this.#closeNeeded
+  }
   /** CancelRequests on their way to PostgreSQL for this server's backend. */
-  cancelsInFlight = 0
+  #cancelsInFlight = 0
+  #parked = false
   /** Released while a cancel was in flight: waits out of the pool for it. */
-  parked = false
-  /** Running server_check_query, out of the idle list (pool.ts). */
-  checking = false
+  get parked(): boolean {
+    return this.#parked
+  }
+  #checking = false
+  /** Running server_check_query, out of the idle list (pool/pool.ts). */
+  get checking(): boolean {
+    return this.#checking
+  }
+  #checked = false
   /** Checked (or logged in) since its last client: serves the next without a check. */
-  checked = false
+  get checked(): boolean {
+    return this.#checked
+  }
   /** Writes PostgreSQL has not taken yet (see socket-io.ts). */
   queuedWrites = 0
   /** The client that stopped reading until this server takes its bytes. */
-  drainWaiter: DrainWaiter | null = null
+  #drainWaiter: DrainWaiter | null = null
   private readonly scanner: FrameScanner
   private loginReader: FrameReader | null = new FrameReader()
   private scram: ScramClient | null = null
@@ -256,7 +294,7 @@ export class Server implements PreparedServer {
     this.hostIndex = hostIndex
     this.host = target.host
     this.port = target.port
-    this.createdAt = this.lastUsed = pool.worker.now
+    this.createdAt = this.#lastUsed = pool.worker.now
     this.scanner = new FrameScanner(SERVER_FLAGS, pool.worker.maxPacketSize)
     const settings = pool.worker.settings
     const address = serverAddress(target.host, target.port, settings.unixSocketDir)
@@ -264,7 +302,11 @@ export class Server implements PreparedServer {
     if (address === null) {
       this.socket = new net.Socket()
       process.nextTick(() =>
-        this.failLogin({ code: '08006', message: NO_SOCKET_DIR, fromServer: false }),
+        this.failLogin({
+          code: SqlState.ConnectionFailure,
+          message: NO_SOCKET_DIR,
+          fromServer: false,
+        }),
       )
     } else if (address.path !== undefined) {
       this.socket = net.connect({ path: address.path })
@@ -284,7 +326,7 @@ export class Server implements PreparedServer {
     if (timeout > 0) {
       this.connectTimer = setTimeout(() => {
         this.failLogin({
-          code: '08006',
+          code: SqlState.ConnectionFailure,
           message: `server connect timeout after ${timeout}s`,
           fromServer: false,
         })
@@ -316,7 +358,11 @@ export class Server implements PreparedServer {
       return
     }
     if (outcome instanceof Error) {
-      this.failLogin({ code: '08006', message: outcome.message, fromServer: false })
+      this.failLogin({
+        code: SqlState.ConnectionFailure,
+        message: outcome.message,
+        fromServer: false,
+      })
       return
     }
     const plain = this.socket
@@ -349,11 +395,11 @@ export class Server implements PreparedServer {
   }
 
   private readonly onError = (err: Error): void => {
-    if (this.state === 'login') {
+    if (this.#state === 'login') {
       // Node adds advice about its own flags to certificate errors; a pooler
       // user's remedy is server_tls_ca_file.
       const message = err.message.replace(/; if the root CA is installed locally.*$/, '')
-      this.failLogin({ code: '08006', message, fromServer: false })
+      this.failLogin({ code: SqlState.ConnectionFailure, message, fromServer: false })
     } else {
       this.pool.worker.log.warn({ server: this.id, err: err.message }, 'server socket error')
     }
@@ -362,15 +408,16 @@ export class Server implements PreparedServer {
   private readonly onClose = (): void => {
     if (this.connectTimer) clearTimeout(this.connectTimer)
     if (this.closeTimer) clearTimeout(this.closeTimer)
-    if (this.state === 'login') {
+    if (this.#state === 'login') {
       this.failLogin({
-        code: '08006',
+        code: SqlState.ConnectionFailure,
         message: 'server closed the connection during login',
         fromServer: false,
       })
-    } else if (this.state !== 'closed') {
-      this.state = 'closed'
+    } else if (this.#state !== 'closed') {
+      this.#state = 'closed'
       this.pool.serverClosed(this)
+      this.#checking = false
     }
     this.pool.serverGone(this)
   }
@@ -402,8 +449,8 @@ export class Server implements PreparedServer {
 
   /** PostgreSQL took every queued byte: a client paused for it may go on. */
   onDrained(): void {
-    const waiter = this.drainWaiter
-    this.drainWaiter = null
+    const waiter = this.#drainWaiter
+    this.#drainWaiter = null
     waiter?.serverDrained()
   }
 
@@ -418,7 +465,7 @@ export class Server implements PreparedServer {
       chunk = Buffer.concat([this.held, view])
       this.held = null
     }
-    const client = this.client
+    const client = this.#client
     if (client === null) {
       this.onIdleData(chunk)
       return
@@ -439,7 +486,7 @@ export class Server implements PreparedServer {
         // The ParseComplete of a Parse the pooler added: the client gets the rest.
         const from = this.dropStart
         if (from >= this.segmentStart) {
-          if (from > this.segmentStart && this.swallow === 0) {
+          if (from > this.segmentStart && this.#swallow === 0) {
             client.forwardFromServer(chunk.subarray(this.segmentStart, from), this)
           }
           this.segmentStart = start
@@ -469,7 +516,7 @@ export class Server implements PreparedServer {
       }
     }
     // While our own statement's reply is still arriving, none of it is the client's.
-    if (this.swallow === 0 && this.segmentStart < stop) {
+    if (this.#swallow === 0 && this.segmentStart < stop) {
       client.forwardFromServer(
         this.segmentStart === 0 && stop === chunk.length
           ? chunk
@@ -492,16 +539,16 @@ export class Server implements PreparedServer {
       return true
     }
     if (type === BackendCode.ReadyForQuery) {
-      this.txStatus = statusAt(end)
-      if (this.swallow > 0) {
-        this.swallow--
+      this.#txStatus = statusAt(end)
+      if (this.#swallow > 0) {
+        this.#swallow--
         // Drop the reply to our own statement: [segmentStart, end) is ours.
         this.action = ACTION_SKIP
         return true
       }
       if (!this.tracker.idle) this.tracker.readyForQuery(this)
-      const client = this.client!
-      if (client.onReadyForQuery(this.txStatus)) {
+      const client = this.#client!
+      if (client.onReadyForQuery(this.#txStatus)) {
         this.action = ACTION_RELEASE
         return true
       }
@@ -510,8 +557,8 @@ export class Server implements PreparedServer {
     if (type === BackendCode.ParameterStatus) {
       const tracked = this.noteParameter(msg!)
       // The client ran a SET itself (not one of ours): it wants that value from now on.
-      if (tracked !== null && this.swallow === 0)
-        this.client?.serverReportedVar(tracked, this.vars[tracked]!)
+      if (tracked !== null && this.#swallow === 0)
+        this.#client?.serverReportedVar(tracked, this.vars[tracked]!)
       return false
     }
     // ErrorResponse
@@ -519,7 +566,7 @@ export class Server implements PreparedServer {
       const fields = parseErrorFields(msg!)
       this.pool.serverRestarting(fields.code, fields.message)
     }
-    if (this.swallow > 0) {
+    if (this.#swallow > 0) {
       const fields = parseErrorFields(msg!)
       this.pool.worker.log.warn(
         { server: this.id, sqlstate: fields.code, error: fields.message },
@@ -544,7 +591,7 @@ export class Server implements PreparedServer {
   /** Bytes from a server nobody is linked to: status reports, or a FATAL on its way out. */
   private onIdleData(chunk: Buffer): void {
     // Closed: what a cancelled statement still sends before the backend reads Terminate.
-    if (this.state === 'closed') return
+    if (this.#state === 'closed') return
     let start = 0
     let checked = false
     while (start < chunk.length) {
@@ -557,7 +604,11 @@ export class Server implements PreparedServer {
       }
       if (this.action === ACTION_CHECKED) checked = true
     }
-    if (checked) this.pool.serverChecked(this)
+    if (checked) {
+      this.#checking = false
+      this.#checked = true
+      this.pool.serverChecked(this)
+    }
   }
 
   private readonly onIdleMessage = (type: number, msg: Buffer | null, end: number): boolean => {
@@ -565,16 +616,16 @@ export class Server implements PreparedServer {
       this.noteParameter(msg!)
       return false
     }
-    if (type === BackendCode.ReadyForQuery && this.swallow > 0) {
-      this.swallow--
-      this.txStatus = statusAt(end)
-      if (this.swallow === 0 && this.checking) this.action = ACTION_CHECKED
+    if (type === BackendCode.ReadyForQuery && this.#swallow > 0) {
+      this.#swallow--
+      this.#txStatus = statusAt(end)
+      if (this.#swallow === 0 && this.#checking) this.action = ACTION_CHECKED
       return false
     }
     if (type === BackendCode.ErrorResponse) {
       const fields = parseErrorFields(msg!)
       if (endedByRestart(msg!)) this.pool.serverRestarting(fields.code, fields.message)
-      if (this.checking) {
+      if (this.#checking) {
         this.pool.worker.log.warn(
           { server: this.id, sqlstate: fields.code, error: fields.message },
           'server_check_query failed, closing the server',
@@ -582,7 +633,7 @@ export class Server implements PreparedServer {
         this.action = ACTION_CLOSE
         return true
       }
-      if (this.swallow > 0) {
+      if (this.#swallow > 0) {
         this.pool.worker.log.warn(
           { server: this.id, sqlstate: fields.code, error: fields.message },
           'statement issued by the pooler failed',
@@ -605,12 +656,16 @@ export class Server implements PreparedServer {
     try {
       this.loginReader!.push(chunk, this.onLoginMessage)
     } catch (err) {
-      this.failLogin({ code: '08P01', message: (err as Error).message, fromServer: false })
+      this.failLogin({
+        code: SqlState.ProtocolViolation,
+        message: (err as Error).message,
+        fromServer: false,
+      })
     }
   }
 
   private readonly onLoginMessage = (type: number, msg: Buffer): void => {
-    if (this.state !== 'login') return
+    if (this.#state !== 'login') return
     switch (type) {
       case BackendCode.Authentication:
         this.onAuthRequest(msg)
@@ -635,7 +690,7 @@ export class Server implements PreparedServer {
         return
       }
       case BackendCode.ReadyForQuery:
-        this.txStatus = readyForQueryStatus(msg)
+        this.#txStatus = readyForQueryStatus(msg)
         this.loginDone()
         return
       default:
@@ -670,7 +725,7 @@ export class Server implements PreparedServer {
       case AuthCode.SASL: {
         if (!auth.mechanisms?.includes('SCRAM-SHA-256')) {
           this.failLogin({
-            code: '28000',
+            code: SqlState.InvalidAuthorization,
             message: `server asked for unsupported SASL mechanisms: ${auth.mechanisms?.join(', ')}`,
             fromServer: false,
           })
@@ -699,7 +754,11 @@ export class Server implements PreparedServer {
             scram.verifyServerFinal(auth.data!)
           }
         } catch (err) {
-          this.failLogin({ code: '28000', message: (err as Error).message, fromServer: false })
+          this.failLogin({
+            code: SqlState.InvalidAuthorization,
+            message: (err as Error).message,
+            fromServer: false,
+          })
         }
         return
       }
@@ -715,7 +774,7 @@ export class Server implements PreparedServer {
       `cannot do ${method} authentication: wrong password type`,
     )
     this.failLogin({
-      code: '08P01',
+      code: SqlState.ProtocolViolation,
       message: 'server login failed: wrong password type',
       fromServer: false,
     })
@@ -723,7 +782,7 @@ export class Server implements PreparedServer {
 
   private unexpectedAuth(code: number): void {
     this.failLogin({
-      code: '28000',
+      code: SqlState.InvalidAuthorization,
       message: `unsupported authentication request ${code} from server`,
       fromServer: false,
     })
@@ -736,16 +795,19 @@ export class Server implements PreparedServer {
     }
     this.loginReader = null
     this.scram = null
-    this.state = 'idle'
+    this.#state = 'idle'
     // Not on a replication connection: a physical one takes no SQL.
     const connectQuery = this.dedicated === null ? this.pool.database.connectQuery : undefined
     if (connectQuery) this.runOwn(query(connectQuery))
+    // Fresh from its login: no check before its first client, as in PgBouncer
+    // (a replication client's own server is never checked: it is linked at once).
+    if (this.dedicated === null) this.#checked = true
     this.pool.serverLoggedIn(this)
   }
 
   private failLogin(failure: LoginFailure): void {
-    if (this.state !== 'login') return
-    this.state = 'closed'
+    if (this.#state !== 'login') return
+    this.#state = 'closed'
     if (this.connectTimer) clearTimeout(this.connectTimer)
     this.socket.destroy()
     this.pool.serverLoginFailed(this, failure)
@@ -757,15 +819,15 @@ export class Server implements PreparedServer {
     return send(this.socket, this, buf)
   }
 
-  /** server_check_query (pool.ts): the pool hears of its ReadyForQuery. */
+  /** server_check_query (pool/health-check.ts): the pool hears of its ReadyForQuery. */
   check(statement: Buffer): void {
-    this.checking = true
+    this.#checking = true
     this.runOwn(statement)
   }
 
   /** A statement of the pooler's own: its reply never reaches a client. */
   runOwn(statement: Buffer): void {
-    this.swallow++
+    this.#swallow++
     this.write(statement)
   }
 
@@ -783,28 +845,116 @@ export class Server implements PreparedServer {
     this.preparedCount = 0
   }
 
+  /**
+   * The reset rule, as PgBouncer's release_server has it: server_reset_query
+   * when a session-mode client let the server go (or after every transaction
+   * with server_reset_query_always), then cleanUp.
+   */
+  resetOnRelease(sessionEnded: boolean): void {
+    const settings = this.pool.worker.settings
+    const reset = settings.serverResetQuery
+    this.cleanUp(
+      reset !== '' && (sessionEnded || settings.serverResetQueryAlways) ? reset : null,
+      settings.maxPreparedStatements,
+    )
+  }
+
   /** Usable for a new client: logged in, in no transaction, not past its life. */
   isReusable(now: number): boolean {
-    if (this.state !== 'idle' || this.closeNeeded || this.txStatus !== TxStatus.Idle) return false
+    if (this.#state !== 'idle' || this.#closeNeeded || this.#txStatus !== TxStatus.Idle)
+      return false
     // A database's own server_lifetime, when above 0, wins (PgBouncer's pool_server_lifetime).
     const own = this.pool.database.serverLifetime
     const lifetime = own !== undefined && own > 0 ? own : this.pool.worker.settings.serverLifetime
     return lifetime <= 0 || now - this.createdAt < lifetime * 1000
   }
 
+  // ---- state changes (the pool's and the session's calls) ------------------
+
+  /** The pool hands it to `client`: `linkedAt` and `queryStart` on the pool's clock, `now` the worker's. */
+  link(client: LinkedClient, linkedAt: number, queryStart: number, now: number): void {
+    this.#linkedAt = linkedAt
+    this.#queryClock = queryStart
+    this.#checked = false
+    this.#state = 'active'
+    this.#client = client
+    this.#lastUsed = now
+  }
+
+  /**
+   * Back from its client. True when it is idle and the pool may hand it out;
+   * false when it is closed, or parked until PostgreSQL has taken a cancel.
+   */
+  unlink(): boolean {
+    this.#client = null
+    if (this.#state === 'closed') return false
+    if (this.dedicated !== null) {
+      // Never pooled: it was its client's alone.
+      this.close()
+      return false
+    }
+    this.#state = 'idle'
+    if (this.#cancelsInFlight > 0) {
+      this.#parked = true
+      return false
+    }
+    return true
+  }
+
+  /** The pool forgets it (closed): the client it served, if any, to be told. */
+  takeClient(): LinkedClient | null {
+    const client = this.#client
+    this.#client = null
+    return client
+  }
+
+  /** Kept idle from `now` on (the worker's clock). */
+  idleFrom(now: number): void {
+    this.#lastUsed = now
+  }
+
+  /** Fresh (just logged in, or checked): serves its next client without server_check_query. */
+  markChecked(): void {
+    this.#checked = true
+  }
+
+  /**
+   * RECONNECT, reload, shutdown: idle, it closes now; linked, when its client
+   * lets it go. A replication client's own server goes with its client, never before.
+   */
+  closeWhenFree(): void {
+    if (this.#state === 'active' || this.dedicated !== null) this.#closeNeeded = true
+    else this.close()
+  }
+
+  /** The linked client's oldest unanswered request started (the pool's clock). */
+  requestStarted(clock: number): void {
+    this.#queryClock = clock
+  }
+
+  /** `client` stopped reading until this server has taken its bytes. */
+  waitForDrain(client: DrainWaiter): void {
+    this.#drainWaiter = client
+  }
+
+  /** A CancelRequest for this backend is on its way: released, it waits out of the pool (cancelDone). */
+  cancelStarted(): void {
+    this.#cancelsInFlight++
+  }
+
   /** A cancel connection for this backend closed: PostgreSQL has acted on it. */
   cancelDone(): void {
-    this.cancelsInFlight--
-    if (this.cancelsInFlight === 0 && this.parked) {
-      this.parked = false
+    this.#cancelsInFlight--
+    if (this.#cancelsInFlight === 0 && this.#parked) {
+      this.#parked = false
       this.pool.release(this)
     }
   }
 
   close(): void {
-    if (this.state === 'closed') return
-    const wasLogin = this.state === 'login'
-    this.state = 'closed'
+    if (this.#state === 'closed') return
+    const wasLogin = this.#state === 'login'
+    this.#state = 'closed'
     if (this.connectTimer) clearTimeout(this.connectTimer)
     if (!wasLogin && !this.socket.destroyed) {
       endWith(this.socket, this, terminate())
@@ -815,6 +965,7 @@ export class Server implements PreparedServer {
       this.socket.destroy()
     }
     this.pool.serverClosed(this)
+    this.#checking = false
   }
 
   /**
@@ -829,8 +980,8 @@ export class Server implements PreparedServer {
    * again, less and less often, until the backend has gone.
    */
   abort(): void {
-    if (this.state === 'closed') return
-    const running = this.state !== 'login' && this.pid !== 0
+    if (this.#state === 'closed') return
+    const running = this.#state !== 'login' && this.pid !== 0
     this.close()
     if (!running || this.socket.destroyed) return
     if (this.closeTimer) clearTimeout(this.closeTimer)

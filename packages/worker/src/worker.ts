@@ -18,6 +18,7 @@ import {
   type ShutdownMode,
 } from '@pgbouncer-cluster/protocol/control'
 import type { LatencyHistograms } from '@pgbouncer-cluster/protocol/latency'
+import { poolKey } from '@pgbouncer-cluster/protocol/pool-key'
 import { cancelRequest, sslRequest } from '@pgbouncer-cluster/protocol/serializer'
 import { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import { WorkerAdmin } from './admin-state.ts'
@@ -39,7 +40,7 @@ import { Janitor } from './janitor.ts'
 import { createLogger, flushLogger, LogFile, type Logger } from './log.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
-import { PERMIT_DATABASE, Pool, type PoolSlots, poolKey } from './pool.ts'
+import { PERMIT_DATABASE, Pool, type PoolSlots } from './pool/pool.ts'
 import type { Server } from './server.ts'
 import { acceptConnections, type ClientSocket, TcpConnection } from './socket-io.ts'
 import { releaseStartupMemory } from './startup-memory.ts'
@@ -825,7 +826,7 @@ export class PoolerWorker {
     const server = session.server
     // The server stays out of the pool until PostgreSQL has taken the cancel,
     // or it could cancel the next client's query instead.
-    server.cancelsInFlight++
+    server.cancelStarted()
     this.cancelServer(server, () => {
       server.cancelDone()
       done()

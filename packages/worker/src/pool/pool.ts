@@ -1,20 +1,18 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { isMd5Hash } from '@pgbouncer-cluster/protocol/auth/md5'
 import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
-import { Counter, type PoolCounters } from '@pgbouncer-cluster/protocol/counters'
 import { Latency, type LatencyHistograms } from '@pgbouncer-cluster/protocol/latency'
+import { poolKey } from '@pgbouncer-cluster/protocol/pool-key'
 import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
-import { query } from '@pgbouncer-cluster/protocol/serializer'
 import {
   BreakerState,
   type BreakerWords,
   type SharedMemory,
 } from '@pgbouncer-cluster/protocol/shared-memory'
-import { describeAddress } from './address.ts'
-import { epochMs, fromEpochMs, preciseClock } from './clock.ts'
-import type { DatabaseConfig, PoolMode, UserConfig } from './config-types.ts'
-import { fatal, Texts } from './errors.ts'
-import type { Logger } from './log.ts'
+import { preciseClock } from '../clock.ts'
+import type { DatabaseConfig, PoolMode, UserConfig } from '../config-types.ts'
+import { fatal, Texts } from '../errors.ts'
+import type { Logger } from '../log.ts'
 import {
   type LinkedClient,
   type LoginFailure,
@@ -22,8 +20,16 @@ import {
   type Dedicated as ServerDedicated,
   type ServerHost,
   type ServerSecret,
-} from './server.ts'
-import { LoginFailureKind, loginFailureKind } from './server-restart.ts'
+} from '../server.ts'
+import { LoginFailureKind, loginFailureKind } from '../server-restart.ts'
+import { checkStatement, needsCheck } from './health-check.ts'
+import { HostChoice, hostOf } from './hosts.ts'
+import { clientError } from './login-failure.ts'
+import { PERMIT_DATABASE, PERMIT_POOL, PERMIT_USER, Permits } from './permits.ts'
+import { Rebalance } from './rebalance.ts'
+import { WaitQueue } from './waiting.ts'
+
+export { PERMIT_DATABASE, PERMIT_POOL, PERMIT_USER } from './permits.ts'
 
 /**
  * Whoever a server is linked to: a client session (client.ts), or the
@@ -140,15 +146,7 @@ export class Pool {
 
   readonly idle: Server[] = []
   readonly servers = new Set<Server>()
-  private readonly waiting: PoolClient[] = []
-  /**
-   * When each waiting client began to wait (preciseClock()), in step with
-   * `waiting`. Kept here rather than on the client, whose field would hold a
-   * boxed number for good once it held a fraction; the client keeps the
-   * whole milliseconds.
-   */
-  private readonly waitStarts: number[] = []
-  private waitingHead = 0
+  private readonly waiting = new WaitQueue<PoolClient>()
   /** Servers between open() and the end of their login. */
   private readonly loggingIn = new Set<Server>()
   /** Replication clients whose own server waits for a permit (retried on each tick). */
@@ -158,25 +156,10 @@ export class Pool {
   /** Our server that is the breaker's half-open probe, while it logs in. */
   private probe: Server | null = null
   private permitLoop = false
-  /** The limit that refused the last permit (PERMIT_POOL, _DATABASE or _USER): the one to wait on. */
-  private refusedBy = PERMIT_POOL
-  private readonly sem: Semaphore
-  private readonly dbSem: Semaphore
-  private readonly userSem: Semaphore
-  private readonly counters: PoolCounters
-  private giveBackTimer: NodeJS.Timeout | null = null
-  /**
-   * The fewest servers this pool held idle since the give-back timer was
-   * armed: that many stayed idle the whole delay, so our own clients did not
-   * need them (scheduleGiveBack).
-   */
-  private idleLow = 0
-  /** When this worker last handed a busy pool's server over (preciseClock ms). */
-  private lastHandover = 0
-  private readonly slot: number
+  private readonly permits: Permits
+  private readonly rebalance: Rebalance
   private readonly breaker: BreakerWords
-  /** With a host list: the next host to try (round-robin), or the one in use (disable). */
-  private hostCursor: number
+  private readonly hosts: HostChoice
   private readonly latency: LatencyHistograms | null
   private readonly dbSlot: number
 
@@ -193,15 +176,16 @@ export class Pool {
     this.mode = mode
     this.key = poolKey(database.name, user)
     this.label = `${database.name}/${user}`
-    this.sem = worker.shared.pool(slots.pool)
-    this.dbSem = worker.shared.database(slots.databaseSlot)
-    this.userSem = worker.shared.user(slots.userSlot)
-    this.breaker = worker.shared.breaker(slots.databaseSlot)
-    this.counters = worker.shared.counters
-    this.slot = slots.pool
-    // round-robin: workers start at different hosts, so their first servers
-    // spread too; disable: every worker starts at the first host.
-    this.hostCursor = database.loadBalanceHosts === 'disable' ? 0 : worker.id
+    const shared = worker.shared
+    this.permits = new Permits(
+      shared.pool(slots.pool),
+      shared.database(slots.databaseSlot),
+      shared.user(slots.userSlot),
+      worker.id,
+    )
+    this.rebalance = new Rebalance(this, shared.counters, slots.pool, worker.id)
+    this.breaker = shared.breaker(slots.databaseSlot)
+    this.hosts = new HostChoice(this.breaker, database, worker.id)
     this.latency = worker.latency
     this.dbSlot = slots.databaseSlot
   }
@@ -215,17 +199,6 @@ export class Pool {
   recordLatency(kind: number, since: number): void {
     if (this.latency !== null)
       this.latency.record(this.dbSlot, this.worker.id, kind, (preciseClock() - since) * 1000)
-  }
-
-  /**
-   * Our waiting clients, in this worker's counter row: other workers read the
-   * sum to decide to give a permit back, and a dead worker's row is zeroed.
-   */
-  private publishWaiting(): void {
-    this.counters.set(this.slot, this.worker.id, Counter.cl_waiting, this.waitingCount)
-    // Other threads read it: in epoch milliseconds, as their clocks start elsewhere.
-    const since = this.oldestWaitingSince
-    this.counters.setOldestWait(this.slot, this.worker.id, since === 0 ? 0 : epochMs(since))
   }
 
   /** Servers on their way to serve a waiting client: logging in, or being checked. */
@@ -267,7 +240,7 @@ export class Pool {
   }
 
   get waitingCount(): number {
-    return this.waiting.length - this.waitingHead
+    return this.waiting.count
   }
 
   /**
@@ -281,14 +254,13 @@ export class Pool {
       this.waitingCount > 0 ||
       this.permitLoop ||
       this.connecting > 0 ||
-      this.sem.held(this.worker.id) > 0
+      this.permits.held() > 0
     )
   }
 
   /** Let go (its database is freed): no timer of it may run on. */
   dispose(): void {
-    if (this.giveBackTimer !== null) clearTimeout(this.giveBackTimer)
-    this.giveBackTimer = null
+    this.rebalance.dispose()
   }
 
   /** Servers between open() and the end of their login (SHOW POOLS sv_login). */
@@ -298,7 +270,7 @@ export class Pool {
 
   /** When the longest-waiting client started waiting (preciseClock()), 0 if none waits. */
   get oldestWaitingSince(): number {
-    return this.waitingCount > 0 ? this.waitStarts[this.waitingHead] : 0
+    return this.waiting.oldestStart
   }
 
   /** The password, md5 hash or SCRAM keys to log in to PostgreSQL with. */
@@ -315,48 +287,27 @@ export class Pool {
     return { password: stored, md5: null, scramKeys: null }
   }
 
-  // ---- permits ----------------------------------------------------------------
+  // ---- permits (pool/permits.ts) -----------------------------------------------
 
   /**
-   * Takes one permit of the pool, and of its database and user where those are
-   * limited, or none at all. Returns which it took (the server keeps the mask
-   * and gives back exactly those, whatever a reload changes meanwhile), 0 if
-   * the limits are reached.
+   * A permit of the pool, and of its database and user where those are
+   * limited: the mask of what was taken, 0 if a limit is reached. At the
+   * database's or user's limit, an idle server of another pool of ours is
+   * closed for us.
    */
   private tryPermit(poolLimit: number): number {
-    const holder = this.worker.id
-    if (!this.sem.tryAcquire(poolLimit, holder)) return this.refused(PERMIT_POOL, 0)
-    let mask = PERMIT_POOL
-    const maxDb = this.maxDb
-    if (maxDb > 0) {
-      if (!this.dbSem.tryAcquire(maxDb, holder)) return this.refused(PERMIT_DATABASE, mask)
-      mask |= PERMIT_DATABASE
-    }
-    const maxUser = this.maxUser
-    if (maxUser > 0) {
-      if (!this.userSem.tryAcquire(maxUser, holder)) return this.refused(PERMIT_USER, mask)
-      mask |= PERMIT_USER
-    }
+    const mask = this.permits.take(poolLimit, this.maxDb, this.maxUser)
+    const refusedBy = this.permits.refusedBy
+    if (mask === 0 && refusedBy !== PERMIT_POOL) this.worker.evictFor(this, refusedBy)
     return mask
-  }
-
-  /**
-   * `limit` refused a permit: give back what was taken before it, and note it,
-   * since a wait must be on the semaphore that is full. At the database's or
-   * user's limit, an idle server of another pool of ours is closed for us.
-   */
-  private refused(limit: number, taken: number): 0 {
-    if (taken !== 0) this.releasePermit(taken)
-    this.refusedBy = limit
-    if (limit !== PERMIT_POOL) this.worker.evictFor(this, limit)
-    return 0
   }
 
   /** The semaphore behind a PERMIT_* bit, and the limit a new server must stay within. */
   private limitOf(permit: number): { sem: Semaphore; limit: number } {
-    if (permit === PERMIT_DATABASE) return { sem: this.dbSem, limit: this.maxDb }
-    if (permit === PERMIT_USER) return { sem: this.userSem, limit: this.maxUser }
-    return { sem: this.sem, limit: this.poolSize + (this.reserveDue() ? this.reserveSize : 0) }
+    const sem = this.permits.semaphore(permit)
+    if (permit === PERMIT_DATABASE) return { sem, limit: this.maxDb }
+    if (permit === PERMIT_USER) return { sem, limit: this.maxUser }
+    return { sem, limit: this.poolSize + (this.reserveDue() ? this.reserveSize : 0) }
   }
 
   /**
@@ -365,12 +316,13 @@ export class Pool {
    * would idle goes back for it. Two loads of shared memory when no one waits.
    */
   private limitWaiters(): boolean {
-    if (this.dbSem.waiters() === 0 && this.userSem.waiters() === 0) return false
+    const waiting = this.permits.waitingLimits()
+    if (waiting === 0) return false
     // Our own wait, about to end, is not another pool's.
     if (this.permitLoop) return false
     return (
-      (this.dbSem.waiters() > 0 && this.maxDb > 0) ||
-      (this.userSem.waiters() > 0 && this.maxUser > 0)
+      ((waiting & PERMIT_DATABASE) !== 0 && this.maxDb > 0) ||
+      ((waiting & PERMIT_USER) !== 0 && this.maxUser > 0)
     )
   }
 
@@ -386,10 +338,7 @@ export class Pool {
   }
 
   private releasePermit(mask: number): void {
-    const holder = this.worker.id
-    if (mask & PERMIT_USER) this.userSem.release(holder)
-    if (mask & PERMIT_DATABASE) this.dbSem.release(holder)
-    if (mask & PERMIT_POOL) this.sem.release(holder)
+    this.permits.release(mask)
   }
 
   // ---- clients ----------------------------------------------------------------
@@ -410,7 +359,7 @@ export class Pool {
         server.close()
         continue
       }
-      if (this.needsCheck(server, now)) {
+      if (needsCheck(this.worker.settings, server, now)) {
         // The client waits for the check; the checked server comes back through release().
         this.check(server)
         break
@@ -421,15 +370,14 @@ export class Pool {
     // Waiting is the slow path: an exact clock for SHOW STATS' wait time is affordable here.
     const start = preciseClock()
     client.waitingSince = Math.floor(start)
-    this.waiting.push(client)
-    this.waitStarts.push(start)
-    this.publishWaiting()
+    this.waiting.push(client, start)
+    this.rebalance.publishWaiting()
     this.grow()
   }
 
   /** The clients waiting, oldest first (a copy: the janitor may drop some). */
   waitingClients(): PoolClient[] {
-    return this.waiting.slice(this.waitingHead)
+    return this.waiting.list()
   }
 
   /**
@@ -447,7 +395,7 @@ export class Pool {
       this.dedicatedWaiting.push(dedicated)
       // An idle server of the pool makes room, as PgBouncer evicts one for a
       // replication connection; its permit comes back in serverGone.
-      if (this.refusedBy === PERMIT_POOL && this.idle.length > 0) this.idle.shift()!.close()
+      if (this.permits.refusedBy === PERMIT_POOL && this.idle.length > 0) this.idle.shift()!.close()
       return
     }
     const server = new Server(this, permits, this.pickHost(), dedicated)
@@ -467,22 +415,13 @@ export class Pool {
   cancelWait(client: PoolClient): void {
     const d = this.dedicatedWaiting.findIndex((w) => w.client === client)
     if (d >= 0) this.dedicatedWaiting.splice(d, 1)
-    const i = this.waiting.indexOf(client, this.waitingHead)
-    if (i < 0) return
-    this.waiting.splice(i, 1)
-    this.waitStarts.splice(i, 1)
-    this.publishWaiting()
+    if (this.waiting.remove(client)) this.rebalance.publishWaiting()
   }
 
   private nextWaiting(): PoolClient | null {
-    if (this.waitingHead >= this.waiting.length) return null
-    const client = this.waiting[this.waitingHead++]
-    if (this.waitingHead > 64 && this.waitingHead * 2 > this.waiting.length) {
-      this.waiting.splice(0, this.waitingHead)
-      this.waitStarts.splice(0, this.waitingHead)
-      this.waitingHead = 0
-    }
-    this.publishWaiting()
+    const client = this.waiting.shift()
+    if (client === null) return null
+    this.rebalance.publishWaiting()
     return client
   }
 
@@ -493,14 +432,10 @@ export class Pool {
       this.totals.waitUs += us
       this.latency?.record(this.dbSlot, this.worker.id, Latency.wait, us)
     }
-    server.linkedAt = this.clock()
-    // The client's request that brought it here started when it began to wait.
-    server.queryClock = waitStart !== 0 ? waitStart : server.linkedAt
+    const linkedAt = this.clock()
     this.totals.serverAssignmentCount++
-    server.checked = false
-    server.state = 'active'
-    server.client = client
-    server.lastUsed = this.worker.now
+    // The client's request that brought it here started when it began to wait.
+    server.link(client, linkedAt, waitStart !== 0 ? waitStart : linkedAt, this.worker.now)
     client.attachServer(server)
   }
 
@@ -619,7 +554,7 @@ export class Pool {
       }
       // The wait is on the limit that refused: a free permit of another
       // semaphore would wake us for nothing, at once, again and again.
-      const { sem, limit } = this.limitOf(this.refusedBy)
+      const { sem, limit } = this.limitOf(this.permits.refusedBy)
       const got = await sem.acquire(limit, this.worker.id, { timeoutMs: PERMIT_WAIT_MS })
       if (got) sem.release(this.worker.id)
       const before = this.connecting
@@ -636,74 +571,18 @@ export class Pool {
     }
   }
 
-  /** Clients of other workers waiting for this pool. */
+  // ---- rebalancing between workers (pool/rebalance.ts) ----------------------------
+
   private othersWaiting(): number {
-    return this.counters.sum(this.slot, Counter.cl_waiting) - this.waitingCount
+    return this.rebalance.othersWaiting()
   }
 
-  /**
-   * Fairness between workers: a server just freed goes back to the shared
-   * pool (closed, its permit released) when another worker's longest-waiting
-   * client has waited more than twice as long as ours, and STARVATION_MS
-   * longer. Comparing wait times, not queue lengths, lets no worker's clients
-   * starve behind another worker's queue. The factor keeps an overloaded but
-   * balanced pool free of reconnect churn: with hundreds of clients queued on
-   * every worker, waits of a few hundred milliseconds differ by more than
-   * STARVATION_MS by chance, and each hand-over (a close, a PostgreSQL fork, a
-   * login) lengthens the giver's queue until the server is handed back. For
-   * the same reason one worker hands over at most one server of a pool per
-   * HANDOVER_INTERVAL_MS: the receiver's new server needs that long to log in
-   * and shorten the waits this decision reads.
-   */
-  private owesPermit(): boolean {
-    if (this.waitingCount === 0 || this.othersWaiting() <= 0) return false
-    const oldest = this.counters.oldestWaitOfOthers(this.slot, this.worker.id)
-    if (oldest === 0) return false
-    const theirs = fromEpochMs(oldest)
-    const now = preciseClock()
-    if (now - this.lastHandover < HANDOVER_INTERVAL_MS) return false
-    if (now - theirs <= 2 * (now - this.oldestWaitingSince) + STARVATION_MS) return false
-    this.lastHandover = now
-    return true
-  }
-
-  /**
-   * After a hand-over this pool takes no permit for HANDOVER_INTERVAL_MS while
-   * another worker's clients still wait: the closed server's permit is meant
-   * for them, and our own waiting clients would otherwise take it back at
-   * once (serverGone grows the pool), leaving the other worker starved and
-   * PostgreSQL forking for nothing. Milliseconds left, 0 when not yielding.
-   */
   private yieldMs(): number {
-    if (this.lastHandover === 0) return 0
-    const left = this.lastHandover + HANDOVER_INTERVAL_MS - preciseClock()
-    return left > 0 && this.othersWaiting() > 0 ? left : 0
+    return this.rebalance.yieldMs()
   }
 
-  /** An idle server left the list: it did not stay idle through the give-back delay. */
   private idleTaken(): void {
-    if (this.idle.length < this.idleLow) this.idleLow = this.idle.length
-  }
-
-  /**
-   * Invariant 3: another worker's clients wait while we keep a server idle.
-   * Our own clients may want it again within moments (closing and reopening
-   * costs PostgreSQL a fork), so a server goes back only if one stayed idle
-   * the whole of about the time a new connection takes. In a busy pool some
-   * server is idle at almost any instant, between two transactions: giving
-   * that one back would close and reopen servers many times a second while
-   * both workers' clients queue.
-   */
-  private scheduleGiveBack(): void {
-    if (this.giveBackTimer !== null) return
-    this.idleLow = this.idle.length
-    this.giveBackTimer = setTimeout(() => {
-      this.giveBackTimer = null
-      if (Math.min(this.idleLow, this.idle.length) === 0 || this.othersWaiting() <= 0) return
-      this.counters.add(this.slot, this.worker.id, Counter.handovers, 1)
-      this.idle.shift()!.close()
-      if (this.idle.length > 0) this.scheduleGiveBack()
-    }, GIVE_BACK_DELAY_MS)
+    this.rebalance.idleTaken()
   }
 
   // ---- servers ----------------------------------------------------------------
@@ -716,48 +595,17 @@ export class Pool {
     return server
   }
 
-  /**
-   * The host of the database's list a new server goes to. A host whose
-   * breaker is open (it refused a login or timed out, here or in another
-   * worker) is skipped; a half-open one is taken by the one login that claims
-   * its probe. With every host down, the next in turn is tried all the same:
-   * those logins feed the database's breaker.
-   */
+  /** The host of the database's list a new server goes to (pool/hosts.ts). */
   private pickHost(): number {
-    const n = this.database.hosts.length
-    if (n === 1) return 0
-    const start = this.hostCursor % n
-    let chosen = start
-    for (let k = 0; k < n; k++) {
-      const h = (start + k) % n
-      const state = this.breaker.hostState(h)
-      if (
-        state === BreakerState.closed ||
-        (state === BreakerState.halfOpen && this.breaker.claimHostProbe(h))
-      ) {
-        chosen = h
-        break
-      }
-    }
-    // round-robin: each login the next host; disable: the same host until it fails.
-    this.hostCursor = this.database.loadBalanceHosts === 'disable' ? chosen : chosen + 1
-    return chosen
+    return this.hosts.pick(this.database)
   }
 
-  /** Whether a host of the list may still take a login (its breaker is not open). */
   private hostAvailable(): boolean {
-    const n = this.database.hosts.length
-    for (let h = 0; h < n; h++) {
-      const state = this.breaker.hostState(h)
-      if (state === BreakerState.closed || state === BreakerState.halfOpen) return true
-    }
-    return false
+    return this.hosts.available(this.database)
   }
 
-  /** The server's index in the host list, when the database has one (-1: a single host). */
   private hostOf(server: Server): number {
-    const n = this.database.hosts.length
-    return n > 1 && server.hostIndex < n ? server.hostIndex : -1
+    return hostOf(this.database, server.hostIndex)
   }
 
   serverLoggedIn(server: Server): void {
@@ -771,8 +619,6 @@ export class Pool {
       return
     }
     this.loggingIn.delete(server)
-    // Fresh from its login: no check before its first client, as in PgBouncer.
-    server.checked = true
     if (this.probe === server) this.probe = null
     this.lastLoginFailure = null
     // One shared load per login; the coordinator hears only what changes a breaker.
@@ -822,7 +668,7 @@ export class Pool {
     if (this.probe === server) this.probe = null
     this.servers.delete(server)
     this.lastLoginFailure = { at: Date.now(), failure }
-    const { sqlstate, message } = this.clientError(server, failure)
+    const { sqlstate, message } = clientError(server.address, failure)
     const host = this.hostOf(server)
     const kind = loginFailureKind(failure)
     // Skipped by the next login of every worker, before the coordinator hears of it.
@@ -860,30 +706,6 @@ export class Pool {
   }
 
   /**
-   * A failed login as clients see it: PostgreSQL's own error with its SQLSTATE
-   * (28P01, 3D000, 53300, 57P03, ...); when the server could not be reached,
-   * 08006 naming the address and the cause.
-   */
-  private clientError(
-    server: Server,
-    failure: LoginFailure,
-  ): { sqlstate: string; message: string } {
-    if (failure.fromServer || failure.code !== CONNECTION_FAILURE) {
-      return { sqlstate: failure.code, message: failure.message }
-    }
-    const address = server.address
-    if (address === null) {
-      return { sqlstate: CONNECTION_FAILURE, message: `${Texts.cannotConnect}: ${failure.message}` }
-    }
-    const errno = /\b(E[A-Z_]{3,})\b/.exec(failure.message)?.[1]
-    const cause = (errno !== undefined ? ERRNO_TEXT[errno] : undefined) ?? failure.message
-    return {
-      sqlstate: CONNECTION_FAILURE,
-      message: `${Texts.cannotConnect} at ${describeAddress(address)}: ${cause}`,
-    }
-  }
-
-  /**
    * A server is free again: next waiting client, else give the permit back if
    * another worker waits for one (invariant 3), else keep it idle.
    */
@@ -896,30 +718,19 @@ export class Pool {
       this.totals.xactUs += (this.worker.now - server.lastUsed) * 1000
       this.recordLatency(Latency.xact, server.linkedAt)
     }
-    server.client = null
-    if (server.state === 'closed') return
-    if (server.dedicated !== null) {
-      // Never pooled: it was its client's alone.
-      server.close()
-      return
-    }
-    server.state = 'idle'
-    if (server.cancelsInFlight > 0) {
-      server.parked = true
-      return
-    }
+    if (!server.unlink()) return
     const now = this.worker.now
     if (!server.isReusable(now)) {
       server.close()
       return
     }
-    server.lastUsed = now
-    if (this.owesPermit()) {
-      this.counters.add(this.slot, this.worker.id, Counter.handovers, 1)
+    server.idleFrom(now)
+    if (this.rebalance.owesPermit()) {
+      this.rebalance.handedOver()
       server.close()
       return
     }
-    if (this.waitingCount > 0 && this.needsCheck(server, now)) {
+    if (this.waitingCount > 0 && needsCheck(this.worker.settings, server, now)) {
       this.check(server)
       return
     }
@@ -935,7 +746,7 @@ export class Pool {
       return
     }
     this.idle.push(server)
-    if (this.othersWaiting() > 0) this.scheduleGiveBack()
+    if (this.othersWaiting() > 0) this.rebalance.scheduleGiveBack()
   }
 
   /**
@@ -952,10 +763,7 @@ export class Pool {
 
   serverClosed(server: Server): void {
     if (!this.servers.delete(server)) return
-    if (server.checking) {
-      server.checking = false
-      this.checking--
-    }
+    if (server.checking) this.checking--
     // Closed before its login ended (RECONNECT, reload, shutdown).
     if (this.loggingIn.delete(server)) {
       const host = this.hostOf(server)
@@ -975,25 +783,12 @@ export class Pool {
       this.idle.splice(i, 1)
       this.idleTaken()
     }
-    const client = server.client
-    server.client = null
+    const client = server.takeClient()
     if (client !== null) client.serverLost(server)
     if (this.waitingCount > 0) this.grow()
   }
 
   // ---- server_check_query -------------------------------------------------------
-
-  /**
-   * A server idle longer than server_check_delay (or any server, with a delay
-   * of 0) runs server_check_query before it serves a client, unless it has
-   * just done so or just logged in.
-   */
-  private needsCheck(server: Server, now: number): boolean {
-    const settings = this.worker.settings
-    if (settings.serverCheckQuery === '' || server.checked) return false
-    const delay = settings.serverCheckDelay * 1000
-    return delay === 0 || now - server.lastUsed > delay
-  }
 
   private check(server: Server): void {
     this.checking++
@@ -1002,9 +797,7 @@ export class Pool {
 
   /** The check query answered: the server serves the next waiting client, or idles. */
   serverChecked(server: Server): void {
-    server.checking = false
     this.checking--
-    server.checked = true
     this.release(server)
   }
 
@@ -1030,15 +823,15 @@ export class Pool {
       const tooIdle =
         idleTimeout > 0 &&
         now - server.lastUsed >= idleTimeout &&
-        this.sem.used() > this.minPoolSize
+        this.permits.used() > this.minPoolSize
       if (tooOld || tooIdle) server.close()
     }
     // Rebalance: another worker's clients wait while our server idles.
-    if (this.idle.length > 0 && this.othersWaiting() > 0) this.scheduleGiveBack()
+    if (this.idle.length > 0 && this.othersWaiting() > 0) this.rebalance.scheduleGiveBack()
     // A pool of another worker waits at this database's or user's limit.
     if (this.idle.length > 0 && this.limitWaiters()) this.evictIdle()
     // A reload made the pool smaller: idle servers above the new size go.
-    let excess = this.sem.used() - this.poolSize - this.reserveSize
+    let excess = this.permits.used() - this.poolSize - this.reserveSize
     while (excess-- > 0 && this.idle.length > 0) this.idle.shift()!.close()
     // min_pool_size, cluster-wide: the semaphore's count is every worker's servers.
     const min = Math.min(this.minPoolSize, this.poolSize)
@@ -1046,7 +839,7 @@ export class Pool {
       min > 0 &&
       !this.paused &&
       this.connecting === 0 &&
-      this.sem.used() < min &&
+      this.permits.used() < min &&
       this.breaker.state() === BreakerState.closed
     ) {
       const permits = this.tryPermit(min)
@@ -1078,9 +871,7 @@ export class Pool {
   /** Close every server (RECONNECT, shutdown): idle ones now, linked ones when released. */
   closeAll(): void {
     for (const server of [...this.servers]) {
-      // A replication client's own server goes with its client, never before.
-      if (server.state === 'active' || server.dedicated !== null) server.closeNeeded = true
-      else server.close()
+      server.closeWhenFree()
     }
   }
 
@@ -1134,45 +925,5 @@ function sameServer(a: DatabaseConfig, b: DatabaseConfig): boolean {
   )
 }
 
-const CONNECTION_FAILURE = '08006'
-const ERRNO_TEXT: Record<string, string> = {
-  ECONNREFUSED: 'connection refused',
-  ECONNRESET: 'connection reset by peer',
-  EHOSTUNREACH: 'no route to host',
-  ENETUNREACH: 'network is unreachable',
-  ETIMEDOUT: 'connection timed out',
-  ENOTFOUND: 'host name not found',
-  EAI_AGAIN: 'host name lookup failed',
-  // A unix socket: no server listens there, or the pooler may not open it.
-  ENOENT: 'no such file or directory',
-  EACCES: 'permission denied',
-}
-
-let checkText = ''
-let checkQuery: Buffer | null = null
-/** The Query message of server_check_query, built once per text; `<empty>` is the empty query. */
-function checkStatement(text: string): Buffer {
-  if (checkQuery === null || text !== checkText) {
-    checkText = text
-    checkQuery = query(text === '<empty>' ? '' : text)
-  }
-  return checkQuery
-}
-
-export function poolKey(database: string, user: string): string {
-  return `${database}\u0000${user}`
-}
-
-/** How much longer than twice ours another worker's client must have waited before we hand over a server. */
-const STARVATION_MS = 100
-/** About what opening a server connection takes: an idle server wanted elsewhere waits this long. */
-const GIVE_BACK_DELAY_MS = 10
-/** At most one hand-over of a busy pool's server per worker this often. */
-const HANDOVER_INTERVAL_MS = 100
-
 /** How long a pool out of permits waits on the semaphore before it looks at its limits again. */
 const PERMIT_WAIT_MS = 50
-
-export const PERMIT_POOL = 1
-export const PERMIT_DATABASE = 2
-export const PERMIT_USER = 4
