@@ -6,6 +6,7 @@ import type {
 } from '@pgbouncer-cluster/protocol/control'
 import { type Config, resolveDatabase } from './config/config.ts'
 import { formatSettingValue, SETTINGS } from './config/settings.ts'
+import type { HostRow } from './host-roles.ts'
 
 // The admin console's SHOW views, with PgBouncer's column names, types and
 // order (tooling such as pgbouncer_exporter reads them by name), built from
@@ -174,6 +175,12 @@ export const COLUMNS = {
   dnsZones: [...cols(TEXT, 'zonename'), ...cols(INT8, 'serial'), ...cols(INT4, 'count')],
   // PgBouncer 1.19+.
   peers: [...cols(INT4, 'peer_id'), ...cols(TEXT, 'host'), ...cols(INT4, 'port', 'pool_size')],
+  // Ours: PgBouncer has no view of its hosts.
+  hosts: [
+    ...cols(TEXT, 'database', 'host'),
+    ...cols(INT4, 'port'),
+    ...cols(TEXT, 'state', 'role', 'target_session_attrs'),
+  ],
   peerPools: cols(
     INT4,
     'peer_id',
@@ -627,6 +634,21 @@ export function showLists(counts: {
     ['dns_pending', 0],
   ]
   return { columns: COLUMNS.lists, rows: rows.map(([name, n]) => [name, String(n)]) }
+}
+
+/** SHOW HOSTS: each host of each database in use, its breaker and the role its servers reported. */
+export function showHosts(hosts: readonly HostRow[]): View {
+  return {
+    columns: COLUMNS.hosts,
+    rows: hosts.map((h) => [
+      h.database,
+      h.host,
+      String(h.port),
+      h.state,
+      h.role,
+      h.targetSessionAttrs,
+    ]),
+  }
 }
 
 /** SHOW PEERS: the [peers] section, by id. */

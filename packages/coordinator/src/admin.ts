@@ -17,6 +17,7 @@ import {
   showConfig,
   showConnections,
   showDatabases,
+  showHosts,
   showLists,
   showPeerPools,
   showPeers,
@@ -33,6 +34,7 @@ import {
   ZERO_STATS,
 } from './admin-views.ts'
 import type { Config } from './config/config.ts'
+import type { HostRow } from './host-roles.ts'
 import { VERSION_TEXT } from './version.ts'
 
 /** What the console needs of the cluster it runs in. */
@@ -57,6 +59,8 @@ export interface AdminHost {
   /** Clients logged in per database and per user, across the cluster. */
   clientCounts(): ClientCounts
   port(): number
+  /** SHOW HOSTS: each host of each database in use, its breaker and its role. */
+  hosts(): HostRow[]
 }
 
 type Result = Omit<ControlOf<'admin-reply'>, 'type' | 'id'>
@@ -496,6 +500,8 @@ export class AdminConsole {
         )
       case 'PEERS':
         return view(showPeers(config))
+      case 'HOSTS':
+        return view(showHosts(this.host.hosts()))
       case 'PEER_POOLS': {
         const reports = await this.gather(undefined)
         return view(showPeerPools(reports.map((r) => (r.peerPools ?? []) as PeerPoolStats[])))

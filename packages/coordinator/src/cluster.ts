@@ -17,6 +17,7 @@ import { AdminConsole } from './admin.ts'
 import { ADMIN_DATABASE, type ClusterStats } from './admin-views.ts'
 import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError, resolveDatabase, withSetting } from './config/config.ts'
+import { type HostedDatabase, hostRows } from './host-roles.ts'
 import type { MetricsServer } from './metrics-server.ts'
 import { PoolSlots } from './pool-slots.ts'
 import { dropPrivileges, type RunAs } from './privileges.ts'
@@ -163,6 +164,7 @@ export class Cluster {
           return { database, user }
         }),
       port: () => this.listen.port,
+      hosts: () => hostRows(this.shared, this.hostedDatabases()),
       clientCounts: () => ({
         databases: new Map([
           ...[...this.registry.databaseEntries()].map(([name, slot]): [string, number] => [
@@ -309,6 +311,19 @@ export class Cluster {
     return this.admin.clusterStats()
   }
 
+  /** The databases with a slot, with what SHOW HOSTS and /metrics show of their hosts. */
+  private hostedDatabases(): HostedDatabase[] {
+    return [...this.registry.databaseEntries()].map(([name, slot]) => {
+      const db = resolveDatabase(this.config, name)
+      return {
+        name,
+        slot,
+        hosts: db?.hosts ?? [],
+        targetSessionAttrs: db?.targetSessionAttrs,
+      }
+    })
+  }
+
   private async startMetrics(at: { host: string; port: number }): Promise<void> {
     // prom-client is loaded only by a pooler that serves metrics.
     const { Metrics } = await import('./metrics.ts')
@@ -321,12 +336,7 @@ export class Cluster {
           const [database, user] = splitPoolKey(key)
           return { database, user, slot }
         }),
-      databases: () =>
-        [...this.registry.databaseEntries()].map(([name, slot]) => ({
-          name,
-          slot,
-          hosts: resolveDatabase(this.config, name)?.hosts ?? [],
-        })),
+      databases: () => this.hostedDatabases(),
       workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
       slots: () => this.registry.usage(),
       databasesFreed: () => this.poolSlots.freed,

@@ -9,6 +9,7 @@ import type { SharedMemory } from '@pgbouncer-cluster/protocol/shared-memory'
 import client, { type Metric, type RegistryContentType } from 'prom-client'
 import type { AdminSnapshot } from './admin.ts'
 import type { View } from './admin-views.ts'
+import { BREAKER_STATES, type HostedDatabase, hostRows } from './host-roles.ts'
 
 // /metrics: pgbouncer_exporter's metrics, made from the admin console's own
 // views, plus what only the cluster can show (pgbouncer_cluster_*), read from
@@ -269,7 +270,7 @@ const HISTOGRAMS = [
   ],
 ] as const
 
-const BREAKER_STATES = ['closed', 'open', 'half_open', 'probing'] as const
+const HOST_ROLES = ['unknown', 'primary', 'standby', 'read-only primary'] as const
 
 /** One entry of a database's host list (`host=a,b port=...`), in the list's order. */
 export interface Host {
@@ -283,7 +284,7 @@ export interface MetricsSource {
   snapshot(): Promise<AdminSnapshot>
   /** Pool slots by (database, user), database slots by name: the registry's. */
   pools(): Iterable<{ database: string; user: string; slot: number }>
-  databases(): Iterable<{ name: string; slot: number; hosts: readonly Host[] }>
+  databases(): Iterable<HostedDatabase>
   /** Worker ids with a live thread. */
   workers(): number[]
   /** The pool-slot tables: slots in use and how many there are (registry.ts). */
@@ -498,23 +499,19 @@ export class Metrics {
       "Breaker of one host of the database's host list: 1 for the state it is in",
       ['database', 'host', 'port', 'state'],
     )
-    for (const db of dbs) {
-      if (db.hosts.length < 2) continue
-      const words = shared.breaker(db.slot)
-      const seen = new Set<string>()
-      db.hosts.forEach((h, i) => {
-        const key = `${h.host}\u0000${h.port}`
-        // The same host:port twice in a list: its first entry speaks for it.
-        if (seen.has(key)) return
-        seen.add(key)
-        const state = words.hostState(i)
-        BREAKER_STATES.forEach((name, s) => {
-          hostBreaker.set(
-            { database: db.name, host: h.host, port: String(h.port), state: name },
-            state === s ? 1 : 0,
-          )
-        })
-      })
+    const hostRole = gauge(
+      reg,
+      'pgbouncer_cluster_host_role',
+      'What the last server login to the host (or its in_hot_standby report) said it is: 1 for its role (unknown, primary, standby, read-only primary)',
+      ['database', 'host', 'port', 'role'],
+    )
+    for (const row of hostRows(shared, dbs)) {
+      const labels = { database: row.database, host: row.host, port: String(row.port) }
+      for (const role of HOST_ROLES) hostRole.set({ ...labels, role }, row.role === role ? 1 : 0)
+      if (!row.inList) continue
+      for (const name of BREAKER_STATES) {
+        hostBreaker.set({ ...labels, state: name }, row.state === name ? 1 : 0)
+      }
     }
     for (const [kind, name, help] of HISTOGRAMS) {
       histogram(

@@ -13,7 +13,7 @@
  *  6                              paused (PAUSE)     coordinator        (workers may)
  *  7                              shutdown           coordinator        (workers may)
  *  8..15                          spare
- *  ─── breakers, B = 85 words per database ───────────────────────────────────────
+ *  ─── breakers, B = 101 words per database ───────────────────────────────────────
  *  16 + Bd + 0                    state 0..3         coordinator; a     (workers may)
  *                                                    worker CASes 2→3
  *                                                    to claim the probe
@@ -31,6 +31,11 @@
  *                                 or get the error   worker sets 1 when failed login
  *                                 (0) while logins   it sees PostgreSQL and while the
  *                                 fail               restart            breaker is open)
+ *  16 + Bd + 85 + h               role of host h     the worker whose   (read when a
+ *                                 (host-role.ts),    server logged in   host is picked
+ *                                 0 while unknown    or reported        and a server
+ *                                                    in_hot_standby     released, with
+ *                                                                       target_session_attrs)
  *  ─── semaphores, S words each (see semaphore.ts) ───────────────────────────────
  *  pools     + S*p + 0            used               workers (lock)     acquire()
  *            + S*p + 1            waiters            workers
@@ -130,16 +135,19 @@ export interface BreakerWords {
    */
   clientsWait(): boolean
   setClientsWait(on: boolean): void
+  /** Host h's role word (host-role.ts): 0 until a server of any worker logged in to it. */
+  hostRole(h: number): number
+  setHostRole(h: number, role: number): void
 }
 
 /** Hosts per database entry whose state lives in shared memory. */
 export const MAX_HOSTS = 16
 
 const MAGIC = 0x50474243 // 'PGBC'
-const VERSION = 3
+const VERSION = 4
 const HEADER_WORDS = 16
 const BREAKER_TEXT_WORDS = 64
-const BREAKER_WORDS = 4 + BREAKER_TEXT_WORDS + MAX_HOSTS + 1
+const BREAKER_WORDS = 4 + BREAKER_TEXT_WORDS + MAX_HOSTS + 1 + MAX_HOSTS
 const BREAKER_TEXT_BYTES = BREAKER_TEXT_WORDS * 4
 const FLAG_WORD = { paused: 6, shutdown: 7 } as const
 export const MAX_WORKERS = 64
@@ -330,6 +338,7 @@ export class SharedMemory {
       const text = new Uint8Array(i32.buffer, (state + 4) * 4, BREAKER_TEXT_BYTES)
       const hosts = state + 4 + BREAKER_TEXT_WORDS
       const wait = hosts + MAX_HOSTS
+      const roles = wait + 1
       const host = (h: number) => {
         if (!Number.isInteger(h) || h < 0 || h >= MAX_HOSTS) {
           throw new SharedMemoryError(`host index ${h} out of range 0..${MAX_HOSTS - 1}`)
@@ -347,6 +356,10 @@ export class SharedMemory {
         claimHostProbe: (h: number) =>
           Atomics.compareExchange(i32, host(h), BreakerState.halfOpen, BreakerState.probing) ===
           BreakerState.halfOpen,
+        hostRole: (h: number) => Atomics.load(i32, roles + host(h) - hosts),
+        setHostRole: (h: number, role: number) => {
+          Atomics.store(i32, roles + host(h) - hosts, role)
+        },
         clientsWait: () => Atomics.load(i32, wait) === 1,
         setClientsWait: (on: boolean) => {
           Atomics.store(i32, wait, on ? 1 : 0)

@@ -91,6 +91,7 @@ const SHOW_VIEWS = new Set([
   'STATE',
   'PEERS',
   'PEER_POOLS',
+  'HOSTS',
 ])
 /** PgBouncer's file descriptors, to hand to a new process (-R): worker threads cannot. */
 const SHOW_UNSUPPORTED = new Set(['FDS'])
@@ -117,7 +118,7 @@ const SHUTDOWN_MODES = new Set(['WAIT_FOR_CLIENTS', 'WAIT_FOR_SERVERS'])
 
 const HELP = [
   'SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION',
-  'SHOW PEERS|PEER_POOLS',
+  'SHOW PEERS|PEER_POOLS|HOSTS',
   'SHOW SOCKETS|ACTIVE_SOCKETS|LISTS|MEM|STATE',
   'SHOW DNS_HOSTS|DNS_ZONES',
   'SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS',

@@ -1,4 +1,5 @@
 import type { MessagePort } from 'node:worker_threads'
+import type { TargetSessionAttrs } from '@pgbouncer-cluster/protocol/host-role'
 import type { HbaRule } from './hba.ts'
 
 /**
@@ -38,6 +39,8 @@ export interface DatabaseConfig {
   hosts: HostPort[]
   /** Unset: round-robin. */
   loadBalanceHosts?: LoadBalanceHosts
+  /** libpq's meaning: which hosts of the list a server may be on (unset: any). */
+  targetSessionAttrs?: TargetSessionAttrs
   dbname: string
   user?: string
   password?: string

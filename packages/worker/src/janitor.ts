@@ -131,7 +131,8 @@ export class Janitor {
       if (queryTimeout > 0 && age > queryTimeout) reason = Texts.queryTimeoutWaiting
       else {
         const limit = this.queryWaitTimeout(pool, client) * 1000
-        if (limit > 0 && age > limit) reason = Texts.queryWaitTimeout
+        // No host fitted target_session_attrs all along: say so, as libpq would.
+        if (limit > 0 && age > limit) reason = pool.roles.waitText() ?? Texts.queryWaitTimeout
       }
       if (reason === null) continue
       pool.cancelWait(client)

@@ -114,6 +114,8 @@ export interface ServerPool {
   serverLoginFailed(server: Server, failure: LoginFailure): void
   /** A logged-in server was ended by PostgreSQL's shutdown or crash (57P01, 57P02). */
   serverRestarting(sqlstate: string, message: string): void
+  /** A logged-in server reported in_hot_standby: its host's role may have changed. */
+  serverReportedRole(server: Server, inHotStandby: string): void
   /** The linked client is done with it (transaction or session over). */
   release(server: Server): void
   serverGone(server: Server): void
@@ -580,6 +582,9 @@ export class Server implements PreparedServer {
   private noteParameter(msg: Buffer): TrackedName | null {
     const { name, value } = parseParameterStatus(msg)
     this.params.set(name, value)
+    // A promotion (the login's value is read when it ends: TargetSession.loggedIn).
+    if (name === 'in_hot_standby' && this.state !== 'login')
+      this.pool.serverReportedRole(this, value)
     const tracked = trackedName(name)
     if (tracked !== null) {
       this.vars[tracked] = value

@@ -85,7 +85,7 @@ describe('parseDatabase', () => {
       line: 9,
       file: 'p.ini',
     })
-    assert.deepEqual(unimplemented, ['target_session_attrs'])
+    assert.deepEqual(unimplemented, [])
   })
 
   test("defaults: no host (unix_socket_dir's socket, as PgBouncer), port 5432, dbname = entry name", () => {

@@ -3,6 +3,10 @@
 // parser: spaces may surround '=', a value may be 'single quoted' with '' for a
 // quote (no backslash escapes), and an empty value is an error.
 
+import {
+  TARGET_SESSION_ATTRS,
+  type TargetSessionAttrs,
+} from '@pgbouncer-cluster/protocol/host-role'
 import { MAX_HOSTS } from '@pgbouncer-cluster/protocol/shared-memory'
 import type {
   HostPort,
@@ -57,8 +61,7 @@ export function parseConnString(text: string): ConnParam[] {
   }
 }
 
-export type { LoadBalanceHosts }
-export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby'
+export type { LoadBalanceHosts, TargetSessionAttrs }
 
 // One [databases] entry (also the '*' fallback, whose name is '*'). What the
 // worker reads is its WorkerDatabaseConfig; the rest is the loader's.
@@ -73,7 +76,6 @@ export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' 
 export interface DatabaseConfig extends WorkerDatabaseConfig {
   // Accepted, not implemented yet (see DATABASE_PARAMS).
   maxDbClientConnections?: number
-  targetSessionAttrs?: TargetSessionAttrs
   line: number // where it was defined, for messages
   file?: string
 }
@@ -130,8 +132,8 @@ export const DATABASE_PARAMS: readonly ParamSpec[] = [
   p('load_balance_hosts', 'loadBalanceHosts', 'enum', true, {
     values: ['disable', 'round-robin'],
   }),
-  p('target_session_attrs', 'targetSessionAttrs', 'enum', false, {
-    values: ['any', 'read-write', 'read-only', 'primary', 'standby'],
+  p('target_session_attrs', 'targetSessionAttrs', 'enum', true, {
+    values: TARGET_SESSION_ATTRS,
   }),
   p('query_wait_timeout', 'queryWaitTimeout', 'seconds', true, { unsetValue: -1 }),
 ]

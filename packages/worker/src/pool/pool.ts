@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { isMd5Hash } from '@pgbouncer-cluster/protocol/auth/md5'
 import { isScramSecret } from '@pgbouncer-cluster/protocol/auth/scram'
+import { SessionAttrs } from '@pgbouncer-cluster/protocol/host-role'
 import { Latency, type LatencyHistograms } from '@pgbouncer-cluster/protocol/latency'
 import { poolKey } from '@pgbouncer-cluster/protocol/pool-key'
 import type { Semaphore } from '@pgbouncer-cluster/protocol/semaphore'
@@ -27,6 +28,7 @@ import { HostChoice, hostOf } from './hosts.ts'
 import { clientError } from './login-failure.ts'
 import { PERMIT_DATABASE, PERMIT_POOL, PERMIT_USER, Permits } from './permits.ts'
 import { Rebalance } from './rebalance.ts'
+import { TargetSession } from './target-session.ts'
 import { WaitQueue } from './waiting.ts'
 
 export { PERMIT_DATABASE, PERMIT_POOL, PERMIT_USER } from './permits.ts'
@@ -125,6 +127,8 @@ export class Pool {
   lastLoginFailure: { at: number; failure: LoginFailure } | null = null
   /** PAUSE (or KILL) of the admin console: no server is handed out or opened until RESUME. */
   paused = false
+  /** target_session_attrs: which hosts' servers may serve this pool (target-session.ts). */
+  readonly roles: TargetSession
   /**
    * For SHOW STATS: counts of the clients that left (the connected ones' are
    * added when asked), and times in µs summed where a server is linked and
@@ -186,6 +190,7 @@ export class Pool {
     this.rebalance = new Rebalance(this, shared.counters, slots.pool, worker.id)
     this.breaker = shared.breaker(slots.databaseSlot)
     this.hosts = new HostChoice(this.breaker, database, worker.id)
+    this.roles = new TargetSession(database, this.breaker)
     this.latency = worker.latency
     this.dbSlot = slots.databaseSlot
   }
@@ -355,7 +360,10 @@ export class Pool {
       // server_round_robin: the one idle longest, so load spreads over all of them.
       const server = roundRobin ? this.idle.shift()! : this.idle.pop()!
       this.idleTaken()
-      if (!server.isReusable(now)) {
+      if (
+        !server.isReusable(now) ||
+        (this.roles.attrs !== 0 && !this.roles.fits(server.hostIndex))
+      ) {
         server.close()
         continue
       }
@@ -398,7 +406,7 @@ export class Pool {
       if (this.permits.refusedBy === PERMIT_POOL && this.idle.length > 0) this.idle.shift()!.close()
       return
     }
-    const server = new Server(this, permits, this.pickHost(), dedicated)
+    const server = new Server(this, permits, this.pickHost(true), dedicated)
     this.servers.add(server)
     this.worker.log.debug(
       { server: server.id, pool: this.label, replication: dedicated.replication },
@@ -456,7 +464,13 @@ export class Pool {
         this.waitForPermit()
         return
       }
-      this.open(permits)
+      const host = this.pickHost(false)
+      if (host < 0) {
+        // No host fits target_session_attrs: clients wait (a failover), the janitor's tick retries.
+        this.releasePermit(permits)
+        return
+      }
+      this.open(permits, host)
     }
   }
 
@@ -587,17 +601,21 @@ export class Pool {
 
   // ---- servers ----------------------------------------------------------------
 
-  open(permits: number): Server {
-    const server = new Server(this, permits, this.pickHost())
+  open(permits: number, host: number = this.pickHost(true)): Server {
+    const server = new Server(this, permits, host)
     this.loggingIn.add(server)
     this.servers.add(server)
     this.worker.log.debug({ server: server.id, pool: this.label }, 'opening server connection')
     return server
   }
 
-  /** The host of the database's list a new server goes to (pool/hosts.ts). */
-  private pickHost(): number {
-    return this.hosts.pick(this.database)
+  /**
+   * The host of the database's list a new server goes to (pool/hosts.ts), by
+   * the breakers and, with target_session_attrs, the hosts' roles; -1 when no
+   * host fits and none is due to be checked again (clients wait).
+   */
+  private pickHost(mustOpen: boolean): number {
+    return this.hosts.pick(this.database, this.roles, mustOpen, this.worker.now)
   }
 
   private hostAvailable(): boolean {
@@ -631,12 +649,40 @@ export class Pool {
     ) {
       this.worker.reportLoginOk(this, host)
     }
+    if (!this.roles.loggedIn(server.hostIndex, server.params, this.warnRoles)) {
+      this.worker.log.info(
+        {
+          server: server.id,
+          pool: this.label,
+          host: server.host,
+          port: server.port,
+          target_session_attrs: this.database.targetSessionAttrs,
+        },
+        'server does not fit target_session_attrs, closing it',
+      )
+      server.close()
+      return
+    }
     if (this.welcomeParams === null) this.welcomeParams = new Map(server.params)
     this.worker.log.info(
       { server: server.id, pool: this.label, backend_pid: server.pid },
       'server connection ready',
     )
     this.release(server)
+  }
+
+  private readonly warnRoles = (msg: string): void => {
+    this.worker.log.warn({ pool: this.label }, msg)
+  }
+
+  /**
+   * A logged-in server reported in_hot_standby (PostgreSQL reports it to every
+   * session at a promotion): its host's role changes for every worker, and a
+   * server that no longer fits is closed when its client releases it.
+   */
+  serverReportedRole(server: Server, inHotStandby: string): void {
+    // Closed, if it no longer fits, where release() and request() check the role.
+    this.roles.reported(server.hostIndex, inHotStandby)
   }
 
   /**
@@ -720,7 +766,7 @@ export class Pool {
     }
     if (!server.unlink()) return
     const now = this.worker.now
-    if (!server.isReusable(now)) {
+    if (!server.isReusable(now) || (this.roles.attrs !== 0 && !this.roles.fits(server.hostIndex))) {
       server.close()
       return
     }
@@ -843,8 +889,37 @@ export class Pool {
       this.breaker.state() === BreakerState.closed
     ) {
       const permits = this.tryPermit(min)
-      if (permits !== 0) this.open(permits)
+      if (permits !== 0) {
+        const host = this.pickHost(false)
+        if (host >= 0) this.open(permits, host)
+        else this.releasePermit(permits)
+      }
     }
+    if (this.roles.attrs === SessionAttrs.preferStandby && this.servers.size > 0)
+      this.backToStandby(now)
+  }
+
+  /**
+   * prefer-standby served by a primary: now and then a login to a host that
+   * may be a standby again. Once one logged in, the primary's servers no
+   * longer fit and close as they come free. Without a permit to spare, an
+   * idle primary server makes room first.
+   */
+  private backToStandby(now: number): void {
+    if (this.paused || this.connecting > 0 || this.roles.upHost(true) >= 0) return
+    let fallback = false
+    for (const server of this.servers) {
+      if (!this.roles.candidate(server.hostIndex, 0)) fallback = true
+    }
+    if (!fallback || !this.roles.standbyDue(now)) return
+    const permits = this.tryPermit(this.poolSize)
+    if (permits === 0) {
+      if (this.idle.length > 0) this.idle.shift()!.close()
+      return
+    }
+    const host = this.roles.standbyToTry(now)
+    if (host >= 0) this.open(permits, host)
+    else this.releasePermit(permits)
   }
 
   /**
@@ -860,6 +935,7 @@ export class Pool {
     }
     const moved = !sameServer(this.database, database)
     this.database = database
+    this.roles.reconfigure(database)
     this.mode = mode
     if (moved) {
       this.welcomeParams = null
