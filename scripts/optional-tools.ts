@@ -3,14 +3,21 @@
 // naming the tool and how to install it. `npm test` on a machine with Node.js
 // and PostgreSQL alone passes, with those tests skipped.
 //
-// PGBC_TEST_WITHOUT=pgbouncer,promtool,haproxy,psql,pgbench hides the tools it
+// PGBC_TEST_WITHOUT=pgbouncer,promtool,haproxy,psql,pgbench,pg_basebackup hides the tools it
 // names from these lookups, to see what such a machine runs (the system's
 // packages stay installed for everyone else).
 
 import { accessSync, constants } from 'node:fs'
 import { delimiter, join } from 'node:path'
 
-export type OptionalTool = 'pgbouncer' | 'haproxy' | 'promtool' | 'psql' | 'pgbench' | 'runuser'
+export type OptionalTool =
+  | 'pgbouncer'
+  | 'haproxy'
+  | 'promtool'
+  | 'psql'
+  | 'pgbench'
+  | 'pg_basebackup'
+  | 'runuser'
 
 /** Where each is looked for beside PATH (sbin directories are often not on a user's PATH), and its Debian package. */
 const TOOLS: Record<OptionalTool, { dirs: string[]; install: string }> = {
@@ -25,6 +32,7 @@ const TOOLS: Record<OptionalTool, { dirs: string[]; install: string }> = {
   promtool: { dirs: ['/usr/bin', '/usr/local/bin'], install: 'apt-get install -y prometheus' },
   psql: { dirs: [], install: 'apt-get install -y postgresql-client' },
   pgbench: { dirs: [], install: 'apt-get install -y postgresql-client' },
+  pg_basebackup: { dirs: [], install: 'apt-get install -y postgresql-client' },
   runuser: { dirs: ['/usr/sbin', '/sbin', '/usr/bin'], install: 'apt-get install -y util-linux' },
 }
 
@@ -49,10 +57,12 @@ function isExecutable(path: string): boolean {
 
 /**
  * The tool's path: PATH first, then the directories it is usually installed in.
- * psql and pgbench are found as the test harness finds PostgreSQL's tools
+ * psql, pgbench and pg_basebackup are found as the test harness finds PostgreSQL's tools
  * (pg-bin.ts's findPgTool, which honours PGBC_TEST_WITHOUT too).
  */
-export function findTool(name: Exclude<OptionalTool, 'psql' | 'pgbench'>): string | null {
+export function findTool(
+  name: Exclude<OptionalTool, 'psql' | 'pgbench' | 'pg_basebackup'>,
+): string | null {
   if (hiddenTools().has(name)) return null
   const path = (process.env.PATH ?? '').split(delimiter).filter((d) => d !== '')
   for (const dir of [...path, ...TOOLS[name].dirs]) {
