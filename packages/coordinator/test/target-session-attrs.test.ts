@@ -69,6 +69,8 @@ describe('target_session_attrs with streaming replication', {
           sb: entry('standby'),
           ps: entry('prefer-standby'),
           anyhost: hosts,
+          // The primary alone, for a standby: nothing ever fits.
+          nofit: `host=${p.host} port=${p.port} dbname=app target_session_attrs=standby query_wait_timeout=1`,
         },
         pgbouncer: {
           admin_users: 'postgres',
@@ -151,6 +153,25 @@ describe('target_session_attrs with streaming replication', {
     assert.equal(samples.get(label(primary.server.host, primary.server.port, 'primary')), 1)
     assert.equal(samples.get(label(standby.host, standby.port, 'standby')), 1)
     assert.equal(samples.get(label(standby.host, standby.port, 'primary')), 0)
+  })
+
+  test("no host fits: the client waits query_wait_timeout, then gets an error naming the entry and libpq's reason", async () => {
+    const c = pooler.client({ database: 'nofit' })
+    c.on('error', () => {})
+    try {
+      // No server ever logged in for the entry: the login itself waits for one.
+      await assert.rejects(
+        c.connect().then(() => c.query('SELECT 1')),
+        {
+          message:
+            'query_wait_timeout: no host of database "nofit" fits target_session_attrs=standby: server is not in hot standby mode',
+        },
+      )
+    } finally {
+      await c.end().catch(() => {})
+    }
+    const row = (await hosts()).find((r) => r.database === 'nofit')!
+    assert.equal(row.role, 'primary')
   })
 
   test('prefer-standby runs on the standby, falls back to the primary while it is stopped, and returns to it', async () => {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { Counter } from './counters.ts'
+import { HostRole } from './host-role.ts'
 import {
   BreakerState,
   createSharedMemory,
@@ -80,6 +81,24 @@ describe('SharedMemory', () => {
     assert.equal(w.claimHostProbe(0), false, 'one probe per half-open period')
     assert.equal(coordinator.breaker(1).hostState(0), BreakerState.probing)
     assert.throws(() => w.hostState(MAX_HOSTS), { code: 'ERR_SHARED_MEMORY' })
+  })
+
+  it('keeps a role word per host beside its breaker, apart from the other words and databases', () => {
+    const sab = createSharedMemory(layout)
+    const coordinator = new SharedMemory(sab)
+    const w = new SharedMemory(sab).breaker(1)
+    const role = HostRole.known | HostRole.standby
+    w.setHostRole(MAX_HOSTS - 1, role)
+    w.setHostRole(0, HostRole.known)
+    assert.equal(coordinator.breaker(1).hostRole(MAX_HOSTS - 1), role)
+    assert.equal(coordinator.breaker(1).hostRole(0), HostRole.known)
+    assert.equal(coordinator.breaker(1).hostRole(1), HostRole.unknown)
+    assert.equal(coordinator.breaker(2).hostRole(0), HostRole.unknown)
+    assert.equal(coordinator.breaker(1).hostState(MAX_HOSTS - 1), BreakerState.closed)
+    assert.equal(coordinator.breaker(1).clientsWait(), false)
+    assert.throws(() => w.hostRole(MAX_HOSTS), { code: 'ERR_SHARED_MEMORY' })
+    assert.equal(coordinator.clearDatabase(1), true)
+    assert.equal(w.hostRole(MAX_HOSTS - 1), HostRole.unknown, 'a freed database forgets its roles')
   })
 
   it('reclaimWorker returns a dead worker’s permits everywhere and zeroes its gauges', () => {

@@ -116,6 +116,18 @@ describe('parseDatabase', () => {
     )
     assert.equal(each.port, 5432)
     assert.equal(each.host, 'h1,h2,h3', 'as written, for SHOW DATABASES')
+    for (const attrs of [
+      'any',
+      'read-write',
+      'read-only',
+      'primary',
+      'standby',
+      'prefer-standby',
+    ]) {
+      const parsed = parseDatabase('a', `host=h1,h2 target_session_attrs=${attrs}`, place)
+      assert.equal(parsed.config.targetSessionAttrs, attrs)
+      assert.deepEqual(parsed.unimplemented, [])
+    }
     const rr = parseDatabase('a', 'host=h1,h2 load_balance_hosts=ROUND-ROBIN', place).config
     assert.equal(rr.loadBalanceHosts, 'round-robin')
     assert.deepEqual(parseDatabase('a', 'port=5433', place).config.hosts, [

@@ -187,7 +187,7 @@ export class TargetSession {
     if (this.attrs === SessionAttrs.any || this.upHost() >= 0) return null
     const why = mismatchText(this.attrs)
     const { name, targetSessionAttrs } = this.database
-    return `query_wait_timeout: no host of database "${name}" is up and ${targetSessionAttrs} (target_session_attrs)${why === '' ? '' : `; ${why}`}`
+    return `query_wait_timeout: no host of database "${name}" fits target_session_attrs=${targetSessionAttrs}${why === '' ? '' : `: ${why}`}`
   }
 }
 
