@@ -184,7 +184,10 @@ export class TargetSession {
 
   /** The error a client waiting past query_wait_timeout gets when no host fitted. */
   waitText(): string | null {
-    if (this.attrs === SessionAttrs.any || this.upHost() >= 0) return null
+    // prefer-standby takes any host that is up: its clients wait only for a host at all.
+    const attrs = this.attrs
+    if (attrs === SessionAttrs.any || attrs === SessionAttrs.preferStandby) return null
+    if (this.upHost() >= 0) return null
     const why = mismatchText(this.attrs)
     const { name, targetSessionAttrs } = this.database
     return `query_wait_timeout: no host of database "${name}" fits target_session_attrs=${targetSessionAttrs}${why === '' ? '' : `: ${why}`}`
