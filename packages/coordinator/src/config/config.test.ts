@@ -358,14 +358,15 @@ describe('loadConfig: details', () => {
     assert.match(c.warnings[0]!, /:1, .*:5: \[pgbouncer\] appears more than once; PgBouncer resets/)
   })
 
-  test('unimplemented [databases] keys join the one warning; [users] has none left, [peers] is read', () => {
+  test('[databases] and [users] have no unimplemented keys left; the one warning names the settings; [peers] is read', () => {
     const c = loadConfig(
       ini(
         '[databases]\na = target_session_attrs=any\n[users]\nu = query_timeout=3\n[peers]\n1 = host=/tmp/p1\n[pgbouncer]\nauth_type=trust\nsyslog=1\n',
       ),
     )
     assert.equal(c.warnings.length, 1)
-    assert.match(c.warnings[0]!, /no effect: target_session_attrs \(in \[databases\]\), syslog$/)
+    assert.match(c.warnings[0]!, /no effect: syslog$/)
+    assert.equal(c.databases.a!.targetSessionAttrs, 'any')
     assert.deepEqual(c.peers['1'], { id: 1, host: '/tmp/p1', port: 6432 })
   })
 
