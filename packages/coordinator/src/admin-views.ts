@@ -4,6 +4,7 @@ import type {
   PeerPoolStats,
   PoolStats,
 } from '@pgbouncer-cluster/protocol/control'
+import { SESSION_KINDS } from '@pgbouncer-cluster/worker/session-state/classify'
 import { type Config, resolveDatabase } from './config/config.ts'
 import { formatSettingValue, SETTINGS } from './config/settings.ts'
 import type { HostRow } from './host-roles.ts'
@@ -137,6 +138,8 @@ export const COLUMNS = {
     ...cols(INT4, 'prepared_statements'),
     ...cols(INT8, 'id'),
   ],
+  // Ours (issue 29): statements seen per pool and kind of session state.
+  sessionState: [...cols(TEXT, 'database', 'user', 'kind'), ...cols(INT8, 'count')],
   state: cols(TEXT, 'key', 'value'),
   // 1.24+: reserve_pool became reserve_pool_size; server_lifetime (1.23), load_balance_hosts
   // and the client counts came in before paused and disabled.
@@ -257,11 +260,18 @@ export function mergePools(reports: PoolStats[][]): PoolStats[] {
       const key = `${p.database}\u0000${p.user}`
       const m = merged.get(key)
       if (m === undefined) {
-        merged.set(key, { ...p })
+        merged.set(key, { ...p, sessionState: p.sessionState?.slice() })
         continue
       }
       for (const k of SUMMED) m[k] += p[k]
       m.maxWaitUs = Math.max(m.maxWaitUs, p.maxWaitUs)
+      m.pinned = (m.pinned ?? 0) + (p.pinned ?? 0)
+      if (p.sessionState !== undefined) {
+        const into = (m.sessionState ??= [])
+        p.sessionState.forEach((n, i) => {
+          into[i] = (into[i] ?? 0) + n
+        })
+      }
     }
   }
   return [...merged.values()].sort(
@@ -378,6 +388,20 @@ export function showPools(config: Config, stats: ClusterStats): View {
   return { columns: COLUMNS.pools, rows }
 }
 
+/**
+ * SHOW SESSION_STATE (ours): per pool, in any pool mode, how many statements
+ * of each kind of session state its clients ran (worker/src/session-state).
+ */
+export function showSessionState(stats: ClusterStats): View {
+  const rows: Row[] = []
+  for (const p of stats.pools) {
+    SESSION_KINDS.forEach((kind, i) => {
+      rows.push([p.database, p.user, kind, num(p.sessionState?.[i] ?? 0)])
+    })
+  }
+  return { columns: COLUMNS.sessionState, rows }
+}
+
 function adminPoolRow(sessions: number): Row {
   const zeros = Array.from({ length: 12 }, () => '0')
   return [ADMIN_DATABASE, ADMIN_USER, String(sessions), ...zeros, 'statement', null]
@@ -449,6 +473,12 @@ export function showConnections(type: 'C' | 'S', list: ConnectionInfo[]): View {
     String(c.id),
   ])
   return { columns: COLUMNS.connections, rows }
+}
+
+/** SHOW CLIENTS: PgBouncer's columns, then ours, the kind of state a client is pinned for. */
+export function showClients(list: ConnectionInfo[]): View {
+  const rows = showConnections('C', list).rows.map((row, i) => [...row, list[i]!.pinned ?? ''])
+  return { columns: [...COLUMNS.connections, ['session_state_pin', 25]], rows }
 }
 
 /**

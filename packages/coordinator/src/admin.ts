@@ -14,6 +14,7 @@ import {
   COLUMNS,
   mergePools,
   type StatLine,
+  showClients,
   showConfig,
   showConnections,
   showDatabases,
@@ -22,6 +23,7 @@ import {
   showPeerPools,
   showPeers,
   showPools,
+  showSessionState,
   showSockets,
   showState,
   showStats,
@@ -80,6 +82,9 @@ export interface AdminSnapshot {
   databases: View
   lists: View
   config: View
+  /** SHOW SESSION_STATE, and the clients pinned per pool (session_state_policy = pin). */
+  sessionState: View
+  pinned: { database: string; user: string; count: number }[]
 }
 
 /** How often a SUSPEND checks that a console session is left to RESUME it. */
@@ -525,7 +530,8 @@ export class AdminConsole {
       case 'SERVERS': {
         const reports = await this.gather(what === 'CLIENTS' ? 'clients' : 'servers')
         const list = reports.flatMap((r) => (what === 'CLIENTS' ? r.clients : r.servers))
-        return view(showConnections(what === 'CLIENTS' ? 'C' : 'S', list as ConnectionInfo[]))
+        if (what === 'CLIENTS') return view(showClients(list as ConnectionInfo[]))
+        return view(showConnections('S', list as ConnectionInfo[]))
       }
       default:
         break
@@ -550,6 +556,8 @@ export class AdminConsole {
         return view(showUsers(config, this.userNames(stats), stats.pools, this.host.clientCounts()))
       case 'LISTS':
         return view(this.listsView(stats))
+      case 'SESSION_STATE':
+        return view(showSessionState(stats))
       default:
         return fail(`invalid command 'SHOW ${what}', use SHOW HELP;`)
     }
@@ -569,6 +577,12 @@ export class AdminConsole {
       databases: this.databasesView(stats),
       lists: this.listsView(stats),
       config: showConfig(this.host.config()),
+      sessionState: showSessionState(stats),
+      pinned: stats.pools.map((p) => ({
+        database: p.database,
+        user: p.user,
+        count: p.pinned ?? 0,
+      })),
     }
   }
 

@@ -329,7 +329,10 @@ export class Metrics {
       // pgbouncer_up says it; the cluster's own figures are still worth showing.
     }
     gauge(reg, 'pgbouncer_up', 'The pgbouncer scrape succeeded', []).set(snapshot?.complete ? 1 : 0)
-    if (snapshot !== null) this.exporterMetrics(reg, snapshot)
+    if (snapshot !== null) {
+      this.exporterMetrics(reg, snapshot)
+      sessionStateMetrics(reg, snapshot)
+    }
     this.clusterMetrics(reg, snapshot)
     const own = await reg.metrics()
     const proc = await this.process[format].metrics()
@@ -530,6 +533,26 @@ function gauge(reg: Registry, name: string, help: string, labelNames: readonly s
 
 function counter(reg: Registry, name: string, help: string, labelNames: readonly string[]) {
   return new Counter({ name, help, labelNames, registers: [reg] })
+}
+
+/** SHOW SESSION_STATE as a counter, and the clients session_state_policy = pin holds. */
+function sessionStateMetrics(reg: Registry, s: AdminSnapshot): void {
+  const seen = counter(
+    reg,
+    'pgbouncer_cluster_session_state_total',
+    'Statements that left session state on their server, per pool and kind (SHOW SESSION_STATE)',
+    ['database', 'user', 'kind'],
+  )
+  for (const [database, user, kind, n] of s.sessionState.rows) {
+    seen.inc({ database: database!, user: user!, kind: kind! }, Number(n))
+  }
+  const pinned = gauge(
+    reg,
+    'pgbouncer_cluster_session_state_pinned_clients',
+    'Clients whose server session_state_policy = pin keeps linked until they leave',
+    ['database', 'user'],
+  )
+  for (const p of s.pinned) pinned.set({ database: p.database, user: p.user }, p.count)
 }
 
 /** One metric per mapped column, one sample per row, as pgbouncer_exporter reads a SHOW. */

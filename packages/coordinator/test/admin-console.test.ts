@@ -121,7 +121,8 @@ const PGBOUNCER_COLUMNS: Record<string, [string, number][]> = {
     ['name', TEXT],
     ['value', NUMERIC],
   ],
-  CLIENTS: connectionColumns as [string, number][],
+  // Ours after PgBouncer's: the kind of session state a client is pinned for.
+  CLIENTS: [...connectionColumns, ['session_state_pin', TEXT]] as [string, number][],
   SERVERS: connectionColumns as [string, number][],
   DATABASES: [
     ['name', TEXT],

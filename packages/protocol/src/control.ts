@@ -238,6 +238,10 @@ export interface PoolStats {
   clientParseCount: number
   serverParseCount: number
   bindCount: number
+  /** Ours: statements seen per kind of session state (worker/src/session-state/classify.ts, SESSION_KINDS). */
+  sessionState?: number[]
+  /** Ours: clients whose server session_state_policy = pin keeps linked. */
+  pinned?: number
 }
 
 /** One peer as one worker sees it: cancel requests it forwards there (SHOW PEER_POOLS). */
@@ -276,6 +280,8 @@ export interface ConnectionInfo {
   id: number
   /** SHOW SOCKETS: writes to it still queued (SHOW ACTIVE_SOCKETS lists these). */
   busy?: boolean
+  /** A client pinned to its server by session_state_policy: the kind of state that pinned it ('' for none). */
+  pinned?: string
 }
 
 export type ControlType = ControlMessage['type']

@@ -263,6 +263,7 @@ export class WorkerAdmin {
           s.bytesSent += session.bytesSent
           s.clientParseCount += session.clientParseCount
           s.bindCount += session.bindCount
+          if (session.pinnedBy !== '') s.pinned!++
         }
       }
       if (request.view === 'clients') clients.push(this.clientInfo(session, admin, now))
@@ -332,6 +333,7 @@ export class WorkerAdmin {
       applicationName: session.vars.application_name ?? '',
       preparedStatements: session.preparedCount,
       id: session.id,
+      pinned: session.pinnedBy,
     }
   }
 
@@ -411,5 +413,7 @@ function poolStats(pool: Pool, now: number): PoolStats {
     clientParseCount: t.clientParseCount,
     serverParseCount: t.serverParseCount,
     bindCount: t.bindCount,
+    sessionState: Array.from(pool.sessionState),
+    pinned: 0,
   }
 }

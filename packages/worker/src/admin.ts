@@ -92,6 +92,8 @@ const SHOW_VIEWS = new Set([
   'PEERS',
   'PEER_POOLS',
   'HOSTS',
+  // Ours: the session state each pool's clients leave (issue 29).
+  'SESSION_STATE',
 ])
 /** PgBouncer's file descriptors, to hand to a new process (-R): worker threads cannot. */
 const SHOW_UNSUPPORTED = new Set(['FDS'])

@@ -6,7 +6,7 @@ import { FrontendCode, TxStatus } from '@pgbouncer-cluster/protocol/messages'
 import { query } from '@pgbouncer-cluster/protocol/serializer'
 import { type AdminContext, AdminSession } from './admin.ts'
 import { clockNow } from './clock.ts'
-import type { PoolMode, Replication } from './config-types.ts'
+import type { DatabaseConfig, PoolMode, Replication, SessionStatePolicy } from './config-types.ts'
 import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
 import type { ClientSlots, ClientState, LoginClient, LoginHost } from './login/host.ts'
 import { Login } from './login/login.ts'
@@ -25,6 +25,13 @@ import {
   targetStatement,
 } from './prepared.ts'
 import type { Server } from './server.ts'
+import {
+  CANNOT_FOLLOW,
+  classifyParse,
+  classifyQuery,
+  refusedKind,
+} from './session-state/classify.ts'
+import { refusedParse, refusedQuery, stateNote } from './session-state/policy.ts'
 import {
   type ClientSocket,
   type ConnectionOwner,
@@ -51,6 +58,8 @@ export interface SessionHost extends AdminContext {
   /** The worker's clock (clock.ts), refreshed by the janitor. */
   readonly now: number
   clientClosed(session: ClientSession, admitted: boolean): void
+  /** session_state_policy for a login (the user's, the database's or the global one). */
+  sessionStatePolicyFor(db: DatabaseConfig, user: string): SessionStatePolicy
   /** A login began or ended: client_login_timeout is the janitor's (janitor.ts). */
   loginStarted(session: ClientSession): void
   loginEnded(session: ClientSession): void
@@ -160,6 +169,19 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
   xactCount = 0
   clientParseCount = 0
   bindCount = 0
+  /**
+   * session_state_policy = pin: the kind of session state that keeps this
+   * client's server linked until it leaves ('' while none does).
+   */
+  pinnedBy = ''
+  /** session_state_policy = warn (or pin) has logged for this client. */
+  private warnedState = false
+  /**
+   * session_state_policy = error: the message sent in place of the refused
+   * one (session-state/policy.ts), and where the refused one began in its read.
+   */
+  private refusal: Buffer | null = null
+  private refusedAt = 0
 
   /** Requests sent to the server that still owe a ReadyForQuery. */
   private outstanding = 0
@@ -318,6 +340,10 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
       if (this.state === 'closed') return
     } else if (this.unfinished !== null) this.endUnfinished()
     const edits = this.edits
+    if (this.refusal !== null) {
+      this.forwardRefused(chunk, end, edits)
+      return
+    }
     if (this.action === ACTION_PQEXEC) {
       // As PgBouncer: the whole packet is refused and the client dropped.
       this.fail(fatal(Texts.pqexecDisallowed))
@@ -337,6 +363,19 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
     }
     // Everything was held back: no server is asked for a message not yet whole.
     if (chunk.length > 0) this.toServer(chunk, edits)
+  }
+
+  /**
+   * The scan stopped at a statement session_state_policy refuses: what came
+   * before it goes on, then the refusal in its place, then the rest, scanned
+   * as a read of its own.
+   */
+  private forwardRefused(chunk: Buffer, end: number, edits: EditList | null): void {
+    const refusal = this.refusal!
+    this.refusal = null
+    if (this.refusedAt > 0) this.toServer(chunk.subarray(0, this.refusedAt), edits)
+    this.forward(refusal)
+    if (end < chunk.length && this.state === 'active') this.forward(chunk.subarray(end))
   }
 
   /**
@@ -470,6 +509,17 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
           this.action = ACTION_PQEXEC
           return true
         }
+        if (
+          start >= 0 &&
+          this.sessionState(
+            classifyQuery(scanChunk, start, end, this.pool!.sessionState),
+            type,
+            start,
+            end,
+          )
+        ) {
+          return true
+        }
         if (this.outstanding++ === 0) this.requestStarted()
         if (this.prepared && start >= 0 && resetsPrepared(scanChunk, start, end)) {
           // DEALLOCATE ALL / DISCARD ALL: the server forgets every statement,
@@ -492,6 +542,18 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
         this.action = ACTION_TERMINATE
         return true
       default:
+        if (
+          type === FrontendCode.Parse &&
+          start >= 0 &&
+          this.sessionState(
+            classifyParse(scanChunk, start, end, this.pool!.sessionState),
+            type,
+            start,
+            end,
+          )
+        ) {
+          return true
+        }
         this.extended = true
         if (
           this.prepared &&
@@ -503,6 +565,39 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
         }
         return false
     }
+  }
+
+  /**
+   * A statement's session state, classified (session-state/classify.ts): what
+   * cannot follow the client to another server meets session_state_policy in
+   * transaction and statement mode. True when the statement is refused.
+   */
+  private sessionState(mask: number, type: number, start: number, end: number): boolean {
+    if ((mask & CANNOT_FOLLOW) === 0 || this.mode === 'session' || this.pinnedBy !== '')
+      return false
+    const policy = this.worker.sessionStatePolicyFor(this.pool!.database, this.user)
+    switch (policy) {
+      case 'allow':
+        return false
+      case 'error':
+        this.refusal =
+          type === FrontendCode.Query
+            ? refusedQuery(mask, this.mode)
+            : refusedParse(scanChunk, start, end, mask, this.mode)
+        this.refusedAt = start
+        return true
+      case 'pin':
+        this.pinnedBy = refusedKind(mask)
+        break
+      default:
+        if (this.warnedState) return false
+        this.warnedState = true
+    }
+    this.worker.log.warn(
+      { client: this.id, db: this.database, user: this.user },
+      stateNote(mask, this.mode, policy),
+    )
+    return false
   }
 
   private requestStarted(): void {
@@ -606,7 +701,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
     } else if (this.outstanding === 0) {
       this.idleTxSince = this.worker.now
     }
-    if (this.mode === 'session') return false
+    if (this.mode === 'session' || this.pinnedBy !== '') return false
     // A message held back has not reached the server, which stays clean; one
     // streamed in part has.
     if (this.outstanding > 0 || this.extended || this.unfinished?.held === false) return false
@@ -853,7 +948,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
       else server.close()
       return
     }
-    server.resetOnRelease(this.mode === 'session')
+    server.resetOnRelease(this.mode === 'session', this.pinnedBy !== '')
     this.pool!.release(server)
   }
 }

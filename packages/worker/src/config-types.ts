@@ -10,6 +10,8 @@ import type { HbaRule } from './hba.ts'
 export type PoolMode = 'session' | 'transaction' | 'statement'
 /** A client's `replication` startup parameter, as SHOW CLIENTS / SERVERS name it (PgBouncer 1.23). */
 export type Replication = 'none' | 'logical' | 'physical'
+/** session_state_policy: what transaction pooling does with state that cannot follow a client (session-state/policy.ts). */
+export type SessionStatePolicy = 'allow' | 'warn' | 'pin' | 'error'
 export type SslMode = 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
 export type AuthType = 'trust' | 'any' | 'plain' | 'md5' | 'scram-sha-256' | 'cert' | 'hba' | 'pam'
 
@@ -63,6 +65,8 @@ export interface DatabaseConfig {
   queryWaitTimeout?: number
   /** Per database (PgBouncer 1.23): above 0 it overrides the global server_lifetime. */
   serverLifetime?: number
+  /** Ours: overrides the global value; the user's wins over it. */
+  sessionStatePolicy?: SessionStatePolicy
 }
 
 export interface UserConfig {
@@ -78,6 +82,7 @@ export interface UserConfig {
   idleTransactionTimeout?: number
   transactionTimeout?: number
   clientIdleTimeout?: number
+  sessionStatePolicy?: SessionStatePolicy
 }
 
 /** A [peers] entry: another pooler, by the peer_id it issues cancel keys with. */
@@ -131,6 +136,7 @@ export interface WorkerSettings {
   maxPacketSize: number
   scramIterations: number
   maxPreparedStatements: number
+  sessionStatePolicy: SessionStatePolicy
   applicationNameAddHost: boolean
   trackExtraParameters: string[]
   adminUsers: string[]

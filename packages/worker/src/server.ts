@@ -853,13 +853,19 @@ export class Server implements PreparedServer {
   /**
    * The reset rule, as PgBouncer's release_server has it: server_reset_query
    * when a session-mode client let the server go (or after every transaction
-   * with server_reset_query_always), then cleanUp.
+   * with server_reset_query_always), then cleanUp. A server `pinned` by
+   * session_state_policy = pin holds state that cannot follow a client: it is
+   * always reset (server_reset_query, DISCARD ALL when that is empty).
    */
-  resetOnRelease(sessionEnded: boolean): void {
+  resetOnRelease(sessionEnded: boolean, pinned = false): void {
     const settings = this.pool.worker.settings
     const reset = settings.serverResetQuery
     this.cleanUp(
-      reset !== '' && (sessionEnded || settings.serverResetQueryAlways) ? reset : null,
+      pinned
+        ? reset || 'DISCARD ALL'
+        : reset !== '' && (sessionEnded || settings.serverResetQueryAlways)
+          ? reset
+          : null,
       settings.maxPreparedStatements,
     )
   }

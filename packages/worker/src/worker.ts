@@ -28,6 +28,7 @@ import { clockNow } from './clock.ts'
 import type {
   DatabaseConfig,
   PoolMode,
+  SessionStatePolicy,
   TlsSide,
   UserConfig,
   WorkerConfig,
@@ -617,6 +618,15 @@ export class PoolerWorker {
 
   poolModeFor(db: DatabaseConfig, user: string): PoolMode {
     return this.config.users[user]?.poolMode ?? db.poolMode ?? this.settings.poolMode
+  }
+
+  /** session_state_policy: the user's, else the database's, else the global one. */
+  sessionStatePolicyFor(db: DatabaseConfig, user: string): SessionStatePolicy {
+    return (
+      this.config.users[user]?.sessionStatePolicy ??
+      db.sessionStatePolicy ??
+      this.settings.sessionStatePolicy
+    )
   }
 
   /** The pool for (database, user); its shared slots come from the coordinator once. */

@@ -15,7 +15,7 @@ import type {
   UserConfig as WorkerUserConfig,
 } from '@pgbouncer-cluster/worker'
 import { ConfigError, type ErrorPlace } from './ini.ts'
-import { POOL_MODES } from './settings.ts'
+import { POOL_MODES, SESSION_STATE_POLICIES } from './settings.ts'
 
 export interface ConnParam {
   key: string
@@ -136,6 +136,7 @@ export const DATABASE_PARAMS: readonly ParamSpec[] = [
     values: TARGET_SESSION_ATTRS,
   }),
   p('query_wait_timeout', 'queryWaitTimeout', 'seconds', true, { unsetValue: -1 }),
+  p('session_state_policy', 'sessionStatePolicy', 'enum', true, { values: SESSION_STATE_POLICIES }),
 ]
 
 export const USER_PARAMS: readonly ParamSpec[] = [
@@ -149,6 +150,7 @@ export const USER_PARAMS: readonly ParamSpec[] = [
   p('idle_transaction_timeout', 'idleTransactionTimeout', 'seconds', true),
   p('transaction_timeout', 'transactionTimeout', 'seconds', true),
   p('client_idle_timeout', 'clientIdleTimeout', 'seconds', true),
+  p('session_state_policy', 'sessionStatePolicy', 'enum', true, { values: SESSION_STATE_POLICIES }),
 ]
 
 const byName = (specs: readonly ParamSpec[]) => new Map(specs.map((s) => [s.name, s]))

@@ -13,11 +13,18 @@
 // the loader's extend them. cert, hba and pam are recognised so the error can
 // say "not supported by this version" rather than "unknown value"; config.ts
 // refuses them.
-import type { AuthType, PoolMode, SslMode } from '@pgbouncer-cluster/worker'
+import type { AuthType, PoolMode, SessionStatePolicy, SslMode } from '@pgbouncer-cluster/worker'
 
-export type { AuthType, PoolMode, SslMode }
+export type { AuthType, PoolMode, SessionStatePolicy, SslMode }
 
 export const POOL_MODES: readonly PoolMode[] = ['session', 'transaction', 'statement']
+/** session_state_policy, this pooler's own setting (not PgBouncer's). */
+export const SESSION_STATE_POLICIES: readonly SessionStatePolicy[] = [
+  'allow',
+  'warn',
+  'pin',
+  'error',
+]
 export const AUTH_TYPES = [
   'any',
   'trust',
@@ -86,6 +93,7 @@ export interface Settings {
   maxDbConnections: number
   maxPacketSize: number
   maxPreparedStatements: number
+  sessionStatePolicy: SessionStatePolicy
   maxUserClientConnections: number
   maxUserConnections: number
   minPoolSize: number
@@ -237,6 +245,7 @@ const ROWS: Row[] = [
   ['reserve_pool_timeout', 'seconds', 5, Y],
   ['resolv_conf', 'string', '', N, NO_RELOAD],
   ['sbuf_loopcnt', 'int', 5, N],
+  ['session_state_policy', 'enum', 'allow', Y, { values: SESSION_STATE_POLICIES }], // ours
   ['scram_iterations', 'int', 4096, Y, { min: 1 }],
   ['server_check_delay', 'seconds', 30, Y],
   ['server_check_query', 'string', '<empty>', Y], // 1.18: select 1

@@ -13,6 +13,8 @@ export function describeConfig(config: Config, workers: number): string[] {
     `listen: ${s.listenAddr}:${s.listenPort}${s.unixSocketDir ? ` and ${s.unixSocketDir}/.s.PGSQL.${s.listenPort}` : ''}, ${workers} worker${workers === 1 ? '' : 's'}`,
     `pool_mode ${s.poolMode}, auth_type ${s.authType}, max_client_conn ${s.maxClientConn}, default_pool_size ${s.defaultPoolSize}`,
   ]
+  if (s.sessionStatePolicy !== 'allow')
+    lines.push(`session_state_policy ${s.sessionStatePolicy} (transaction and statement pools)`)
   if (s.user)
     lines.push(`user ${s.user}: started as root, the pooler switches to it once it listens`)
   const users = Object.keys(config.authUsers).length
@@ -34,6 +36,7 @@ export function describeConfig(config: Config, workers: number): string[] {
       d.user === undefined ? '' : `user ${d.user}`,
       d.poolMode === undefined ? '' : `pool_mode ${d.poolMode}`,
       d.poolSize === undefined ? '' : `pool_size ${d.poolSize}`,
+      d.sessionStatePolicy === undefined ? '' : `session_state_policy ${d.sessionStatePolicy}`,
     ].filter((x) => x !== '')
     lines.push(`  ${d.name} -> ${target}${extra.length > 0 ? ` (${extra.join(', ')})` : ''}`)
   }

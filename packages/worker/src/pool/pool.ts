@@ -23,6 +23,7 @@ import {
   type ServerSecret,
 } from '../server.ts'
 import { LoginFailureKind, loginFailureKind } from '../server-restart.ts'
+import { KIND_COUNT } from '../session-state/classify.ts'
 import { checkStatement, needsCheck } from './health-check.ts'
 import { HostChoice, hostOf } from './hosts.ts'
 import { clientError } from './login-failure.ts'
@@ -147,6 +148,12 @@ export class Pool {
     serverParseCount: 0,
     bindCount: 0,
   }
+
+  /**
+   * Statements seen per kind of session state (session-state/classify.ts), in
+   * every mode: SHOW SESSION_STATE.
+   */
+  readonly sessionState = new Float64Array(KIND_COUNT)
 
   readonly idle: Server[] = []
   readonly servers = new Set<Server>()

@@ -132,10 +132,11 @@ describe('session state: the statement classifier', () => {
 
   test('comments, several statements, quotes that hide a semicolon', () => {
     assert.deepEqual(kinds('/* a /* nested */ comment */ -- line\n SET x.y = 1'), ['set'])
-    assert.deepEqual(
-      kinds("SET a.b = 1; select 'x;y'; LISTEN c ; select pg_advisory_lock(1);"),
-      ['set', 'advisory_lock', 'listen'],
-    )
+    assert.deepEqual(kinds("SET a.b = 1; select 'x;y'; LISTEN c ; select pg_advisory_lock(1);"), [
+      'set',
+      'advisory_lock',
+      'listen',
+    ])
     assert.deepEqual(kinds('INSERT INTO t VALUES (1); SET a.b = 2'), ['set'])
     assert.deepEqual(kinds('SELECT $q$ ; SET a.b = 1 $q$'), [])
     assert.deepEqual(kinds('SELECT "a;b" FROM t; LOAD \'x\''), ['load'])
@@ -143,7 +144,16 @@ describe('session state: the statement classifier', () => {
   })
 
   test('what it cannot classify is nothing', () => {
-    for (const sql of ['', ';', '   ', 'SELECT 1', 'select', 'BEGIN', 'DO $$ BEGIN PERFORM pg_advisory_lock(1); END $$', 'garbage (((']) {
+    for (const sql of [
+      '',
+      ';',
+      '   ',
+      'SELECT 1',
+      'select',
+      'BEGIN',
+      'DO $$ BEGIN PERFORM pg_advisory_lock(1); END $$',
+      'garbage (((',
+    ]) {
       assert.deepEqual(kinds(sql), [], sql)
     }
   })
@@ -161,6 +171,9 @@ describe('session state: the statement classifier', () => {
     assert.equal(CANNOT_FOLLOW & bit(SessionKind.set), 0)
     assert.equal(refusedName(bit(SessionKind.advisory_lock)), 'pg_advisory_lock')
     assert.equal(refusedName(PREPARE_NEW | bit(SessionKind.prepare)), 'PREPARE')
-    assert.equal(refusedName(bit(SessionKind.temp_table) | bit(SessionKind.load)), 'CREATE TEMP TABLE')
+    assert.equal(
+      refusedName(bit(SessionKind.temp_table) | bit(SessionKind.load)),
+      'CREATE TEMP TABLE',
+    )
   })
 })

@@ -116,7 +116,8 @@ function wordIs(buf: Buffer, pos: number, to: number, word: string): boolean {
   const n = word.length
   if (pos + n > to) return false
   // `| 0x20` lower-cases letters and maps '_' to itself on both sides.
-  for (let i = 0; i < n; i++) if ((buf[pos + i]! | 0x20) !== (word.charCodeAt(i) | 0x20)) return false
+  for (let i = 0; i < n; i++)
+    if ((buf[pos + i]! | 0x20) !== (word.charCodeAt(i) | 0x20)) return false
   return pos + n === to || !isWord(buf[pos + n]!)
 }
 
@@ -160,7 +161,11 @@ function skipQuoted(buf: Buffer, pos: number, to: number): number {
   const tagLen = p - pos + 1
   p++
   while (p < to) {
-    if (buf[p] === 0x24 && p + tagLen <= to && buf.compare(buf, pos, pos + tagLen, p, p + tagLen) === 0) {
+    if (
+      buf[p] === 0x24 &&
+      p + tagLen <= to &&
+      buf.compare(buf, pos, pos + tagLen, p, p + tagLen) === 0
+    ) {
       return p + tagLen
     }
     p++
@@ -294,7 +299,8 @@ function statement(buf: Buffer, pos: number, end: number, counts: Float64Array |
     case 0x72: // r
       return wordIs(buf, pos, end, 'reset') ? count(counts, SessionKind.set) : 0
     case 0x70: // p
-      return wordIs(buf, pos, end, 'prepare') && !wordIs(buf, nextWord(buf, pos, end), end, 'transaction')
+      return wordIs(buf, pos, end, 'prepare') &&
+        !wordIs(buf, nextWord(buf, pos, end), end, 'transaction')
         ? count(counts, SessionKind.prepare) | PREPARE_NEW
         : 0
     case 0x65: // e
@@ -322,7 +328,11 @@ function statement(buf: Buffer, pos: number, end: number, counts: Float64Array |
         if (!wordIs(buf, p, end, 'temp') && !wordIs(buf, p, end, 'temporary')) return 0
         p = nextWord(buf, p, end)
         if (wordIs(buf, p, end, 'unlogged')) p = nextWord(buf, p, end)
-        if (!wordIs(buf, p, end, 'table') && !wordIs(buf, p, end, 'view') && !wordIs(buf, p, end, 'sequence')) {
+        if (
+          !wordIs(buf, p, end, 'table') &&
+          !wordIs(buf, p, end, 'view') &&
+          !wordIs(buf, p, end, 'sequence')
+        ) {
           return 0
         }
         // ON COMMIT DROP ends with the transaction.
@@ -350,7 +360,12 @@ function statement(buf: Buffer, pos: number, end: number, counts: Float64Array |
  * statements): the bits of its kinds, with PREPARE_NEW for a PREPARE; each
  * statement of a kind adds one to `counts[kind]`.
  */
-export function classify(buf: Buffer, from: number, to: number, counts: Float64Array | null): number {
+export function classify(
+  buf: Buffer,
+  from: number,
+  to: number,
+  counts: Float64Array | null,
+): number {
   if (from >= to) return 0
   // The first byte decides for most statements: an INSERT, UPDATE, BEGIN, ...
   // is looked at no further unless the text holds a ';' before its end.
@@ -373,15 +388,47 @@ export function classify(buf: Buffer, from: number, to: number, counts: Float64A
  * A simple Query whose message starts at `start` (its type byte) and ends at
  * `end`: the SQL text between the length and the closing NUL.
  */
-export function classifyQuery(buf: Buffer, start: number, end: number, counts: Float64Array | null): number {
+export function classifyQuery(
+  buf: Buffer,
+  start: number,
+  end: number,
+  counts: Float64Array | null,
+): number {
   return classify(buf, start + 5, end - 1, counts)
 }
 
 /** A Parse whose message starts at `start`: the query text after the statement's name. */
-export function classifyParse(buf: Buffer, start: number, end: number, counts: Float64Array | null): number {
+export function classifyParse(
+  buf: Buffer,
+  start: number,
+  end: number,
+  counts: Float64Array | null,
+): number {
   const nameEnd = buf.indexOf(0, start + 5)
   if (nameEnd < 0 || nameEnd >= end) return 0
   const textEnd = buf.indexOf(0, nameEnd + 1)
   if (textEnd < 0 || textEnd >= end) return 0
   return classify(buf, nameEnd + 1, textEnd, counts)
+}
+
+/** The highest $n the text in buf[from, to) names outside quotes and comments (0: none). */
+export function highestParam(buf: Buffer, from: number, to: number): number {
+  let high = 0
+  let pos = from
+  while (pos < to) {
+    const c = buf[pos]!
+    if (c === 0x24) {
+      let p = pos + 1
+      let n = 0
+      while (p < to && buf[p]! >= 0x30 && buf[p]! <= 0x39) n = n * 10 + buf[p++]! - 0x30
+      if (p > pos + 1) {
+        if (n > high) high = n
+        pos = p
+      } else pos = skipQuoted(buf, pos, to)
+    } else if (c === 0x27 || c === 0x22) pos = skipQuoted(buf, pos, to)
+    else if ((c === 0x2d && buf[pos + 1] === 0x2d) || (c === 0x2f && buf[pos + 1] === 0x2a)) {
+      pos = skipBlank(buf, pos, to)
+    } else pos++
+  }
+  return high
 }
