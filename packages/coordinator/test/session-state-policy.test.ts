@@ -372,7 +372,7 @@ describe('session_state_policy where it is set', () => {
 describe('SHOW SESSION_STATE and /metrics: what an application leaves', () => {
   test('pgbench -i, then a Django-like session: counts per kind, in the console and /metrics', {
     timeout: 120_000,
-  }, async () => {
+  }, async (t) => {
     const pooler = await start(spec({}), true)
     try {
       if (PGBENCH !== null) {
@@ -401,6 +401,7 @@ describe('SHOW SESSION_STATE and /metrics: what an application leaves', () => {
       await c.query("SET LOCAL work_mem = '8MB'")
       await c.end()
       const counts = await sessionState(pooler)
+      t.diagnostic(`SHOW SESSION_STATE for app/postgres: ${JSON.stringify(counts)}`)
       assert.equal(counts.set, 3)
       assert.equal(counts.prepare, 3)
       assert.equal(counts.advisory_lock, 1)
