@@ -11,6 +11,8 @@ export interface BenchArgs {
   /** The autodb scenario (only with `--only autodb`): distinct databases, and its time bound. */
   autodbCount: number
   autodbSeconds: number
+  /** The notify scenario: listening clients. */
+  notifyListeners: number
 }
 
 // yargs ships no types for its main entry; this is the little of it used here.
@@ -43,7 +45,7 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
     })
     .option('only', {
       type: 'string',
-      describe: 'comma-separated workloads to run (also: micro, memory, autodb)',
+      describe: 'comma-separated workloads to run (also: micro, memory, autodb, notify)',
     })
     .option('targets', {
       type: 'string',
@@ -65,6 +67,11 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
       type: 'number',
       default: 900,
       describe: 'bound on the autodb scenario, per pooler, in seconds',
+    })
+    .option('notify-listeners', {
+      type: 'number',
+      default: 1000,
+      describe: 'listening clients in the LISTEN/NOTIFY scenario',
     })
     .option('memory-connections', {
       type: 'number',
@@ -103,9 +110,17 @@ export async function parseArgs(argv = process.argv.slice(2)): Promise<BenchArgs
       code: 'BENCH_BAD_ARGS',
     })
   }
+  const notifyListeners = Number(a['notify-listeners'])
+  if (!(Number.isInteger(notifyListeners) && notifyListeners >= 1 && notifyListeners <= 10_000)) {
+    throw Object.assign(
+      new Error(`--notify-listeners must be 1..10000, got ${a['notify-listeners']}`),
+      { code: 'BENCH_BAD_ARGS' },
+    )
+  }
   return {
     autodbCount,
     autodbSeconds,
+    notifyListeners,
     quick: a.quick === true,
     only: list(a.only),
     targets: list(a.targets),

@@ -43,7 +43,7 @@ async function main(): Promise<number> {
   const wants = (name: string) => !args.only || args.only.includes(name)
   const workloads = selectWorkloads(
     { quick: args.quick, durationS: args.durationS },
-    args.only?.filter((n) => n !== 'micro' && n !== 'memory' && n !== 'autodb'),
+    args.only?.filter((n) => n !== 'micro' && n !== 'memory' && n !== 'autodb' && n !== 'notify'),
   ).filter((w) => wants(w.name))
   const targetIds = args.targets ?? allTargetIds()
   const memoryCount = args.memoryConnections ?? (args.quick ? 5000 : 10_000)
@@ -59,6 +59,12 @@ async function main(): Promise<number> {
   if (args.only?.includes('autodb')) {
     const { runAutodb } = await import('./autodb-run.ts')
     await runAutodb(args, startedAt, log)
+  }
+
+  // LISTEN/NOTIFY fan-out, with a PostgreSQL of its own (a backend per direct listener): the full run, or named.
+  if (args.only?.includes('notify') || (!args.only && !args.quick)) {
+    const { runNotify } = await import('./notify.ts')
+    await runNotify(args, startedAt, log)
   }
 
   const runsE2E = workloads.length > 0 || wants('memory')

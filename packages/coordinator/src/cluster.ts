@@ -19,6 +19,7 @@ import { Breakers, type HostOf } from './breaker.ts'
 import { type Config, ConfigError, resolveDatabase, withSetting } from './config/config.ts'
 import { type HostedDatabase, hostRows } from './host-roles.ts'
 import type { MetricsServer } from './metrics-server.ts'
+import { NotifyRouter } from './notify.ts'
 import { PoolSlots } from './pool-slots.ts'
 import { dropPrivileges, type RunAs } from './privileges.ts'
 import { SLOT_TABLES, SlotRegistry } from './registry.ts'
@@ -123,6 +124,8 @@ export class Cluster {
   private readonly done = Promise.withResolvers<number>()
   private readonly breakers: Breakers
   private readonly admin: AdminConsole
+  /** LISTEN/NOTIFY in transaction and statement mode: channels, listener workers, fan-out. */
+  private readonly notify: NotifyRouter
   private metricsServer: MetricsServer | null = null
   private metricsAddress: { host: string; port: number } | null = null
 
@@ -181,6 +184,10 @@ export class Cluster {
         ),
       }),
     })
+    this.notify = new NotifyRouter(
+      (worker, msg) => this.sendTo(this.slots[worker]?.thread ?? null, msg),
+      this.log,
+    )
     this.poolSlots = new PoolSlots({
       registry: this.registry,
       shared: this.shared,
@@ -340,6 +347,7 @@ export class Cluster {
       workers: () => this.slots.flatMap((s, id) => (s.thread === null ? [] : [id])),
       slots: () => this.registry.usage(),
       databasesFreed: () => this.poolSlots.freed,
+      notify: () => this.notify.stats(),
     })
     this.metricsServer = new MetricsServer({
       host: at.host,
@@ -652,6 +660,7 @@ export class Cluster {
     this.answerCancelsOf(id)
     this.breakers.workerDied()
     this.admin.workerGone(id)
+    this.notify.workerGone(id)
     if (slot.stopped) {
       this.checkReleased()
       return
@@ -769,6 +778,18 @@ export class Cluster {
           this.breakers.loginSucceeded(slots.databaseSlot, msg.database, hostOf(msg))
         return
       }
+      case 'notify-listen':
+        this.notify.onListen(id, msg)
+        return
+      case 'notify-ready':
+        this.notify.onReady(msg)
+        return
+      case 'notification':
+        this.notify.onNotification(msg)
+        return
+      case 'notify-listener':
+        this.notify.onListenerState(id, msg)
+        return
       default:
         return
     }

@@ -10,6 +10,7 @@ import client, { type Metric, type RegistryContentType } from 'prom-client'
 import type { AdminSnapshot } from './admin.ts'
 import type { View } from './admin-views.ts'
 import { BREAKER_STATES, type HostedDatabase, hostRows } from './host-roles.ts'
+import type { NotifyFigures } from './notify.ts'
 
 // /metrics: pgbouncer_exporter's metrics, made from the admin console's own
 // views, plus what only the cluster can show (pgbouncer_cluster_*), read from
@@ -291,6 +292,8 @@ export interface MetricsSource {
   slots(): Record<'databases' | 'users' | 'pools', { used: number; max: number }>
   /** Automatic databases freed so far (autodb_idle_timeout, or tables full). */
   databasesFreed(): number
+  /** LISTEN/NOTIFY in transaction mode, per database that had listening clients (notify.ts). */
+  notify?(): NotifyFigures[]
 }
 
 /**
@@ -479,6 +482,39 @@ export class Metrics {
       'Automatic databases (made by the * entry) freed unused, after autodb_idle_timeout or because a table was full',
       [],
     ).inc(this.source.databasesFreed())
+
+    // LISTEN/NOTIFY in transaction and statement mode (notify.ts).
+    const listenerUp = gauge(
+      reg,
+      'pgbouncer_cluster_notify_listener_up',
+      "1 while the database's listening server is logged in and listens, 0 while it is being opened again",
+      ['database'],
+    )
+    const listenChannels = gauge(
+      reg,
+      'pgbouncer_cluster_notify_channels',
+      "Channels the database's listening server listens to for the pooler's clients",
+      ['database'],
+    )
+    const listenerGaps = counter(
+      reg,
+      'pgbouncer_cluster_notify_listener_gaps_total',
+      "Times the database's listening server was lost or moved; notifications sent until it listened again were lost",
+      ['database'],
+    )
+    const notifications = counter(
+      reg,
+      'pgbouncer_cluster_notifications_total',
+      'Notifications the listening server received and fanned out to the workers with listening clients',
+      ['database'],
+    )
+    for (const n of this.source.notify?.() ?? []) {
+      const labels = { database: n.database }
+      listenerUp.set(labels, n.up ? 1 : 0)
+      listenChannels.set(labels, n.channels)
+      listenerGaps.inc(labels, n.gaps)
+      notifications.inc(labels, n.notifications)
+    }
 
     // Per database: the circuit breaker and the latency histograms.
     const breaker = gauge(

@@ -201,6 +201,34 @@ export type ControlMessage =
       host?: number
       hosts?: number
     }
+  /**
+   * LISTEN/NOTIFY in transaction and statement mode (worker/src/notify/).
+   * worker → coordinator: the first client of this worker listens to
+   * `channel` of `database` (`on` 1), or the last one left it (`on` 0); with
+   * `ref` > 0 the worker waits for 'notify-ready' with that ref before it
+   * answers its client. coordinator → the database's listener worker
+   * (`worker`): listen to the channel on the listening server, or unlisten it;
+   * with `ref` > 0, answer 'notify-ready'.
+   */
+  | {
+      type: 'notify-listen'
+      worker: number
+      database: string
+      user: string
+      channel: string
+      on: number
+      ref: number
+    }
+  /** either way: the listening server listens to the channel (or cannot now); `ref` as asked. */
+  | { type: 'notify-ready'; database: string; channel: string; ref: number }
+  /**
+   * listener worker → coordinator → the workers with clients listening to the
+   * channel: a NotificationResponse of the listening server, and the
+   * notifying backend's pid.
+   */
+  | { type: 'notification'; database: string; channel: string; payload: string; pid: number }
+  /** listener worker → coordinator: its listening server for the database is up (1) or lost (0); gaps so far. */
+  | { type: 'notify-listener'; worker: number; database: string; up: number; gaps: number }
 
 export type ShutdownMode = 'immediate' | 'wait-for-servers' | 'wait-for-clients'
 
@@ -398,6 +426,17 @@ const FIELDS: { readonly [T in ControlType]: FieldTable<ControlOf<T>> } = {
     host: 'uint?',
     hosts: 'uint?',
   },
+  'notify-listen': {
+    worker: 'uint',
+    database: 'string',
+    user: 'string',
+    channel: 'string',
+    on: 'uint',
+    ref: 'uint',
+  },
+  'notify-ready': { database: 'string', channel: 'string', ref: 'uint' },
+  notification: { database: 'string', channel: 'string', payload: 'string', pid: 'int' },
+  'notify-listener': { worker: 'uint', database: 'string', up: 'uint', gaps: 'uint' },
 }
 
 type Field = {

@@ -30,6 +30,10 @@ export interface AdminStateHost {
   readonly peers: Pick<PeerForwarder, 'stats'>
   /** The port clients connect to: a unix socket server's local_port, as in PgBouncer. */
   readonly listenPort: number
+  /** The notification listeners this worker runs (notify/hub.ts). */
+  readonly notifications: {
+    readonly listeners: ReadonlyMap<string, { readonly server: Server | null }>
+  }
 }
 
 /** PgBouncer's text for the clients of a database dropped by KILL. */
@@ -291,6 +295,15 @@ export class WorkerAdmin {
           }
           servers.push(info)
         }
+      }
+      // A database's notification listener: a server of no pool, in a state of its own.
+      for (const listener of this.worker.notifications.listeners.values()) {
+        const server = listener.server
+        if (server === null) continue
+        const info = this.serverInfo(server)
+        if (server.state === 'active') info.state = sockets ? 'sv_active' : 'listen'
+        else if (sockets) info.state = `sv_${server.state === 'closed' ? 'active' : server.state}`
+        servers.push(info)
       }
     }
     return {

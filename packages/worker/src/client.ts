@@ -10,6 +10,14 @@ import type { DatabaseConfig, PoolMode, Replication, SessionStatePolicy } from '
 import { errorMessage, fatal, SqlState, Texts } from './errors.ts'
 import type { ClientSlots, ClientState, LoginClient, LoginHost } from './login/host.ts'
 import { Login } from './login/login.ts'
+import {
+  type ListenBatch,
+  listenBatch,
+  mayBeListenBatch,
+  parseIsCommit,
+} from './notify/extended.ts'
+import { ClientNotify, listenAnswer, type Notifications } from './notify/hub.ts'
+import { type ChannelOp, isCommit, listenStatements, mayBeListen } from './notify/statements.ts'
 import { shareVars, syncStatement, type TrackedName, type Vars } from './params.ts'
 import type { Pool } from './pool/pool.ts'
 import {
@@ -66,6 +74,8 @@ export interface SessionHost extends AdminContext {
   /** A message of the client's began and did not end in its read, or ended (janitor.ts). */
   unfinishedStarted(session: ClientSession): void
   unfinishedEnded(session: ClientSession): void
+  /** LISTEN/NOTIFY in transaction and statement mode (notify/hub.ts). */
+  readonly notifications: Notifications
 }
 
 // What the pass-through path must see of a client's stream: the messages that
@@ -93,6 +103,8 @@ const ACTION_TERMINATE = 1
 const ACTION_PQEXEC = 2
 /** A Parse of a statement name the client has prepared already (PgBouncer's handle_parse_command). */
 const ACTION_NAME_IN_USE = 3
+/** A Query of LISTEN/UNLISTEN only, in transaction or statement mode: the pooler's to answer. */
+const ACTION_LISTEN = 4
 
 // A net.Socket's events reach the session through one shared function per
 // event instead of closures per connection (thousands of idle clients are
@@ -114,6 +126,9 @@ function watch(socket: net.Socket, session: ClientSession): void {
 // time per thread: the session being scanned is passed through this slot.
 let scanning: ClientSession
 let scanChunk: Buffer
+/** The statements of the Query that set ACTION_LISTEN, or the extended-protocol batch. */
+let listenOps: ChannelOp[] | null = null
+let listenBatchFound: ListenBatch | null = null
 function onScannedMessage(type: number, _msg: Buffer | null, end: number, start: number): boolean {
   return scanning.onClientMessage(type, end, start)
 }
@@ -229,6 +244,8 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
   readonly unix: boolean
   /** Writes to the client the kernel has not taken yet (see socket-io.ts). */
   queuedWrites = 0
+  /** Once the client has listened in transaction or statement mode: its channels and queue (notify/). */
+  notify: ClientNotify | null = null
 
   constructor(
     worker: SessionHost & LoginHost,
@@ -342,6 +359,10 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
     const edits = this.edits
     if (this.refusal !== null) {
       this.forwardRefused(chunk, end, edits)
+      return
+    }
+    if (this.action === ACTION_LISTEN) {
+      this.onListen(chunk, end)
       return
     }
     if (this.action === ACTION_PQEXEC) {
@@ -509,6 +530,16 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
           this.action = ACTION_PQEXEC
           return true
         }
+        // One test for clients that never listen: the first letter of the text.
+        if (
+          start === 0 &&
+          this.mode !== 'session' &&
+          (this.notify !== null || mayBeListen(scanChunk, start, end)) &&
+          this.listenQuery(end)
+        ) {
+          this.action = ACTION_LISTEN
+          return true
+        }
         if (
           start >= 0 &&
           this.sessionState(
@@ -542,6 +573,30 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
         this.action = ACTION_TERMINATE
         return true
       default:
+        // A batch of LISTEN/UNLISTEN through the extended protocol (notify/extended.ts).
+        if (
+          start === 0 &&
+          this.outstanding === 0 &&
+          !this.extended &&
+          this.mode !== 'session' &&
+          this.unfinished === null &&
+          (this.notify !== null || mayBeListenBatch(scanChunk, type, start, end, null))
+        ) {
+          const state = (this.notify ??= new ClientNotify())
+          // A transaction's COMMIT through the extended protocol (pgjdbc's commit()).
+          if (state.txOps !== null && type === FrontendCode.Parse) {
+            state.commitStatus = parseIsCommit(scanChunk, start, end)
+              ? (this.server?.txStatus ?? 0)
+              : 0
+          }
+          listenBatchFound = mayBeListenBatch(scanChunk, type, start, end, state.statements)
+            ? listenBatch(scanChunk, (state.statements ??= new Map()))
+            : null
+          if (listenBatchFound !== null) {
+            this.action = ACTION_LISTEN
+            return true
+          }
+        }
         if (
           type === FrontendCode.Parse &&
           start >= 0 &&
@@ -598,6 +653,64 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
       stateNote(mask, this.mode, policy),
     )
     return false
+  }
+
+  /**
+   * A Query at the start of the read that may be LISTEN or UNLISTEN: true
+   * when it is only those and nothing before it is unanswered, so the pooler
+   * answers it. Notes a COMMIT of a transaction that listened.
+   */
+  private listenQuery(end: number): boolean {
+    const chunk = scanChunk
+    const state = this.notify
+    if (state !== null && state.txOps !== null) {
+      state.commitStatus = isCommit(chunk, 0, end) ? (this.server?.txStatus ?? 0) : 0
+    }
+    if (!mayBeListen(chunk, 0, end)) return false
+    if (this.outstanding !== 0 || this.extended || this.unfinished !== null) return false
+    listenOps = listenStatements(chunk, 0, end)
+    return listenOps !== null
+  }
+
+  /**
+   * Answers LISTEN/UNLISTEN as PostgreSQL would. Inside a transaction they
+   * wait for its COMMIT; outside, the answer waits until the listening
+   * server listens to every new channel, so a NOTIFY sent after the answer
+   * reaches the client. Reading stops meanwhile; what followed in the read
+   * is scanned after the answer.
+   */
+  private onListen(chunk: Buffer, messageEnd: number): void {
+    const batch = listenBatchFound
+    listenBatchFound = null
+    const ops = batch === null ? listenOps! : batch.ops
+    const answers = batch === null ? null : batch.answers
+    listenOps = null
+    const end = batch === null ? messageEnd : batch.end
+    const ready = batch === null || batch.sync
+    const rest = end < chunk.length ? chunk.subarray(end) : null
+    const hub = this.worker.notifications
+    const status = this.server === null ? TxStatus.Idle : this.server.txStatus
+    if (status !== TxStatus.Idle) {
+      if (status === TxStatus.InTransaction) hub.defer(this, ops)
+      this.writeAll(listenAnswer(ops, status, answers, ready))
+      // Idle in transaction again, as after the server's own ReadyForQuery (idle_transaction_timeout).
+      if (ready) this.idleTxSince = this.worker.now
+      if (rest !== null) this.forward(rest)
+      return
+    }
+    let answered = false
+    let paused = false
+    hub.apply(this, ops, () => {
+      answered = true
+      if (this.state === 'closed') return
+      this.writeAll(listenAnswer(ops, TxStatus.Idle, answers, ready))
+      if (paused) resumeReading(this.socket)
+      if (rest !== null) this.forward(rest)
+    })
+    if (!answered) {
+      paused = true
+      pauseReading(this.socket)
+    }
   }
 
   private requestStarted(): void {
@@ -672,6 +785,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
     const server = this.pausedServer
     this.pausedServer = null
     if (server !== null) resumeReading(server.socket)
+    if (this.notify !== null) this.worker.notifications.flush(this)
   }
 
   write(buf: Buffer): void {
@@ -722,6 +836,8 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
     }
     server.resetOnRelease(false)
     this.pool!.release(server)
+    // At a message boundary, the transaction over: its LISTENs apply, held notifications go out.
+    if (this.notify !== null) this.worker.notifications.released(this)
   }
 
   /** The pool links a server to this client. */
@@ -916,6 +1032,7 @@ export class ClientSession implements ConnectionOwner, HoldPolicy, LoginClient {
       this.unfinished.drop()
       this.endUnfinished()
     }
+    if (this.notify !== null) this.worker.notifications.leave(this)
     this.worker.clientClosed(this, this.admitted)
     if (logged) this.worker.log.info({ client: this.id, remote, reason }, 'closing client')
   }

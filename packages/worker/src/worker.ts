@@ -39,6 +39,7 @@ import { fatal, SlotError, SqlState, Texts } from './errors.ts'
 import { FigurePublisher } from './figures.ts'
 import { Janitor } from './janitor.ts'
 import { createLogger, flushLogger, LogFile, type Logger } from './log.ts'
+import { Notifications } from './notify/hub.ts'
 import { trackParameters } from './params.ts'
 import { PeerForwarder } from './peer.ts'
 import { PERMIT_DATABASE, Pool, type PoolSlots } from './pool/pool.ts'
@@ -161,6 +162,8 @@ export class PoolerWorker {
   readonly peers: PeerForwarder
   private readonly queriedSecrets = new Map<string, string>()
   readonly admin: WorkerAdmin
+  /** LISTEN/NOTIFY in transaction and statement mode (notify/hub.ts). */
+  readonly notifications: Notifications
   /** Numbers the sessions (their id); the cancel key is drawn apart from it. */
   private nextId = 1
   private clients = 0
@@ -210,6 +213,12 @@ export class PoolerWorker {
     )
     port.on('message', this.onControl)
     this.admin = new WorkerAdmin(this, (msg) => this.send(msg))
+    this.notifications = new Notifications({
+      id: this.id,
+      log: this.log,
+      send: (msg) => this.send(msg),
+      listenerPool: (database, user) => this.listenerPool(database, user),
+    })
     this.peers = new PeerForwarder({
       log: this.log,
       peers: () => this.config.peers,
@@ -679,6 +688,18 @@ export class PoolerWorker {
     return index
   }
 
+  /** A pool of the database to lend the notification listener its login: the user's, else any. */
+  private listenerPool(database: string, user: string): Pool | null {
+    const index = this.byDatabase.get(database)
+    if (index === undefined) return null
+    let any: Pool | null = null
+    for (const pool of index.pools) {
+      if (pool.user === user) return pool
+      any ??= pool
+    }
+    return any
+  }
+
   /**
    * The coordinator would free an unused automatic database (pool-slots.ts):
    * its pools and slots are let go here, unless anything of it still lives
@@ -698,6 +719,7 @@ export class PoolerWorker {
       if (databaseOfKey(key) === name) return kept('a login waits for its pool slot')
     for (const key of this.clientSlotRequests.keys())
       if (databaseOfKey(key) === name) return kept('a login waits for its client slots')
+    if (this.notifications.listeners.has(name)) return kept('its notification listener runs here')
     const index = this.byDatabase.get(name)
     if (index !== undefined) {
       for (const pool of index.pools) if (pool.inUse) return kept(`pool ${pool.user} in use`)
@@ -1016,6 +1038,11 @@ export class PoolerWorker {
       case 'admin-reply':
         this.admin.onReply(msg)
         return
+      case 'notify-listen':
+      case 'notify-ready':
+      case 'notification':
+        this.notifications.onMessage(msg)
+        return
       case 'kill-client': {
         const session = this.sessions.get(msg.pid)
         session?.fail(fatal(Texts.adminForcedDisconnect))
@@ -1114,6 +1141,7 @@ export class PoolerWorker {
     this.unixListener?.close()
     for (const session of this.sessions.values())
       session.fail(fatal(Texts.shuttingDown, SqlState.AdminShutdown))
+    this.notifications.close()
     for (const pool of this.pools.values()) pool.closeAll()
     if (this.ticker !== null) clearInterval(this.ticker)
     this.figures.close()

@@ -202,6 +202,11 @@ export class Pool {
     this.dbSlot = slots.databaseSlot
   }
 
+  /** The database's slot in shared memory (its semaphore, breaker, histograms). */
+  get databaseSlot(): number {
+    return this.dbSlot
+  }
+
   /** A start time for recordLatency(): preciseClock(), or 0 with the histograms off. */
   clock(): number {
     return this.latency === null ? 0 : preciseClock()
