@@ -211,6 +211,9 @@ export class Listener implements ServerPool, LinkedClient {
 
   serverRestarting(): void {}
 
+  /** The listener keeps to the first host whatever its role (target_session_attrs routes the pools' servers). */
+  serverReportedRole(): void {}
+
   release(): void {}
 
   serverChecked(): void {}
