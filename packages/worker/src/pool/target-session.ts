@@ -50,6 +50,15 @@ export class TargetSession {
     return role === HostRole.unknown || roleFits(this.attrs, role)
   }
 
+  /** Host h's breaker lets a login through: closed, or its half-open probe claimed here. */
+  private takesLogin(h: number): boolean {
+    const state = this.breaker.hostState(h)
+    return (
+      state === BreakerState.closed ||
+      (state === BreakerState.halfOpen && this.breaker.claimHostProbe(h))
+    )
+  }
+
   /** Passes over the host list pickHost makes: prefer-standby falls back to any host. */
   get passes(): number {
     return this.attrs === SessionAttrs.preferStandby ? 2 : 1
@@ -65,11 +74,7 @@ export class TargetSession {
     const n = this.database.hosts.length
     for (let k = 0; k < n; k++) {
       const h = (start + k) % n
-      const state = this.breaker.hostState(h)
-      if (
-        state === BreakerState.closed ||
-        (state === BreakerState.halfOpen && this.breaker.claimHostProbe(h))
-      ) {
+      if (this.takesLogin(h)) {
         this.lastRecheck = now
         return h
       }
@@ -170,11 +175,7 @@ export class TargetSession {
     for (let h = 0; h < n; h++) {
       const role = this.breaker.hostRole(h)
       if (role !== HostRole.unknown && (role & HostRole.standby) === 0) continue
-      const state = this.breaker.hostState(h)
-      if (
-        state === BreakerState.closed ||
-        (state === BreakerState.halfOpen && this.breaker.claimHostProbe(h))
-      ) {
+      if (this.takesLogin(h)) {
         this.lastRecheck = now
         return h
       }
